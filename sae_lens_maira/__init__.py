@@ -35,3 +35,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = ["__version__", *_LAZY]
+
+from sae_lens_maira.registration import register as _register_with_sae_lens  # noqa: E402
+
+_register_with_sae_lens()
