@@ -41,7 +41,7 @@ from sae_lens_maira.saes.prefix_loss import auxk_l2, prefix_l2
 logger = logging.getLogger(__name__)
 
 # Training state that inference does not need (dropped, or folded, when saving for inference).
-TRAINING_ONLY_BUFFERS = ("num_tokens_since_fired", "norm_factor")
+TRAINING_ONLY_BUFFERS = ("num_tokens_since_fired", "norm_factor", "training_steps")
 _FP32_BUFFERS = ("threshold", "norm_factor")
 
 
@@ -78,6 +78,8 @@ def _init_extras(sae: SAE[Any], training: bool) -> None:
             "num_tokens_since_fired", torch.zeros(cfg.d_sae, dtype=torch.long, device=sae.device)
         )
         sae.register_buffer("norm_factor", torch.tensor(nf, dtype=torch.float32, device=sae.device))
+        # completed training steps: dictionary_learning's ``step`` (exact across resumes)
+        sae.register_buffer("training_steps", torch.tensor(0, dtype=torch.long, device=sae.device))
 
 
 @torch.no_grad()
@@ -106,6 +108,7 @@ def _check_unit_norm_fold(sae: SAE[Any]) -> None:
 def _fold_training_state(state_dict: dict[str, Any]) -> None:
     """Turn a training state dict into an inference one: drop counters, fold input scaling."""
     state_dict.pop("num_tokens_since_fired", None)
+    state_dict.pop("training_steps", None)
     norm_factor = state_dict.pop("norm_factor", None)
     if norm_factor is None:
         return
@@ -210,7 +213,9 @@ class MatryoshkaTrainingSAE(_Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfi
     """Training twin: dictionary_learning's MatryoshkaBatchTopK loss with sparse kernels.
 
     Training state kept in the state dict (so checkpoints resume): ``threshold`` (EMA),
-    ``num_tokens_since_fired`` (dead latents are counted in tokens) and ``norm_factor``.
+    ``num_tokens_since_fired`` (dead latents are counted in tokens), ``norm_factor`` and
+    ``training_steps`` (the step count the recipe's schedule uses; SAETrainer's own counter is
+    one behind after a resume, so it is not relied on).
     The unit-norm decoder is enforced by :mod:`sae_lens_maira.saes.decoder_constraint`.
     """
 
@@ -368,7 +373,8 @@ class MatryoshkaTrainingSAE(_Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfi
         ``mean_i(w_i * mean_b ||x - xhat_i||^2)``; dead-token counters; AuxK.
         """
         attach_projection_hook(self)
-        step = step_input.n_training_steps
+        step = int(self.training_steps)
+        self.training_steps += 1
         x = self.hook_sae_input(step_input.sae_in.to(self.dtype))
         self._maybe_estimate_norm_factor(x)
         x = self._scale_in(x)
@@ -472,6 +478,11 @@ class MatryoshkaTrainingSAE(_Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfi
             "num_tokens_since_fired", torch.zeros(self.cfg.d_sae, dtype=torch.long, device=device)
         )
         state_dict.setdefault("norm_factor", torch.tensor(1.0, device=device))
+        # a trained SAE: keep its b_dec and keep updating its threshold
+        state_dict.setdefault(
+            "training_steps",
+            torch.tensor(self.cfg.threshold_start_step + 1, dtype=torch.long, device=device),
+        )
         for name in _FP32_BUFFERS:
             state_dict[name] = state_dict[name].float().reshape(())
 

@@ -1,0 +1,63 @@
+"""Unit-norm decoder rows and the removal of the decoder-parallel gradient, as dictionary_learning."""
+
+from __future__ import annotations
+
+import torch
+from sae_lens.saes.sae import TrainingSAE, TrainStepInput
+
+import sae_lens_maira  # noqa: F401
+from sae_lens_maira.saes import MatryoshkaTrainingSAE, MatryoshkaTrainingSAEConfig
+from sae_lens_maira.saes.decoder_constraint import remove_parallel_component_, renormalize_rows_
+
+
+def test_projection_and_renormalisation_formulas() -> None:
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(5, 3, generator=g) * 2
+    grad = torch.randn(5, 3, generator=g)
+    w_hat = W / (W.norm(dim=1, keepdim=True) + 1e-6)
+    expected = grad - (grad * w_hat).sum(1, keepdim=True) * w_hat
+    torch.testing.assert_close(remove_parallel_component_(W, grad.clone()), expected)
+    renormalize_rows_(W)
+    torch.testing.assert_close(W.norm(dim=1), torch.ones(5))
+
+
+def _sae() -> MatryoshkaTrainingSAE:
+    return MatryoshkaTrainingSAE(
+        MatryoshkaTrainingSAEConfig(d_in=8, d_sae=32, k=2, group_sizes=[8, 24])
+    )
+
+
+def test_any_optimizer_keeps_rows_unit_norm_and_grads_orthogonal() -> None:
+    sae = _sae()
+    opt = torch.optim.SGD(sae.parameters(), lr=0.5)
+    for _ in range(3):
+        out = sae.training_forward_pass(TrainStepInput(torch.randn(16, 8), {}, None, 0, False))
+        out.loss.backward()
+        assert sae.W_dec.grad is not None
+        assert (sae.W_dec.grad * sae.W_dec).sum(1).abs().max() < 1e-5
+        opt.step()
+        opt.zero_grad()
+        torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(32))
+
+
+def test_other_modules_are_untouched_by_the_optimizer_hook() -> None:
+    other = torch.nn.Linear(4, 4)
+    other.weight.data.mul_(5)
+    opt = torch.optim.SGD(other.parameters(), lr=0.0)
+    _sae()  # a constrained SAE exists
+    other(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    assert other.weight.norm(dim=1).min() > 1.5
+
+
+def test_hook_follows_parameters_replaced_by_saelens_loaders(tmp_path) -> None:
+    sae = _sae()
+    sae.save_model(tmp_path)
+    loaded = TrainingSAE.load_from_disk(tmp_path)  # load_state_dict(assign=True): new Parameters
+    opt = torch.optim.SGD(loaded.parameters(), lr=0.5)
+    out = loaded.training_forward_pass(TrainStepInput(torch.randn(16, 8), {}, None, 0, False))
+    out.loss.backward()
+    assert loaded.W_dec.grad is not None
+    assert (loaded.W_dec.grad * loaded.W_dec).sum(1).abs().max() < 1e-5
+    opt.step()
+    torch.testing.assert_close(loaded.W_dec.norm(dim=1), torch.ones(32))
