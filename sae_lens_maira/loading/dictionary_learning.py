@@ -159,6 +159,7 @@ def convert(
 
     metadata: dict[str, Any] = {
         "sae_lens_version": sae_lens_version,
+        "sae_lens_training_version": None,  # trained with dictionary_learning
         "model_name": str(trainer["lm_name"]).split("/")[-1] if trainer.get("lm_name") else None,
         "hook_name": f"blocks.{trainer['layer']}.hook_resid_post"
         if trainer.get("layer") is not None
