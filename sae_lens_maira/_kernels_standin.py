@@ -6,6 +6,7 @@ correct. Only ``sae_lens_maira/saes/_kernels.py`` imports it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -27,7 +28,9 @@ def _row_ids(row_ptr: Tensor) -> Tensor:
     return torch.repeat_interleave(torch.arange(counts.numel(), device=row_ptr.device), counts)
 
 
-def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, *, impl: str = "auto") -> Tensor:
+def sparse_decode(
+    indices: Tensor, values: Tensor, W_dec: Tensor, *, impl: str = "auto", validate: bool = True
+) -> Tensor:
     B = indices.shape[0]
     acts = torch.zeros(B, W_dec.shape[0], dtype=values.dtype, device=values.device)
     acts = acts.scatter_add(1, indices.long(), values)
@@ -35,7 +38,13 @@ def sparse_decode(indices: Tensor, values: Tensor, W_dec: Tensor, *, impl: str =
 
 
 def sparse_decode_csr(
-    row_ptr: Tensor, indices: Tensor, values: Tensor, W_dec: Tensor, *, impl: str = "auto"
+    row_ptr: Tensor,
+    indices: Tensor,
+    values: Tensor,
+    W_dec: Tensor,
+    *,
+    impl: str = "auto",
+    validate: bool = True,
 ) -> Tensor:
     B = row_ptr.numel() - 1
     rows = _row_ids(row_ptr)
@@ -45,7 +54,15 @@ def sparse_decode_csr(
 
 
 def sparse_encode_csr(
-    x: Tensor, W_enc: Tensor, b_enc: Tensor, row_ptr: Tensor, indices: Tensor, *, impl: str = "auto"
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    row_ptr: Tensor,
+    indices: Tensor,
+    *,
+    impl: str = "auto",
+    validate: bool = True,
+    hidden_pre: Tensor | None = None,
 ) -> Tensor:
     rows = _row_ids(row_ptr)
     idx = indices.long()
@@ -57,14 +74,15 @@ def grouped_sparse_decode_csr(
     indices: Tensor,
     values: Tensor,
     W_dec: Tensor,
-    group_ends: Tensor,
+    group_ends: Sequence[int],
     *,
     impl: str = "auto",
+    validate: bool = True,
 ) -> Tensor:
     outs = []
     start = 0
     idx = indices.long()
-    for end in group_ends.tolist():
+    for end in [int(e) for e in group_ends]:
         mask = (idx >= start) & (idx < end)
         outs.append(sparse_decode_csr_masked(row_ptr, idx, values * mask.to(values.dtype), W_dec))
         start = end

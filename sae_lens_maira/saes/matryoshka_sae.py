@@ -227,7 +227,6 @@ class MatryoshkaTrainingSAE(_Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfi
     def __init__(self, cfg: MatryoshkaTrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
         self._impl_logged: tuple[str, str] | None = None
-        self._group_ends_cache: dict[torch.device, Tensor] = {}
         self.decoder_impl_in_use: str | None = None
         constrain_decoder(self)
 
@@ -329,13 +328,6 @@ class MatryoshkaTrainingSAE(_Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfi
         self.decoder_impl_in_use = impl
         return impl
 
-    def _group_ends(self, device: torch.device) -> Tensor:
-        if device not in self._group_ends_cache:
-            self._group_ends_cache[device] = torch.tensor(
-                self.cfg.group_ends, dtype=torch.long, device=device
-            )
-        return self._group_ends_cache[device]
-
     @torch.no_grad()
     def _update_dead_counters(self, sel: Selection, n_tokens: int) -> Tensor:
         fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=sel.indices.device)
@@ -360,7 +352,7 @@ class MatryoshkaTrainingSAE(_Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfi
         if post is not None:  # dense encoder: gather from the full activations
             return post[sel.rows(), sel.indices]
         pre = _kernels.sparse_encode_csr(
-            centered, self.W_enc, self.b_enc, sel.row_ptr, sel.indices, impl=impl
+            centered, self.W_enc, self.b_enc, sel.row_ptr, sel.indices, impl=impl, validate=False
         )
         return pre.relu()
 
@@ -408,8 +400,9 @@ class MatryoshkaTrainingSAE(_Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfi
             sel.indices,
             values.to(W_dec.dtype),
             W_dec,
-            self._group_ends(x.device),
+            self.cfg.group_ends,
             impl=impl,
+            validate=False,
         )
         weights = torch.tensor(self.cfg.group_weights, dtype=torch.float32, device=x.device)
         prefix_losses, residual = prefix_l2(x - self.b_dec, partials, weights)
@@ -418,7 +411,12 @@ class MatryoshkaTrainingSAE(_Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfi
         if aux_sel is not None and aux_sel.nnz > 0:
             aux_values = self._encode_selected(impl, centered, post, aux_sel)
             aux_recon = _kernels.sparse_decode_csr(
-                aux_sel.row_ptr, aux_sel.indices, aux_values.to(W_dec.dtype), W_dec, impl=impl
+                aux_sel.row_ptr,
+                aux_sel.indices,
+                aux_values.to(W_dec.dtype),
+                W_dec,
+                impl=impl,
+                validate=False,
             )
             auxk_loss = self.cfg.auxk_alpha * auxk_l2(residual, aux_recon)
         else:
