@@ -285,7 +285,7 @@ def run_shape(args: argparse.Namespace, shape: Shape, device: torch.device) -> d
         side: build(side, shape, device, args.precision, args.lr, args.decoder_impl)
         for side in SIDES
     }
-    for side, trainer in trainers.items():
+    for trainer in trainers.values():
         for i in range(args.warmup):
             step(trainer, pool[i % len(pool)])
         sync(device)
