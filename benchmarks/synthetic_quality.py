@@ -22,6 +22,7 @@ Writes ``benchmarks/results/synthetic_quality.json`` and ``synthetic_quality.png
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import platform
 import statistics
@@ -77,7 +78,9 @@ class Setup:
     n_features: int = 512
     n_parents: int = 32
     children_per_parent: int = 4
-    child_prob_given_parent: float = 0.15
+    child_prob_given_parent: float = 0.35
+    # zipfian firing probabilities (exponent, max, min) of all features before the hierarchy
+    zipf: tuple[float, float, float] = (0.5, 0.2, 0.005)
     d_sae: int = 512
     k: int = 6
     widths: tuple[int, ...] = (32, 128, 512)
@@ -87,8 +90,8 @@ class Setup:
     lr: dict[str, float] = field(
         default_factory=lambda: {
             "ours": 1e-3,
-            "saelens_matryoshka": 3e-4,
-            "saelens_batchtopk": 3e-4,
+            "saelens_matryoshka": 1e-3,
+            "saelens_batchtopk": 1e-3,
         }
     )
     # Ours, for this benchmark (see the module docstring of MatryoshkaTrainingSAEConfig for the
@@ -105,8 +108,9 @@ def build_data(setup: Setup, seed: int) -> tuple[FeatureDictionary, ActivationGe
     torch.manual_seed(seed)
     feature_dict = FeatureDictionary(setup.n_features, setup.d_in, seed=seed)
     # true L0 ~ 5.5 (parents ~1.9, their children ~0.9, independent features ~2.7)
+    exponent, max_prob, min_prob = setup.zipf
     probs = zipfian_firing_probabilities(
-        setup.n_features, exponent=0.5, max_prob=0.2, min_prob=0.005
+        setup.n_features, exponent=exponent, max_prob=max_prob, min_prob=min_prob
     )
     parents = list(range(setup.n_parents))
     first_child = setup.n_parents
@@ -150,9 +154,18 @@ class Stream:
         generator: ActivationGenerator,
         setup: Setup,
         seed: int,
+        cache_dir: Path | None = None,
     ):
         self.feature_dict = feature_dict
         self.batches: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+        cache = None
+        if cache_dir is not None:
+            key = json.dumps({k: v for k, v in vars(setup).items() if k not in ("lr", "ours")})
+            digest = hashlib.sha1(key.encode()).hexdigest()[:12]
+            cache = cache_dir / f"stream_seed{seed}_{digest}.pt"
+            if cache.is_file():
+                self.batches = torch.load(cache, weights_only=True)
+                return
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             for _ in tqdm(range(setup.steps), desc=f"seed {seed} data", leave=False):
@@ -162,6 +175,9 @@ class Stream:
                 self.batches.append(
                     (counts, cols.to(torch.int16), feats[rows, cols].to(torch.float16))
                 )
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(self.batches, cache)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
         vectors = self.feature_dict.feature_vectors.detach()
@@ -389,6 +405,17 @@ def main(argv: list[str] | None = None) -> None:
         metavar="KEY=VALUE",
         help="override a MatryoshkaTrainingSAEConfig field for ours (JSON value), e.g. lr=2e-3",
     )
+    p.add_argument("--data-cache", type=Path, default=None, help="keep drawn training streams here")
+    p.add_argument(
+        "--set",
+        nargs="*",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="override a Setup field (JSON value), e.g. k=5 or zipf=[0.5,0.3,0.005]",
+    )
+    p.add_argument(
+        "--lr", nargs="*", default=[], metavar="METHOD=LR", help="learning rate of a method"
+    )
     p.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "synthetic_quality.json"
     )
@@ -397,6 +424,28 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
     setup = Setup(steps=args.steps, batch=args.batch, eval_samples=args.eval_samples)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if not hasattr(setup, key):
+            raise SystemExit(f"--set: Setup has no field {key!r}")
+        parsed = json.loads(value)
+        setattr(setup, key, tuple(parsed) if isinstance(parsed, list) else parsed)
+    for item in args.lr:
+        method, _, value = item.partition("=")
+        if method not in METHODS:
+            raise SystemExit(f"--lr: unknown method {method!r}; one of {METHODS}")
+        setup.lr[method] = float(value)
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if not hasattr(setup, key):
+            raise SystemExit(f"--set: Setup has no field {key!r}")
+        parsed = json.loads(value)
+        setattr(setup, key, tuple(parsed) if isinstance(parsed, list) else parsed)
+    for item in args.lr:
+        method, _, value = item.partition("=")
+        if method not in METHODS:
+            raise SystemExit(f"--lr: unknown method {method!r}; one of {METHODS}")
+        setup.lr[method] = float(value)
     for item in args.ours:
         key, _, value = item.partition("=")
         if key == "lr":
@@ -407,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = []
     for seed in args.seeds:
         feature_dict, generator, children_of = build_data(setup, seed)
-        stream = Stream(feature_dict, generator, setup, seed)
+        stream = Stream(feature_dict, generator, setup, seed, args.data_cache)
         metrics: dict[str, Any] = {}
         for method in args.methods:
             t0 = time.perf_counter()

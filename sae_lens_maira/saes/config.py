@@ -83,6 +83,7 @@ class MatryoshkaTrainingSAEConfig(TrainingSAEConfig):
         normalize_input: divide inputs by sqrt(E||x||^2) (estimated on the first batch unless
             ``norm_factor`` is given); folded back into b_enc, b_dec and threshold on save.
         b_dec_init: ``"geometric_median"`` of the first batch (dictionary_learning) or zeros.
+        encoder_init_scale: ``W_enc = encoder_init_scale * W_dec^T`` at init (library: 1.0).
         decoder_impl: ``auto`` picks Triton on CUDA, embedding_bag on CPU, dense for large k.
         decoder_init_norm: decoder rows are unit norm by construction; must stay 1.0.
     """
@@ -100,6 +101,7 @@ class MatryoshkaTrainingSAEConfig(TrainingSAEConfig):
     normalize_input: bool = False
     norm_factor: float | None = None
     b_dec_init: Literal["geometric_median", "zeros"] = "geometric_median"
+    encoder_init_scale: float = 1.0
     decoder_init_norm: float | None = 1.0
 
     @override
@@ -169,6 +171,8 @@ class MatryoshkaTrainingSAEConfig(TrainingSAEConfig):
             raise ValueError(
                 f"dead_feature_threshold (tokens) must be positive, got {self.dead_feature_threshold}."
             )
+        if not self.encoder_init_scale > 0:
+            raise ValueError(f"encoder_init_scale must be positive, got {self.encoder_init_scale}.")
         if self.b_dec_init not in ("geometric_median", "zeros"):
             raise ValueError(
                 f"b_dec_init must be 'geometric_median' or 'zeros', got {self.b_dec_init!r}."

@@ -69,6 +69,8 @@ def _init_extras(sae: SAE[Any], training: bool) -> None:
     sae.register_buffer("threshold", torch.tensor(-1.0, dtype=torch.float32, device=sae.device))
     if training:
         cfg = sae.cfg
+        with torch.no_grad():
+            sae.W_enc.data *= cfg.encoder_init_scale
         nf = (
             cfg.norm_factor
             if cfg.norm_factor is not None
@@ -107,9 +109,9 @@ def _check_unit_norm_fold(sae: SAE[Any]) -> None:
 
 def _fold_training_state(state_dict: dict[str, Any]) -> None:
     """Turn a training state dict into an inference one: drop counters, fold input scaling."""
-    state_dict.pop("num_tokens_since_fired", None)
-    state_dict.pop("training_steps", None)
-    norm_factor = state_dict.pop("norm_factor", None)
+    norm_factor = state_dict.get("norm_factor")
+    for name in TRAINING_ONLY_BUFFERS:
+        state_dict.pop(name, None)
     if norm_factor is None:
         return
     nf = float(norm_factor)

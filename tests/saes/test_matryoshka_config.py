@@ -26,6 +26,7 @@ def test_defaults_are_dictionary_learnings() -> None:
     assert cfg.threshold_beta == 0.999 and cfg.threshold_start_step == 1000
     assert cfg.b_dec_init == "geometric_median" and cfg.normalize_input is False
     assert cfg.decoder_init_norm == 1.0 and cfg.decoder_impl == "auto"
+    assert cfg.encoder_init_scale == 1.0
     assert dictionary_learning_lr(16384) == pytest.approx(2e-4)
     assert dictionary_learning_lr(65536) == pytest.approx(1e-4)
 
@@ -56,6 +57,7 @@ def test_fractions_follow_the_librarys_rounding() -> None:
         ),
         (dict(threshold_beta=1.0), "threshold_beta"),
         (dict(norm_factor=0.0), "norm_factor must be positive"),
+        (dict(encoder_init_scale=0.0), "encoder_init_scale must be positive"),
     ],
 )
 def test_bad_configs_name_the_problem(kwargs: dict, message: str) -> None:

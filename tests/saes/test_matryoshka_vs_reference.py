@@ -66,6 +66,10 @@ def test_init_is_dictionary_learnings() -> None:
     fresh = MatryoshkaTrainingSAE(MatryoshkaTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K))
     assert torch.count_nonzero(fresh.b_enc) == 0 and torch.count_nonzero(fresh.b_dec) == 0
     assert float(fresh.threshold) == -1.0
+    scaled = MatryoshkaTrainingSAE(
+        MatryoshkaTrainingSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, encoder_init_scale=0.1)
+    )
+    torch.testing.assert_close(scaled.W_enc, 0.1 * scaled.W_dec.T)
 
 
 @pytest.mark.parametrize("decoder_impl", ["auto", "dense"])
