@@ -148,5 +148,12 @@ def save_hub_checkpoint(model, cfg: dict, tokenizer, folder: Path, *, shard_byte
         json.dumps({"metadata": split.metadata, "weight_map": split.tensor_to_filename})
     )
     (folder / "config.json").write_text(json.dumps(cfg))
+    size = cfg["vision_config"]["image_size"]
+    (folder / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "BitImageProcessor", "do_resize": True, "size": {"shortest_edge": size},
+        "resample": 3, "do_center_crop": True, "crop_size": {"height": size, "width": size},
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True,
+        "image_mean": [0.5307] * 3, "image_std": [0.2583] * 3, "do_convert_rgb": True,
+    }))  # fmt: skip
     tokenizer.save_pretrained(str(folder))
     return folder
