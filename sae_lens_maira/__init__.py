@@ -34,4 +34,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'sae_lens_maira' has no attribute {name!r}")
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["HookedMaira2", "ImageBank", "Maira2Config", "Maira2Processor", "Study", "__version__"]

@@ -16,6 +16,13 @@ def _cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sae_lens_maira import quickstart
+
+    quickstart.run()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sae-lens-maira",
@@ -24,6 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("version", help="print the package version")
     p.set_defaults(handler=_cmd_version)
+    p = sub.add_parser("demo", help="run the main job on the built-in small default")
+    p.set_defaults(handler=_cmd_demo)
     return parser
 
 

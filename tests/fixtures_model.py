@@ -30,4 +30,6 @@ def reference(tiny_cfg):
 
 @pytest.fixture(scope="session")
 def hub_checkpoint(tmp_path_factory, reference, tiny_cfg, tokenizer):
-    return save_hub_checkpoint(reference, tiny_cfg, tokenizer, tmp_path_factory.mktemp("maira2_hub"))
+    return save_hub_checkpoint(
+        reference, tiny_cfg, tokenizer, tmp_path_factory.mktemp("maira2_hub")
+    )

@@ -48,7 +48,9 @@ def studies_to_token_dataset(
         image_positions = [i for i, t in enumerate(tokens) if t == processor.image_token_id]
         for run, image in enumerate(enc.images):
             ids = virtual_image_ids(d_vocab, bank.add(image), processor.n_patches).tolist()
-            for pos, vid in zip(image_positions[run * processor.n_patches : (run + 1) * processor.n_patches], ids):
+            for pos, vid in zip(
+                image_positions[run * processor.n_patches : (run + 1) * processor.n_patches], ids
+            ):
                 tokens[pos] = vid
         n_pad = context_size - len(tokens)
         rows["tokens"].append(tokens + [pad] * n_pad)

@@ -50,7 +50,9 @@ def resolve_checkpoint(path_or_repo: str | Path) -> Path:
 def read_config(folder: Path) -> Maira2Config:
     path = folder / CONFIG_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{folder} has no {CONFIG_NAME}; is it a MAIRA-2 checkpoint folder?")
+        raise FileNotFoundError(
+            f"{folder} has no {CONFIG_NAME}; is it a MAIRA-2 checkpoint folder?"
+        )
     try:
         raw = json.loads(path.read_text())
     except json.JSONDecodeError as err:
@@ -69,7 +71,9 @@ def weight_files(folder: Path) -> list[Path]:
             files = [folder / f for f in dict.fromkeys(weight_map.values())]
             missing = [f.name for f in files if not f.is_file()]
             if missing:
-                raise FileNotFoundError(f"{index} lists shards that are missing from {folder}: {missing}")
+                raise FileNotFoundError(
+                    f"{index} lists shards that are missing from {folder}: {missing}"
+                )
             return files
     for single in (SAFE_SINGLE, BIN_SINGLE):
         if (folder / single).is_file():
@@ -92,14 +96,20 @@ def iter_tensors(files: list[Path]) -> Iterator[tuple[str, torch.Tensor]]:
             del state
 
 
-def save_state_dict(state_dict: dict[str, torch.Tensor], folder: Path, max_shard_size: str | int = "5GB") -> None:
+def save_state_dict(
+    state_dict: dict[str, torch.Tensor], folder: Path, max_shard_size: str | int = "5GB"
+) -> None:
     """Write safetensors shards (+ index when more than one), as ``save_pretrained`` does."""
     folder.mkdir(parents=True, exist_ok=True)
     split = split_torch_state_dict_into_shards(
         state_dict, filename_pattern="model{suffix}.safetensors", max_shard_size=max_shard_size
     )
     for filename, keys in split.filename_to_tensors.items():
-        save_file({k: state_dict[k].contiguous() for k in keys}, str(folder / filename), metadata={"format": "pt"})
+        save_file(
+            {k: state_dict[k].contiguous() for k in keys},
+            str(folder / filename),
+            metadata={"format": "pt"},
+        )
     if split.is_sharded:
         index = {"metadata": split.metadata, "weight_map": split.tensor_to_filename}
         (folder / SAFE_INDEX).write_text(json.dumps(index, indent=2))

@@ -170,7 +170,13 @@ class Maira2Config:
 
     def validate(self) -> None:
         t = self.text_config
-        for key in ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size"):
+        for key in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "intermediate_size",
+            "vocab_size",
+        ):
             if key not in t:
                 raise ValueError(f"text_config lacks {key!r}")
         if t["hidden_size"] % t["num_attention_heads"]:
@@ -180,9 +186,13 @@ class Maira2Config:
                 f"image_token_id {self.image_token_id} is outside the vocabulary of {t['vocab_size']} tokens"
             )
         if self.vision_feature_select_strategy not in ("default", "full"):
-            raise ValueError(f"unknown vision_feature_select_strategy {self.vision_feature_select_strategy!r}")
+            raise ValueError(
+                f"unknown vision_feature_select_strategy {self.vision_feature_select_strategy!r}"
+            )
         if self.projector_hidden_act != "gelu":
-            raise ValueError(f"projector_hidden_act {self.projector_hidden_act!r} is not supported (MAIRA-2 uses gelu)")
+            raise ValueError(
+                f"projector_hidden_act {self.projector_hidden_act!r} is not supported (MAIRA-2 uses gelu)"
+            )
         if self.projector_n_layers < 1:
             raise ValueError("projector_n_layers must be at least 1")
         self.rope  # noqa: B018  (raises on unsupported rope types)
@@ -228,7 +238,9 @@ class Maira2Config:
         t = self.text_config
         params = t.get("rope_parameters") or {}
         scaling = t.get("rope_scaling") or {}
-        rope_type = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+        rope_type = (
+            params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+        )
         factor = float(params.get("factor", scaling.get("factor", 1.0)))
         theta = float(params.get("rope_theta", t.get("rope_theta", 10000.0)))
         if rope_type not in ("default", "linear"):
@@ -245,9 +257,17 @@ class Maira2Config:
 
     # ---- component configs ------------------------------------------------------------------------
     def dinov2_config(self) -> Dinov2Config:
-        v = {k: val for k, val in self.vision_config.items() if k not in ("model_type", "transformers_version")}
+        v = {
+            k: val
+            for k, val in self.vision_config.items()
+            if k not in ("model_type", "transformers_version")
+        }
         n = int(v.get("num_hidden_layers", 12))
-        layer = self.vision_feature_layer if self.vision_feature_layer >= 0 else n + 1 + self.vision_feature_layer
+        layer = (
+            self.vision_feature_layer
+            if self.vision_feature_layer >= 0
+            else n + 1 + self.vision_feature_layer
+        )
         v["out_features"] = [f"stage{layer}"]
         v.pop("out_indices", None)
         v["apply_layernorm"] = True

@@ -213,13 +213,16 @@ class HookedMaira2(HookedSAETransformer):
         if missing or unexpected:
             parts = []
             if missing:
-                parts.append(f"missing weights ({len(missing)}): {missing[:8]}{' ...' if len(missing) > 8 else ''}")
+                parts.append(
+                    f"missing weights ({len(missing)}): {missing[:8]}{' ...' if len(missing) > 8 else ''}"
+                )
             if unexpected:
                 parts.append(
                     f"unexpected weights ({len(unexpected)}): {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
                 )
             raise ValueError(
-                "the checkpoint does not match MAIRA-2's architecture: " + "; ".join(parts)
+                "the checkpoint does not match MAIRA-2's architecture: "
+                + "; ".join(parts)
                 + ". Check that the folder holds a complete MAIRA-2 checkpoint and its own config.json"
             )
         with torch.no_grad():
@@ -252,7 +255,11 @@ class HookedMaira2(HookedSAETransformer):
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pixels [n, 3, H, W] -> projected image embeddings [n, n_patches, d_model]."""
         size = self.maira_config.image_size
-        if pixel_values.ndim != 4 or pixel_values.shape[1] != 3 or tuple(pixel_values.shape[-2:]) != (size, size):
+        if (
+            pixel_values.ndim != 4
+            or pixel_values.shape[1] != 3
+            or tuple(pixel_values.shape[-2:]) != (size, size)
+        ):
             raise ValueError(
                 f"pixel_values must have shape [n_images, 3, {size}, {size}], got {tuple(pixel_values.shape)}; "
                 "preprocess images with Maira2Processor / ImagePreprocessor"
@@ -311,8 +318,12 @@ class HookedMaira2(HookedSAETransformer):
         """
         if kwargs.get("start_at_layer") is not None:
             return super().forward(input, **kwargs)
-        if isinstance(input, (str, list)) and (pixel_values is not None or image_embeds is not None):
-            input = self.to_tokens(input, prepend_bos=kwargs.get("prepend_bos", True), padding_side="left")
+        if isinstance(input, (str, list)) and (
+            pixel_values is not None or image_embeds is not None
+        ):
+            input = self.to_tokens(
+                input, prepend_bos=kwargs.get("prepend_bos", True), padding_side="left"
+            )
         if isinstance(input, torch.Tensor):
             if input.ndim == 1:
                 input = input[None]
@@ -364,7 +375,13 @@ class HookedMaira2(HookedSAETransformer):
                 f"{self.n_patches} image tokens, in order of appearance"
             )
 
-    def loss_fn(self, logits: torch.Tensor, tokens: torch.Tensor, attention_mask=None, per_token: bool = False):  # type: ignore[override]
+    def loss_fn(
+        self,
+        logits: torch.Tensor,
+        tokens: torch.Tensor,
+        attention_mask=None,
+        per_token: bool = False,
+    ):  # type: ignore[override]
         """Next-token loss; virtual image ids count as the image token they stand for."""
         tokens = tokens.masked_fill(tokens >= self.cfg.d_vocab, self.image_token_id)
         return super().loss_fn(logits, tokens, attention_mask, per_token)
@@ -405,20 +422,32 @@ class HookedMaira2(HookedSAETransformer):
             if attention_mask is None and isinstance(input, list) and len(input) > 1:
                 from transformer_lens.utils import get_attention_mask
 
-                attention_mask = get_attention_mask(self.tokenizer, tokens, True, padding_side="left")
+                attention_mask = get_attention_mask(
+                    self.tokenizer, tokens, True, padding_side="left"
+                )
         else:
             tokens = input if input.ndim == 2 else input[None]
         tokens = tokens.to(self.cfg.device)
         B = tokens.shape[0]
-        mask = (attention_mask if attention_mask is not None else torch.ones_like(tokens)).to(self.cfg.device)
+        mask = (attention_mask if attention_mask is not None else torch.ones_like(tokens)).to(
+            self.cfg.device
+        )
         self._check_inputs(tokens, pixel_values, image_embeds, {"attention_mask": mask})
         if pixel_values is not None:
             image_embeds = self.encode_images(pixel_values)
-        stop = [] if not stop_at_eos else _as_list(eos_token_id if eos_token_id is not None else self._eos_id())
+        stop = (
+            []
+            if not stop_at_eos
+            else _as_list(eos_token_id if eos_token_id is not None else self._eos_id())
+        )
         pad = stop[0] if stop else 0
         finished = torch.zeros(B, dtype=torch.bool, device=tokens.device)
         new_tokens: list[torch.Tensor] = []
-        cache = TransformerLensKeyValueCache.init_cache(self.cfg, self.cfg.device, B) if use_past_kv_cache else None
+        cache = (
+            TransformerLensKeyValueCache.init_cache(self.cfg, self.cfg.device, B)
+            if use_past_kv_cache
+            else None
+        )
         logits = self(tokens, attention_mask=mask, past_kv_cache=cache, image_embeds=image_embeds)
         prompt_embeds = None
         for step in tqdm(range(max_new_tokens), disable=not verbose, desc="generate"):
@@ -447,7 +476,10 @@ class HookedMaira2(HookedSAETransformer):
         generated = torch.stack(new_tokens, dim=1) if new_tokens else tokens[:, :0]
         if return_type == "str":
             assert self.tokenizer is not None, "return_type='str' needs a tokenizer"
-            texts = [self.tokenizer.decode(row.tolist(), skip_special_tokens=True).strip() for row in generated]
+            texts = [
+                self.tokenizer.decode(row.tolist(), skip_special_tokens=True).strip()
+                for row in generated
+            ]
             return texts[0] if isinstance(input, str) else texts
         return torch.cat([tokens, generated], dim=1)
 

@@ -20,7 +20,9 @@ from sae_lens_maira.processing.images import ImagePreprocessor
 class ImageBank:
     """An append-only list of images, preprocessed on demand, picklable for worker processes."""
 
-    def __init__(self, images: Sequence[ImageRef] = (), preprocessor: ImagePreprocessor | None = None) -> None:
+    def __init__(
+        self, images: Sequence[ImageRef] = (), preprocessor: ImagePreprocessor | None = None
+    ) -> None:
         self.preprocessor = preprocessor or ImagePreprocessor()
         self._images: list[ImageRef | torch.Tensor] = list(images)
 
@@ -55,14 +57,20 @@ def virtual_image_ids(base: int, image_index: int, n_patches: int) -> torch.Tens
     return torch.arange(start, start + n_patches, dtype=torch.long)
 
 
-def split_virtual_ids(ids: torch.Tensor, base: int, n_patches: int) -> tuple[torch.Tensor, torch.Tensor]:
+def split_virtual_ids(
+    ids: torch.Tensor, base: int, n_patches: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(image index, patch index) of virtual ids."""
     offset = ids - base
     return offset // n_patches, offset % n_patches
 
 
 def to_virtual_tokens(
-    input_ids: torch.Tensor, image_token_id: int, image_indices: Sequence[int], base: int, n_patches: int
+    input_ids: torch.Tensor,
+    image_token_id: int,
+    image_indices: Sequence[int],
+    base: int,
+    n_patches: int,
 ) -> torch.Tensor:
     """Replace each run of ``n_patches`` image-token ids by the virtual ids of the bank images.
 

@@ -75,13 +75,34 @@ def hub_key_to_tl(
         "mlp.up_proj.weight": ("mlp.W_in", lambda t: t.T),
         "mlp.gate_proj.weight": ("mlp.W_gate", lambda t: t.T),
         "mlp.down_proj.weight": ("mlp.W_out", lambda t: t.T),
-        "self_attn.q_proj.weight": ("attn.W_Q", lambda t: einops.rearrange(t, "(n h) m -> n m h", n=n_heads)),
-        "self_attn.k_proj.weight": (f"attn.{gqa}W_K", lambda t: einops.rearrange(t, "(n h) m -> n m h", n=n_kv)),
-        "self_attn.v_proj.weight": (f"attn.{gqa}W_V", lambda t: einops.rearrange(t, "(n h) m -> n m h", n=n_kv)),
-        "self_attn.o_proj.weight": ("attn.W_O", lambda t: einops.rearrange(t, "m (n h) -> n h m", n=n_heads)),
-        "self_attn.q_proj.bias": ("attn.b_Q", lambda t: einops.rearrange(t, "(n h) -> n h", n=n_heads)),
-        "self_attn.k_proj.bias": (f"attn.{gqa}b_K", lambda t: einops.rearrange(t, "(n h) -> n h", n=n_kv)),
-        "self_attn.v_proj.bias": (f"attn.{gqa}b_V", lambda t: einops.rearrange(t, "(n h) -> n h", n=n_kv)),
+        "self_attn.q_proj.weight": (
+            "attn.W_Q",
+            lambda t: einops.rearrange(t, "(n h) m -> n m h", n=n_heads),
+        ),
+        "self_attn.k_proj.weight": (
+            f"attn.{gqa}W_K",
+            lambda t: einops.rearrange(t, "(n h) m -> n m h", n=n_kv),
+        ),
+        "self_attn.v_proj.weight": (
+            f"attn.{gqa}W_V",
+            lambda t: einops.rearrange(t, "(n h) m -> n m h", n=n_kv),
+        ),
+        "self_attn.o_proj.weight": (
+            "attn.W_O",
+            lambda t: einops.rearrange(t, "m (n h) -> n h m", n=n_heads),
+        ),
+        "self_attn.q_proj.bias": (
+            "attn.b_Q",
+            lambda t: einops.rearrange(t, "(n h) -> n h", n=n_heads),
+        ),
+        "self_attn.k_proj.bias": (
+            f"attn.{gqa}b_K",
+            lambda t: einops.rearrange(t, "(n h) -> n h", n=n_kv),
+        ),
+        "self_attn.v_proj.bias": (
+            f"attn.{gqa}b_V",
+            lambda t: einops.rearrange(t, "(n h) -> n h", n=n_kv),
+        ),
         "self_attn.o_proj.bias": ("attn.b_O", lambda t: t),
     }
     if rest not in simple:
@@ -94,7 +115,9 @@ def hub_key_to_tl(
 ZERO_FILLED = re.compile(r"(attn\.(_?b_[QKV]|b_O)|mlp\.b_(in|out)|unembed\.b_U)$")
 
 
-def tl_to_hub_state_dict(state_dict: dict[str, torch.Tensor], cfg: HookedTransformerConfig) -> dict[str, torch.Tensor]:
+def tl_to_hub_state_dict(
+    state_dict: dict[str, torch.Tensor], cfg: HookedTransformerConfig
+) -> dict[str, torch.Tensor]:
     """Our state dict -> the hub layout (for saving checkpoints in the real format).
 
     Vision keys get transformers 4.x Dinov2 names, as in the published snapshot. TransformerLens's
@@ -112,7 +135,9 @@ def tl_to_hub_state_dict(state_dict: dict[str, torch.Tensor], cfg: HookedTransfo
         if name.startswith("multi_modal_projector."):
             out[name] = t
             continue
-        if ZERO_FILLED.search(name) or name.endswith(("rotary_sin", "rotary_cos", ".mask", ".IGNORE")):
+        if ZERO_FILLED.search(name) or name.endswith(
+            ("rotary_sin", "rotary_cos", ".mask", ".IGNORE")
+        ):
             continue
         if name == "embed.W_E":
             out["language_model.model.embed_tokens.weight"] = t
@@ -132,10 +157,22 @@ def tl_to_hub_state_dict(state_dict: dict[str, torch.Tensor], cfg: HookedTransfo
                 "mlp.W_in": ("mlp.up_proj.weight", lambda x: x.T),
                 "mlp.W_gate": ("mlp.gate_proj.weight", lambda x: x.T),
                 "mlp.W_out": ("mlp.down_proj.weight", lambda x: x.T),
-                "attn.W_Q": ("self_attn.q_proj.weight", lambda x: einops.rearrange(x, "n m h -> (n h) m")),
-                f"attn.{gqa}W_K": ("self_attn.k_proj.weight", lambda x: einops.rearrange(x, "n m h -> (n h) m")),
-                f"attn.{gqa}W_V": ("self_attn.v_proj.weight", lambda x: einops.rearrange(x, "n m h -> (n h) m")),
-                "attn.W_O": ("self_attn.o_proj.weight", lambda x: einops.rearrange(x, "n h m -> m (n h)", n=n_heads)),
+                "attn.W_Q": (
+                    "self_attn.q_proj.weight",
+                    lambda x: einops.rearrange(x, "n m h -> (n h) m"),
+                ),
+                f"attn.{gqa}W_K": (
+                    "self_attn.k_proj.weight",
+                    lambda x: einops.rearrange(x, "n m h -> (n h) m"),
+                ),
+                f"attn.{gqa}W_V": (
+                    "self_attn.v_proj.weight",
+                    lambda x: einops.rearrange(x, "n m h -> (n h) m"),
+                ),
+                "attn.W_O": (
+                    "self_attn.o_proj.weight",
+                    lambda x: einops.rearrange(x, "n h m -> m (n h)", n=n_heads),
+                ),
             }
             if rest not in rules:
                 raise KeyError(f"no checkpoint name for parameter {name}")

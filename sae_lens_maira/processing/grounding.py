@@ -22,7 +22,9 @@ Box = tuple[float, float, float, float]  # x_min, y_min, x_max, y_max
 @dataclass
 class GroundedPhrase:
     text: str
-    boxes: list[Box] = field(default_factory=list)  # in original-image pixels (or relative, see below)
+    boxes: list[Box] = field(
+        default_factory=list
+    )  # in original-image pixels (or relative, see below)
 
     @property
     def grounded(self) -> bool:
@@ -48,7 +50,9 @@ def parse_grounded_output(
     for match in _OBJ.finditer(text):
         _add_plain(text[cursor : match.start()], phrases)
         inner = match.group(1)
-        boxes = [_map_box(tuple(int(g) for g in m.groups()), crop_box) for m in _BOX.finditer(inner)]
+        boxes = [
+            _map_box(tuple(int(g) for g in m.groups()), crop_box) for m in _BOX.finditer(inner)
+        ]
         phrase = _ANY_TAG.sub("", _BOX.sub("", inner)).strip()
         phrases.append(GroundedPhrase(phrase, boxes))
         cursor = match.end()

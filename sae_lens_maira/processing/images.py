@@ -62,7 +62,9 @@ def _array_to_image(array: np.ndarray, what: str) -> Image.Image:
     if array.ndim == 3 and array.shape[-1] in (1, 3, 4):
         array = array[..., :3].mean(axis=-1) if array.shape[-1] >= 3 else array[..., 0]
     if array.ndim != 2 or min(array.shape) < 2:
-        raise ImageLoadError(f"{what} of shape {tuple(array.shape)} is not a 2-D greyscale or RGB image")
+        raise ImageLoadError(
+            f"{what} of shape {tuple(array.shape)} is not a 2-D greyscale or RGB image"
+        )
     if not np.isfinite(array).all():
         raise ImageLoadError(f"{what} contains NaN or infinite pixel values")
     return Image.fromarray(_stretch(array.astype(np.float64)))
@@ -127,8 +129,12 @@ class ImagePreprocessor:
         return cls(
             size=int(size),
             crop_size=int(crop),
-            image_mean=tuple(float(m) for m in (mean if isinstance(mean, (list, tuple)) else [mean] * 3)),
-            image_std=tuple(float(s) for s in (std if isinstance(std, (list, tuple)) else [std] * 3)),
+            image_mean=tuple(
+                float(m) for m in (mean if isinstance(mean, (list, tuple)) else [mean] * 3)
+            ),
+            image_std=tuple(
+                float(s) for s in (std if isinstance(std, (list, tuple)) else [std] * 3)
+            ),
             resample=int(cfg.get("resample", int(Image.Resampling.BICUBIC))),
         )
 

@@ -69,9 +69,14 @@ class Maira2Inputs:
         }
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Maira2Inputs:
-        move = {k: getattr(self, k).to(device) for k in ("input_ids", "attention_mask", "roles", "image_slot", "patch_index")}
+        move = {
+            k: getattr(self, k).to(device)
+            for k in ("input_ids", "attention_mask", "roles", "image_slot", "patch_index")
+        }
         pixels = self.pixel_values.to(device=device, dtype=dtype or self.pixel_values.dtype)
-        return Maira2Inputs(pixel_values=pixels, n_images=self.n_images, study_ids=self.study_ids, **move)
+        return Maira2Inputs(
+            pixel_values=pixels, n_images=self.n_images, study_ids=self.study_ids, **move
+        )
 
 
 class Maira2Processor:
@@ -112,7 +117,12 @@ class Maira2Processor:
 
             cfg = Maira2Config.from_hf_dict(json.loads(config_path.read_text()))
             patch_size, max_length = cfg.patch_size, cfg.n_ctx
-        return cls(tokenizer, ImagePreprocessor.from_pretrained(folder), patch_size=patch_size, max_length=max_length)
+        return cls(
+            tokenizer,
+            ImagePreprocessor.from_pretrained(folder),
+            patch_size=patch_size,
+            max_length=max_length,
+        )
 
     def save_pretrained(self, folder: str | Path) -> None:
         self.tokenizer.save_pretrained(str(folder))
@@ -157,7 +167,9 @@ class Maira2Processor:
             text = IMAGE_TOKEN if p.is_image else p.text
             assert text is not None
             if not p.is_image and IMAGE_TOKEN in text:
-                raise ValueError(f"prompt text may not contain the literal {IMAGE_TOKEN!r} token: {text[:80]!r}")
+                raise ValueError(
+                    f"prompt text may not contain the literal {IMAGE_TOKEN!r} token: {text[:80]!r}"
+                )
             text_parts.append(text)
             char_roles.append(np.full(len(text), int(p.role), dtype=np.int64))
             if p.is_image:
@@ -199,7 +211,12 @@ class Maira2Processor:
         return EncodedPrompt(ids, roles, slots, patches, list(images))
 
     def encode_study(
-        self, study: Study, *, task: Task = "findings", with_report: bool = False, phrase: str | None = None
+        self,
+        study: Study,
+        *,
+        task: Task = "findings",
+        with_report: bool = False,
+        phrase: str | None = None,
     ) -> EncodedPrompt:
         if task == "phrase_grounding":
             if phrase is None:
@@ -250,7 +267,9 @@ class Maira2Processor:
             patches[b, sl] = torch.tensor(e.patch_index)
         images = [im for e in encoded for im in e.images]
         pixel_values = self.image_processor(images)
-        return Maira2Inputs(ids, mask, pixel_values, roles, slots, patches, [len(e.images) for e in encoded])
+        return Maira2Inputs(
+            ids, mask, pixel_values, roles, slots, patches, [len(e.images) for e in encoded]
+        )
 
     @property
     def pad_token_id(self) -> int:

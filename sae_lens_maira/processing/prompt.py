@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 from sae_lens_maira.processing.roles import Role
 
-SYSTEM_PROMPT = "You are an expert radiology assistant tasked with interpreting a chest X-ray study."
+SYSTEM_PROMPT = (
+    "You are an expert radiology assistant tasked with interpreting a chest X-ray study."
+)
 NOT_AVAILABLE = "N/A"
 FINDINGS_INSTRUCTION = (
     "Provide a structured description of the findings in the radiology study in comparison to the "
@@ -69,9 +71,19 @@ def _image_phrase(has_lateral: bool, has_prior: bool) -> list[Piece]:
     if not has_lateral and not has_prior:
         return [Piece("Given the current frontal image only"), frontal]
     if has_lateral and not has_prior:
-        return [Piece("Given the current frontal image"), frontal, Piece(" and the current lateral image"), lateral]
+        return [
+            Piece("Given the current frontal image"),
+            frontal,
+            Piece(" and the current lateral image"),
+            lateral,
+        ]
     if has_prior and not has_lateral:
-        return [Piece("Given the current frontal image"), frontal, Piece(" and the prior frontal image"), prior]
+        return [
+            Piece("Given the current frontal image"),
+            frontal,
+            Piece(" and the prior frontal image"),
+            prior,
+        ]
     return [
         Piece("Given the current frontal image"),
         frontal,

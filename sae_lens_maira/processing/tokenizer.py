@@ -48,7 +48,9 @@ def build_maira2_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreT
             "byte-fallback tokens; use at least 300"
         )
     trainer_tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
-    trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always", split=True)
+    trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="always", split=True
+    )
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size - n_reserved,
         special_tokens=[],

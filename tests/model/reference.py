@@ -14,7 +14,13 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import Dinov2Backbone, Dinov2Config, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+from transformers import (
+    Dinov2Backbone,
+    Dinov2Config,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+)
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 
@@ -72,19 +78,26 @@ class _Projector(nn.Module):
         return self.layers(x)
 
 
-def _maira2_image_features(self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, **kwargs):
+def _maira2_image_features(
+    self, pixel_values, vision_feature_layer=None, vision_feature_select_strategy=None, **kwargs
+):
     feats = self.vision_tower(pixel_values).feature_maps[-1][:, 1:]
     projected = self.multi_modal_projector(feats)
     return BaseModelOutputWithPooling(last_hidden_state=feats, pooler_output=list(projected))
 
 
-def build_reference(cfg: dict, *, seed: int = 0, init_std: float = 0.15) -> LlavaForConditionalGeneration:
+def build_reference(
+    cfg: dict, *, seed: int = 0, init_std: float = 0.15
+) -> LlavaForConditionalGeneration:
     torch.manual_seed(seed)
     t = dict(cfg["text_config"])
     t.pop("model_type")
     scaling = t.pop("rope_scaling")
     theta = t.pop("rope_theta")
-    text = LlamaConfig(**t, rope_parameters={"rope_type": "linear", "factor": scaling["factor"], "rope_theta": theta})
+    text = LlamaConfig(
+        **t,
+        rope_parameters={"rope_type": "linear", "factor": scaling["factor"], "rope_theta": theta},
+    )
     v = dict(cfg["vision_config"])
     v.pop("model_type")
     vision = Dinov2Config(**v)
@@ -120,20 +133,22 @@ def hub_layout_state_dict(model: LlavaForConditionalGeneration) -> dict[str, tor
     out = {}
     for k, v in model.state_dict().items():
         if k.startswith("model.language_model."):
-            k = "language_model.model." + k[len("model.language_model."):]
+            k = "language_model.model." + k[len("model.language_model.") :]
         elif k == "lm_head.weight":
             k = "language_model.lm_head.weight"
         elif k.startswith("model.vision_tower."):
-            k = k[len("model."):]
+            k = k[len("model.") :]
             for new, old in _DINO_OLD.items():
                 k = k.replace(new, old)
         elif k.startswith("model.multi_modal_projector."):
-            k = k[len("model."):]
+            k = k[len("model.") :]
         out[k] = v.detach().clone().contiguous()
     return out
 
 
-def save_hub_checkpoint(model, cfg: dict, tokenizer, folder: Path, *, shard_bytes: int = 60_000) -> Path:
+def save_hub_checkpoint(
+    model, cfg: dict, tokenizer, folder: Path, *, shard_bytes: int = 60_000
+) -> Path:
     """Write the reference in the hub layout: sharded safetensors + index, config.json, tokenizer."""
     from huggingface_hub import split_torch_state_dict_into_shards
     from safetensors.torch import save_file

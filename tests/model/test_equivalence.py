@@ -13,7 +13,9 @@ def _prompt(tokenizer, n_images: int, seed: int) -> list[int]:
     image_id = tokenizer.convert_tokens_to_ids("<image>")
     ids = [tokenizer.bos_token_id]
     for _ in range(n_images):
-        ids += torch.randint(3, 300, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g).tolist()
+        ids += torch.randint(
+            3, 300, (int(torch.randint(2, 6, (1,), generator=g)),), generator=g
+        ).tolist()
         ids += [image_id] * N_PATCHES
     ids += torch.randint(3, 300, (7,), generator=g).tolist()
     return ids
@@ -25,8 +27,8 @@ def _batch(tokenizer, counts=(1, 3, 2)):
     ids = torch.full((len(prompts), T), tokenizer.eos_token_id)
     mask = torch.zeros_like(ids)
     for b, p in enumerate(prompts):
-        ids[b, T - len(p):] = torch.tensor(p)
-        mask[b, T - len(p):] = 1
+        ids[b, T - len(p) :] = torch.tensor(p)
+        mask[b, T - len(p) :] = 1
     g = torch.Generator().manual_seed(1)
     pixels = torch.randn(sum(counts), 3, 56, 56, generator=g)
     return ids, mask, pixels, counts
@@ -40,8 +42,13 @@ def model(hub_checkpoint):
 def _reference_forward(reference, ids, mask, pixels):
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.no_grad():
-        return reference(input_ids=ids, attention_mask=mask, pixel_values=pixels, position_ids=pos,
-                         output_hidden_states=True)
+        return reference(
+            input_ids=ids,
+            attention_mask=mask,
+            pixel_values=pixels,
+            position_ids=pos,
+            output_hidden_states=True,
+        )
 
 
 def test_logits_match_reference_batched_left_padded(model, reference, tokenizer):
@@ -84,23 +91,39 @@ def test_images_change_the_output(model, tokenizer):
 def test_greedy_generation_matches_reference(model, reference, tokenizer):
     ids, mask, pixels, counts = _batch(tokenizer)
     with torch.no_grad():
-        ref = reference.generate(input_ids=ids, attention_mask=mask, pixel_values=pixels, max_new_tokens=12,
-                                 do_sample=False, eos_token_id=None, pad_token_id=tokenizer.eos_token_id,
-                                 min_new_tokens=12)
-    ours = model.generate(ids, max_new_tokens=12, pixel_values=pixels, attention_mask=mask, stop_at_eos=False)
+        ref = reference.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            pixel_values=pixels,
+            max_new_tokens=12,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=tokenizer.eos_token_id,
+            min_new_tokens=12,
+        )
+    ours = model.generate(
+        ids, max_new_tokens=12, pixel_values=pixels, attention_mask=mask, stop_at_eos=False
+    )
     assert torch.equal(ours, ref)
-    assert len(set(ref[:, ids.shape[1]:].flatten().tolist())) > 2  # generations are not degenerate
+    assert len(set(ref[:, ids.shape[1] :].flatten().tolist())) > 2  # generations are not degenerate
     # the same prompts one at a time, and without the KV cache, give the same tokens
     start = 0
     for b, n in enumerate(counts):
         real = mask[b].bool()
-        single = model.generate(ids[b:b + 1, real], max_new_tokens=12, pixel_values=pixels[start:start + n],
-                                stop_at_eos=False, use_past_kv_cache=False)
-        assert torch.equal(single[0, real.sum():], ours[b, ids.shape[1]:])
+        single = model.generate(
+            ids[b : b + 1, real],
+            max_new_tokens=12,
+            pixel_values=pixels[start : start + n],
+            stop_at_eos=False,
+            use_past_kv_cache=False,
+        )
+        assert torch.equal(single[0, real.sum() :], ours[b, ids.shape[1] :])
         start += n
 
 
-def test_sharded_hub_checkpoint_equals_transformers5_layout(model, reference, tiny_cfg, tokenizer, tmp_path):
+def test_sharded_hub_checkpoint_equals_transformers5_layout(
+    model, reference, tiny_cfg, tokenizer, tmp_path
+):
     """The same weights saved by transformers' own save_pretrained (LLaVA 5.x layout) load identically."""
     import json
 

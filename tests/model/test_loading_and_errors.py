@@ -24,7 +24,9 @@ def test_maira2_preset_parameter_count_on_meta():
 
 def test_small_preset_runs_on_cpu(tokenizer):
     model = HookedMaira2.from_config("small", tokenizer=tokenizer, seed=0, device="cpu")
-    assert model.cfg.d_vocab == len(tokenizer) and model.image_token_id == tokenizer.convert_tokens_to_ids("<image>")
+    assert model.cfg.d_vocab == len(
+        tokenizer
+    ) and model.image_token_id == tokenizer.convert_tokens_to_ids("<image>")
     ids = torch.tensor([[1] + [model.image_token_id] * model.n_patches + [5, 6]])
     with torch.no_grad():
         logits = model(ids, pixel_values=torch.randn(1, 3, 224, 224))
@@ -34,12 +36,20 @@ def test_small_preset_runs_on_cpu(tokenizer):
 def test_config_reads_transformers5_rope_parameters_and_image_token_id():
     d = Maira2Config.preset("maira-2").to_hf_dict()
     d["text_config"].pop("rope_scaling")
-    d["text_config"]["rope_parameters"] = {"rope_type": "linear", "factor": 2.0, "rope_theta": 5000.0}
+    d["text_config"]["rope_parameters"] = {
+        "rope_type": "linear",
+        "factor": 2.0,
+        "rope_theta": 5000.0,
+    }
     d["image_token_id"] = d.pop("image_token_index")
     cfg = Maira2Config.from_hf_dict(d)
     assert cfg.rope == ("linear", 2.0, 5000.0) and cfg.n_ctx == 8192 and cfg.image_token_id == 32204
     tl = cfg.hooked_transformer_config(device="cpu")
-    assert tl.rotary_scaling_factor == 2.0 and tl.rotary_base == 5000.0 and tl.n_key_value_heads is None
+    assert (
+        tl.rotary_scaling_factor == 2.0
+        and tl.rotary_base == 5000.0
+        and tl.n_key_value_heads is None
+    )
     d["text_config"]["rope_parameters"]["rope_type"] = "yarn"
     with pytest.raises(ValueError, match="rope type 'yarn' is not supported"):
         Maira2Config.from_hf_dict(d)
@@ -110,7 +120,9 @@ def test_tokenizer_without_image_token(hub_checkpoint, tmp_path):
     folder = _copy(hub_checkpoint, tmp_path / "ck")
     for f in folder.glob("tokenizer*"):
         f.unlink()
-    LlamaTokenizer(vocab={"<unk>": 0, "<s>": 1, "</s>": 2, "▁a": 3}, merges=[]).save_pretrained(str(folder))
+    LlamaTokenizer(vocab={"<unk>": 0, "<s>": 1, "</s>": 2, "▁a": 3}, merges=[]).save_pretrained(
+        str(folder)
+    )
     with pytest.raises(ValueError, match="has no '<image>' token"):
         HookedMaira2.from_pretrained(folder, device="cpu")
 
@@ -125,7 +137,9 @@ def test_input_errors(model):
     ids = torch.tensor([[1] + [img] * 16 + [5]])
     with pytest.raises(ValueError, match="no pixel_values were given"):
         model(ids)
-    with pytest.raises(ValueError, match=r"hold 16 image tokens \(1 images of 16 patches\) but 2 images were given"):
+    with pytest.raises(
+        ValueError, match=r"hold 16 image tokens \(1 images of 16 patches\) but 2 images were given"
+    ):
         model(ids, pixel_values=torch.randn(2, 3, 56, 56))
     with pytest.raises(ValueError, match=r"pixel_values must have shape \[n_images, 3, 56, 56\]"):
         model(ids, pixel_values=torch.randn(1, 3, 64, 64))

@@ -31,8 +31,15 @@ def _studies(n=4):
     for i in range(n):
         frontal = rng.integers(0, 255, (70, 60)).astype(np.uint8)
         lateral = rng.integers(0, 255, (64, 64)).astype(np.uint8) if i % 2 else None
-        out.append(Study(f"s{i}", frontal=frontal, lateral=lateral, indication=f"Cough {i}.",
-                         findings="The heart size is normal. No pleural effusion."))
+        out.append(
+            Study(
+                f"s{i}",
+                frontal=frontal,
+                lateral=lateral,
+                indication=f"Cough {i}.",
+                findings="The heart size is normal. No pleural effusion.",
+            )
+        )
     return out
 
 
@@ -40,16 +47,33 @@ def test_stock_activations_store_on_virtual_image_tokens(model, processor):
     studies = _studies()
     bank = ImageBank(preprocessor=processor.image_processor)
     context = max(len(processor.encode_study(s, with_report=True)) for s in studies)
-    ds = studies_to_token_dataset(studies, processor, bank, d_vocab=model.cfg.d_vocab, context_size=context,
-                                  show_progress=False)
+    ds = studies_to_token_dataset(
+        studies,
+        processor,
+        bank,
+        d_vocab=model.cfg.d_vocab,
+        context_size=context,
+        show_progress=False,
+    )
     assert (torch.tensor(ds["tokens"]) >= model.cfg.d_vocab).any()
     model.attach_image_bank(bank)
     pad = processor.pad_token_id
     store = ActivationsStore(
-        model=model, dataset=ds, streaming=False, hook_name=HOOK, hook_head_index=None,
-        context_size=context, d_in=model.cfg.d_model, n_batches_in_buffer=2, total_training_tokens=10_000,
-        store_batch_size_prompts=2, train_batch_size_tokens=32, prepend_bos=False,
-        normalize_activations="none", device=torch.device("cpu"), dtype="float32",
+        model=model,
+        dataset=ds,
+        streaming=False,
+        hook_name=HOOK,
+        hook_head_index=None,
+        context_size=context,
+        d_in=model.cfg.d_model,
+        n_batches_in_buffer=2,
+        total_training_tokens=10_000,
+        store_batch_size_prompts=2,
+        train_batch_size_tokens=32,
+        prepend_bos=False,
+        normalize_activations="none",
+        device=torch.device("cpu"),
+        dtype="float32",
         exclude_special_tokens=torch.tensor([pad]),
     )
     tokens = store.get_batch_tokens()
@@ -57,8 +81,12 @@ def test_stock_activations_store_on_virtual_image_tokens(model, processor):
     # the same studies through the ordinary image path give the same activations
     batch = processor(studies[:2], with_report=True, padding_side="right")
     with torch.no_grad():
-        _, cache = model.run_with_cache(batch.input_ids, attention_mask=batch.attention_mask,
-                                        pixel_values=batch.pixel_values, names_filter=[HOOK])
+        _, cache = model.run_with_cache(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            pixel_values=batch.pixel_values,
+            names_filter=[HOOK],
+        )
     real = batch.attention_mask.bool()
     T = batch.input_ids.shape[1]
     assert torch.allclose(acts[:, :T][real], cache[HOOK][real], atol=1e-5)
@@ -71,8 +99,9 @@ def test_stock_activations_store_on_virtual_image_tokens(model, processor):
 def test_loss_accepts_virtual_ids(model, processor):
     studies = _studies(2)
     bank = ImageBank(preprocessor=processor.image_processor)
-    ds = studies_to_token_dataset(studies, processor, bank, d_vocab=model.cfg.d_vocab, context_size=360,
-                                  show_progress=False)
+    ds = studies_to_token_dataset(
+        studies, processor, bank, d_vocab=model.cfg.d_vocab, context_size=360, show_progress=False
+    )
     model.attach_image_bank(bank)
     tokens = torch.tensor(ds["tokens"])
     with torch.no_grad():

@@ -3,16 +3,29 @@ import pytest
 from sae_lens_maira.processing.grounding import parse_grounded_output
 from sae_lens_maira.processing.images import ImagePreprocessor
 from sae_lens_maira.processing.processor import Maira2Processor
-from sae_lens_maira.processing.tokenizer import MAIRA2_ADDED_TOKENS, build_maira2_tokenizer, check_tokenizer
+from sae_lens_maira.processing.tokenizer import (
+    MAIRA2_ADDED_TOKENS,
+    build_maira2_tokenizer,
+    check_tokenizer,
+)
 
 
 def test_parse_phrases_and_boxes_in_original_coordinates(tokenizer):
-    text = ("<obj>Left pleural effusion<box><x60><y70><x90><y95></box></obj>"
-            "<obj>Cardiomegaly</obj> No pneumothorax. "
-            "<obj>Bilateral lines<box><x10><y10><x20><y30></box><box><x80><y10><x89><y30></box></obj>")
+    text = (
+        "<obj>Left pleural effusion<box><x60><y70><x90><y95></box></obj>"
+        "<obj>Cardiomegaly</obj> No pneumothorax. "
+        "<obj>Bilateral lines<box><x10><y10><x20><y30></box><box><x80><y10><x89><y30></box></obj>"
+    )
     proc = Maira2Processor(tokenizer, ImagePreprocessor(size=518, crop_size=518))
-    phrases = proc.parse_grounded(text, (1000, 800))  # landscape: square of side 800 centred at x=100..900
-    assert [p.text for p in phrases] == ["Left pleural effusion", "Cardiomegaly", "No pneumothorax.", "Bilateral lines"]
+    phrases = proc.parse_grounded(
+        text, (1000, 800)
+    )  # landscape: square of side 800 centred at x=100..900
+    assert [p.text for p in phrases] == [
+        "Left pleural effusion",
+        "Cardiomegaly",
+        "No pneumothorax.",
+        "Bilateral lines",
+    ]
     assert [len(p.boxes) for p in phrases] == [1, 0, 0, 2]
     x0, y0, x1, y1 = phrases[0].boxes[0]
     assert x0 == pytest.approx(100 + 0.605 * 800) and y0 == pytest.approx(0.705 * 800)

@@ -13,7 +13,9 @@ def _reference(array: np.ndarray, size: int, mean: float, std: float) -> np.ndar
     im = Image.fromarray(a)
     w, h = im.size
     scale = size / min(w, h)
-    im = im.resize((round(w * scale) if w > h else size, round(h * scale) if h > w else size), Image.BICUBIC)
+    im = im.resize(
+        (round(w * scale) if w > h else size, round(h * scale) if h > w else size), Image.BICUBIC
+    )
     w, h = im.size
     left, top = (w - size) // 2, (h - size) // 2
     im = im.crop((left, top, left + size, top + size))
