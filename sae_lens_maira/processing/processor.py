@@ -107,8 +107,11 @@ class Maira2Processor:
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> Maira2Processor:
-        """Tokenizer, preprocessor config and patch size/context from a checkpoint folder."""
-        folder = Path(folder)
+        """Tokenizer, preprocessor config and patch size/context from a checkpoint folder (or a
+        hub repo id already in the local cache)."""
+        from sae_lens_maira.model.checkpoint import resolve_checkpoint
+
+        folder = resolve_checkpoint(folder)
         tokenizer = load_tokenizer(folder)
         patch_size, max_length = 14, None
         config_path = folder / "config.json"
