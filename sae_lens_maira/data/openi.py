@@ -227,7 +227,8 @@ def load_openi_reports(path: str | Path) -> list[OpenIReport]:
     folder of the report XML files, sorted by numeric id.
 
     From the wheel, image view positions (PA/AP/LL/...) are added from the DICOM metadata it
-    also ships (``image_views``; about two thirds of the images have one).
+    also ships (``image_views``; about two thirds of the images have one, and laterals are
+    often tagged "PA", so treat them as a hint).
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -297,10 +298,9 @@ def render_spec(report: OpenIReport, seed: int) -> RenderSpec:
 
 
 def _has_lateral(report: OpenIReport) -> bool:
-    """Whether the real study had a lateral view: from DICOM view positions when every image
-    has one, else from the image count (Open-I studies are mostly PA + lateral pairs)."""
-    if report.image_ids and len(report.image_views) == len(report.image_ids):
-        return bool(set(report.image_views.values()) & {"LL", "LATERAL", "RL", "LARGE LATERAL"})
+    """Whether the real study had a lateral view. Open-I studies are mostly PA + lateral pairs;
+    the DICOM view positions are no help here (1,000 two-image studies tag both images "PA"),
+    so two or more images count as frontal + lateral."""
     return len(report.image_ids) >= 2
 
 
