@@ -129,7 +129,16 @@ def ensure_openi_wheel(
     if found:
         return found[0]
     cache.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", f"torchxrayvision=={version}", "-d", str(cache)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        f"torchxrayvision=={version}",
+        "-d",
+        str(cache),
+    ]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -149,7 +158,9 @@ def ensure_openi_wheel(
         )
     found = sorted(cache.glob(f"torchxrayvision-{version}-*.whl"))
     if not found:
-        raise RuntimeError(f"pip reported success but no torchxrayvision-{version} wheel is in {cache}")
+        raise RuntimeError(
+            f"pip reported success but no torchxrayvision-{version} wheel is in {cache}"
+        )
     return found[0]
 
 
@@ -175,10 +186,16 @@ def parse_openi_xml(data: bytes | str, name: str = "<xml>") -> OpenIReport:
         if label in sections:
             sections[label] = _text(el)
     mesh = root.find("MeSH")
-    major = tuple(t for t in (_text(e) for e in (mesh.findall("major") if mesh is not None else [])) if t)
-    auto = tuple(t for t in (_text(e) for e in (mesh.findall("automatic") if mesh is not None else [])) if t)
+    major = tuple(
+        t for t in (_text(e) for e in (mesh.findall("major") if mesh is not None else [])) if t
+    )
+    auto = tuple(
+        t for t in (_text(e) for e in (mesh.findall("automatic") if mesh is not None else [])) if t
+    )
     images = tuple(el.get("id") for el in root.findall("parentImage") if el.get("id"))
-    captions = tuple(c for c in (_text(el.find("caption")) for el in root.findall("parentImage")) if c)
+    captions = tuple(
+        c for c in (_text(el.find("caption")) for el in root.findall("parentImage")) if c
+    )
     return OpenIReport(
         uid=uid_el.get("id"),
         comparison=sections["COMPARISON"],
@@ -262,7 +279,9 @@ def load_openi_reports(path: str | Path) -> list[OpenIReport]:
     return sorted(reports, key=_uid_key)
 
 
-def label_counts(reports: Sequence[OpenIReport], *, with_findings_only: bool = True) -> dict[str, int]:
+def label_counts(
+    reports: Sequence[OpenIReport], *, with_findings_only: bool = True
+) -> dict[str, int]:
     """Positives per label (over reports with FINDINGS by default), plus ``"reports"``."""
     chosen = [r for r in reports if r.findings or not with_findings_only]
     counts = {"reports": len(chosen)}

@@ -39,5 +39,7 @@ def split_studies(
         value = getattr(study, key, None) if key == "study_id" else study.meta.get(key)
         if value is None:
             raise ValueError(f"study {study.study_id!r} has no {key!r} to split on")
-        (held if hash_split(str(value), held_out_fraction, salt=salt) == "held_out" else train).append(study)
+        (
+            held if hash_split(str(value), held_out_fraction, salt=salt) == "held_out" else train
+        ).append(study)
     return train, held

@@ -56,9 +56,13 @@ class RenderSpec:
 
     def __post_init__(self) -> None:
         if self.effusion is not None and self.effusion not in EFFUSION_SIDES:
-            raise ValueError(f"effusion must be None or one of {EFFUSION_SIDES}, got {self.effusion!r}")
+            raise ValueError(
+                f"effusion must be None or one of {EFFUSION_SIDES}, got {self.effusion!r}"
+            )
         if self.effusion_size not in EFFUSION_SIZES:
-            raise ValueError(f"effusion_size must be one of {EFFUSION_SIZES}, got {self.effusion_size!r}")
+            raise ValueError(
+                f"effusion_size must be one of {EFFUSION_SIZES}, got {self.effusion_size!r}"
+            )
         unknown = set(self.devices) - set(DEVICE_KINDS)
         if unknown:
             raise ValueError(f"unknown device kinds {sorted(unknown)}; known: {DEVICE_KINDS}")
@@ -222,14 +226,18 @@ class _Canvas:
         return [tuple(xy) for xy in (np.asarray(pts, dtype=np.float64) * self.size).tolist()]
 
     def line(self, pts, width_px: float, value: float) -> None:
-        self.draw.line(self._px(pts), fill=float(value), width=max(1, int(round(width_px))), joint="curve")
+        self.draw.line(
+            self._px(pts), fill=float(value), width=max(1, int(round(width_px))), joint="curve"
+        )
 
     def polygon(self, pts, value: float) -> None:
         self.draw.polygon(self._px(pts), fill=float(value))
 
     def ellipse(self, cx, cy, rx, ry, value: float) -> None:
         s = self.size
-        self.draw.ellipse([(cx - rx) * s, (cy - ry) * s, (cx + rx) * s, (cy + ry) * s], fill=float(value))
+        self.draw.ellipse(
+            [(cx - rx) * s, (cy - ry) * s, (cx + rx) * s, (cy + ry) * s], fill=float(value)
+        )
 
     def array(self) -> np.ndarray:
         return np.asarray(self.image, dtype=np.float32)
@@ -279,7 +287,8 @@ class SyntheticXrayRenderer:
                 devices = self._lateral_devices if patient.devices else None
             if self._ws != self.size:
                 atten = np.asarray(
-                    Image.fromarray(atten).resize((self.size, self.size), Image.BICUBIC), dtype=np.float32
+                    Image.fromarray(atten).resize((self.size, self.size), Image.BICUBIC),
+                    dtype=np.float32,
                 )
             if devices is not None:
                 atten = atten + devices(patient, rng)
@@ -334,8 +343,10 @@ class SyntheticXrayRenderer:
         t = np.clip((Y - p.apex) / (cp - p.apex), 0.0, 1.0)
         ri = p.hw * (1.0 - (1.0 - t) ** 2.6) ** 0.5
         xr = adx / p.hw
-        y_d = dome + (cp - dome) * np.clip((xr - 0.3) / 0.7, 0.0, 1.0) ** 2 + 0.02 * np.clip(
-            (0.3 - xr) / 0.3, 0.0, 1.0
+        y_d = (
+            dome
+            + (cp - dome) * np.clip((xr - 0.3) / 0.7, 0.0, 1.0) ** 2
+            + 0.02 * np.clip((0.3 - xr) / 0.3, 0.0, 1.0)
         )
         knob = 0.045 * np.exp(-(((y1 - 0.30) / 0.035) ** 2))[:, None]
         med = np.where(right, 0.055 + 0.01 * (Y > 0.35), 0.05 + knob)
@@ -354,12 +365,22 @@ class SyntheticXrayRenderer:
         yb = p.dome[1] + 0.03
         top = yb - Hh
         u = (Y - top) / Hh
-        e_left = 0.045 + (0.66 * Wh - 0.045) * np.clip(np.sin(0.5 * np.pi * np.clip(u / 0.82, 0, 1)), 0, 1) ** 0.9
-        e_right = 0.05 + (0.34 * Wh - 0.05) * np.clip(np.sin(np.pi * np.clip((u + 0.1) / 1.25, 0, 1)), 0, 1) ** 0.6
+        e_left = (
+            0.045
+            + (0.66 * Wh - 0.045)
+            * np.clip(np.sin(0.5 * np.pi * np.clip(u / 0.82, 0, 1)), 0, 1) ** 0.9
+        )
+        e_right = (
+            0.05
+            + (0.34 * Wh - 0.05)
+            * np.clip(np.sin(np.pi * np.clip((u + 0.1) / 1.25, 0, 1)), 0, 1) ** 0.6
+        )
         edge = np.where(right, e_right, e_left)
         heart_shape = _smooth((edge - adx) / 0.012) * _smooth(u / 0.15)
         heart = heart_shape * _smooth((y_d - Y) / 0.006)
-        heart = heart * (0.6 + 0.4 * _ellipse(X, Y, p.cx + 0.16 * Wh, top + 0.6 * Hh, 0.55 * Wh, 0.9 * Hh))
+        heart = heart * (
+            0.6 + 0.4 * _ellipse(X, Y, p.cx + 0.16 * Wh, top + 0.6 * Hh, 0.55 * Wh, 0.9 * Hh)
+        )
         upper_med = _smooth((med + 0.01 - adx) / 0.02) * _smooth((top + 0.1 - Y) / 0.1)
         heart_mask = heart_shape
         lung = lung * (1.0 - heart_mask)
@@ -410,7 +431,9 @@ class SyntheticXrayRenderer:
         for s in (-1, 1):
             hx, hy = p.cx + s * 0.09, car_y + 0.07
             # (x, y, angle above the lateral horizontal, length, width)
-            stack = [(hx, hy, math.radians(a), 0.06, 0.009) for a in (115, 75, 45, 15, -15, -45, -75)]
+            stack = [
+                (hx, hy, math.radians(a), 0.06, 0.009) for a in (115, 75, 45, 15, -15, -45, -75)
+            ]
             while stack:
                 x0, y0, ang, length, width = stack.pop()
                 ang = ang + rng.normal(0.0, 0.12)
@@ -422,7 +445,9 @@ class SyntheticXrayRenderer:
                 cv.line(pts, max(width * S, 1.0), 0.02 + 4.0 * width)
                 if length > 0.03:
                     for da in (-0.45, 0.35):
-                        stack.append((x0, y0, ang + da + rng.normal(0, 0.1), length * 0.78, width * 0.72))
+                        stack.append(
+                            (x0, y0, ang + da + rng.normal(0, 0.1), length * 0.78, width * 0.72)
+                        )
         return gaussian_filter(cv.array(), 0.7 * S / 224)
 
     def _frontal_bones(self, p: _Patient, rng: np.random.Generator, body: np.ndarray) -> np.ndarray:
@@ -442,12 +467,19 @@ class SyntheticXrayRenderer:
                 bone.line(pts, rib_w * 0.55, -0.03)
                 # Anterior rib: from the lateral end sweeping down and in, fading medially.
                 xe, ye = xs[-1], ys[-1]
-                ant = _bezier([(xe, ye), (xe - s * 0.05, ye + 0.09), (p.cx + s * 0.16, ye + 0.13)], 10)
+                ant = _bezier(
+                    [(xe, ye), (xe - s * 0.05, ye + 0.09), (p.cx + s * 0.16, ye + 0.13)], 10
+                )
                 bone.line(ant, rib_w * 0.8, 0.06)
         # Clavicles and scapulae.
         for s in (-1, 1):
             clav = _bezier(
-                [(p.cx + s * 0.03, 0.19), (p.cx + s * 0.14, 0.175), (p.cx + s * 0.22, 0.13), (p.cx + s * 0.33, 0.125)],
+                [
+                    (p.cx + s * 0.03, 0.19),
+                    (p.cx + s * 0.14, 0.175),
+                    (p.cx + s * 0.22, 0.13),
+                    (p.cx + s * 0.33, 0.125),
+                ],
                 24,
             )
             bone.line(clav, 0.024 * S, 0.3)
@@ -476,10 +508,14 @@ class SyntheticXrayRenderer:
         """A central venous catheter from its entry point to a tip at the cavoatrial junction."""
         cx, tip = p.cx, (p.cx - 0.04, 0.41)
         if p.line_route == "jugular":
-            return _bezier([(cx - 0.09, 0.0), (cx - 0.07, 0.12), (cx - 0.03, 0.2), tip], 40).tolist()
+            return _bezier(
+                [(cx - 0.09, 0.0), (cx - 0.07, 0.12), (cx - 0.03, 0.2), tip], 40
+            ).tolist()
         if p.line_route == "subclavian":
             return _bezier([(cx - 0.3, 0.19), (cx - 0.15, 0.2), (cx - 0.04, 0.2), tip], 40).tolist()
-        return _bezier([(0.0, 0.33), (cx - 0.32, 0.22), (cx - 0.12, 0.19), (cx - 0.05, 0.26), tip], 60).tolist()
+        return _bezier(
+            [(0.0, 0.33), (cx - 0.32, 0.22), (cx - 0.12, 0.19), (cx - 0.05, 0.26), tip], 60
+        ).tolist()
 
     def _frontal_devices(self, p: _Patient, rng: np.random.Generator) -> np.ndarray:
         car_y, Wh, Hh = _carina_y(p), p.ctr * 2.0 * p.hw, p.heart_h
@@ -496,14 +532,22 @@ class SyntheticXrayRenderer:
                 radius=0.015 * S,
                 fill=2.4,
             )
-            dv.draw.rectangle([(gx - 0.03) * S, (gy - 0.012) * S, (gx + 0.01) * S, (gy + 0.02) * S], fill=3.0)
+            dv.draw.rectangle(
+                [(gx - 0.03) * S, (gy - 0.012) * S, (gx + 0.01) * S, (gy + 0.02) * S], fill=3.0
+            )
             ra = (p.cx - 0.05, yb - 0.55 * Hh)
             rv = (p.cx + 0.3 * Wh, yb - 0.12 * Hh)
             tips = [rv, ra][: p.pm_leads]
             for i, tip in enumerate(tips):
                 off = 0.012 * i
                 path = _bezier(
-                    [(gx - 0.03, gy + off), (p.cx + 0.02, 0.16 + off), (p.cx - 0.05, 0.3), (p.cx - 0.06, 0.45), tip],
+                    [
+                        (gx - 0.03, gy + off),
+                        (p.cx + 0.02, 0.16 + off),
+                        (p.cx - 0.05, 0.3),
+                        (p.cx - 0.06, 0.45),
+                        tip,
+                    ],
                     60,
                 )
                 dv.line(path, lw, 1.6)
@@ -514,7 +558,13 @@ class SyntheticXrayRenderer:
             dv.line([(p.cx - 0.012, 0.0), (p.cx - 0.006, tip)], lw, 1.2)
         if "nasogastric_tube" in p.devices:
             path = _bezier(
-                [(p.cx + 0.01, 0.0), (p.cx + 0.02, 0.4), (p.cx + 0.03, p.dome[1]), (p.cx + 0.14, p.dome[1] + 0.09), (p.cx + 0.2, p.dome[1] + 0.06)],
+                [
+                    (p.cx + 0.01, 0.0),
+                    (p.cx + 0.02, 0.4),
+                    (p.cx + 0.03, p.dome[1]),
+                    (p.cx + 0.14, p.dome[1] + 0.09),
+                    (p.cx + 0.2, p.dome[1] + 0.06),
+                ],
                 60,
             )
             dv.line(path, lw, 1.0)
@@ -531,7 +581,10 @@ class SyntheticXrayRenderer:
         y1 = Y[:, 0]
         k = p.depth - 1.0
         ant = _lateral_anterior(y1, p)[:, None]
-        post = np.interp(y1, [0.0, 0.1, 0.3, 0.6, 1.0], [0.76, 0.8, 0.86, 0.87, 0.85])[:, None] + 0.03 * k
+        post = (
+            np.interp(y1, [0.0, 0.1, 0.3, 0.6, 1.0], [0.76, 0.8, 0.86, 0.87, 0.85])[:, None]
+            + 0.03 * k
+        )
         body = _smooth((X - ant) / 0.05) * _smooth((post - X) / 0.03)
         A = p.depth * body * (0.95 + 0.35 * _smooth((0.3 - Y) / 0.2))
         xp = (X - ant) / (post - ant)  # 0 anterior skin .. 1 posterior skin
@@ -569,7 +622,11 @@ class SyntheticXrayRenderer:
         heart = heart_thick * _smooth((y_dl - Y) / 0.006)
         lung = lung * (1.0 - 0.75 * heart_shape)
         ao = _Canvas(S)
-        ao.line(_bezier([(0.40, 0.42), (0.40, 0.24), (0.6, 0.2), (0.65, 0.4), (0.66, p.dome[1])], 40), 0.05 * S, 1.0)
+        ao.line(
+            _bezier([(0.40, 0.42), (0.40, 0.24), (0.6, 0.2), (0.65, 0.4), (0.66, p.dome[1])], 40),
+            0.05 * S,
+            1.0,
+        )
         aorta = gaussian_filter(ao.array(), 0.012 * S)
         lung = lung * (1.0 - 0.25 * aorta)
         A = A - 0.8 * p.depth * lung * (0.85 + 0.15 * _smooth((xp - 0.2) / 0.3)) + 0.1 * heart
@@ -586,13 +643,25 @@ class SyntheticXrayRenderer:
             yc = 0.02 + i * vh
             xc = float(np.interp(yc, y1, post[:, 0])) - 0.15 + 0.02 * math.sin(math.pi * yc)
             hwv, hhv = 0.036, vh * 0.38
-            bone.polygon([(xc - hwv, yc - hhv), (xc + hwv, yc - hhv + 0.004), (xc + hwv, yc + hhv + 0.004), (xc - hwv, yc + hhv)], 0.13)
-            bone.line([(xc + hwv + 0.01, yc - 0.005), (xc + hwv + 0.055, yc + 0.02)], 0.012 * S, 0.06)
+            bone.polygon(
+                [
+                    (xc - hwv, yc - hhv),
+                    (xc + hwv, yc - hhv + 0.004),
+                    (xc + hwv, yc + hhv + 0.004),
+                    (xc - hwv, yc + hhv),
+                ],
+                0.13,
+            )
+            bone.line(
+                [(xc + hwv + 0.01, yc - 0.005), (xc + hwv + 0.055, yc + 0.02)], 0.012 * S, 0.06
+            )
         xs = float(np.interp(0.25, y1, ant[:, 0])) + 0.02
         bone.line(_bezier([(xs + 0.02, 0.22), (xs, 0.35), (xs - 0.005, 0.52)], 20), 0.018 * S, 0.12)
         for i in range(9):
             y0 = p.apex + 0.02 + i * p.rib_dy
-            bone.line(_bezier([(0.8, y0), (0.65, y0 + 0.05), (0.45, y0 + 0.12)], 16), 0.02 * S, 0.04)
+            bone.line(
+                _bezier([(0.8, y0), (0.65, y0 + 0.05), (0.45, y0 + 0.12)], 16), 0.02 * S, 0.04
+            )
         A = A + gaussian_filter(bone.array(), 0.8 * S / 224)
         A = A + lung * 0.6 * self._lateral_vessels(p, rng)
         cy = p.dome[1] + 0.05
@@ -614,7 +683,11 @@ class SyntheticXrayRenderer:
             ang = rng.uniform(0, 2 * math.pi)
             length = rng.uniform(0.08, 0.18)
             x0, y0 = 0.52 + rng.normal(0, 0.02), 0.42 + rng.normal(0, 0.02)
-            cv.line([(x0, y0), (x0 + math.cos(ang) * length, y0 + math.sin(ang) * length)], max(1.0, 0.007 * S), 0.1)
+            cv.line(
+                [(x0, y0), (x0 + math.cos(ang) * length, y0 + math.sin(ang) * length)],
+                max(1.0, 0.007 * S),
+                0.1,
+            )
         return gaussian_filter(cv.array(), 0.6 * S / 224)
 
     def _lateral_devices(self, p: _Patient, rng: np.random.Generator) -> np.ndarray:
@@ -628,14 +701,27 @@ class SyntheticXrayRenderer:
             dv.line(_bezier([start, (0.45, 0.2), (0.43, 0.3), (0.42, 0.41)], 40), lw, 0.9)
         if "pacemaker" in p.devices:
             gx, gy = 0.2, 0.21
-            dv.draw.rounded_rectangle([(gx - 0.015) * S, (gy - 0.035) * S, (gx + 0.015) * S, (gy + 0.035) * S], radius=0.008 * S, fill=2.6)
+            dv.draw.rounded_rectangle(
+                [(gx - 0.015) * S, (gy - 0.035) * S, (gx + 0.015) * S, (gy + 0.035) * S],
+                radius=0.008 * S,
+                fill=2.6,
+            )
             for i in range(p.pm_leads):
                 tip = (hx - 0.08, hy + 0.06) if i == 0 else (0.42, 0.45)
-                dv.line(_bezier([(gx, gy), (0.35, 0.15), (0.45, 0.3), (0.42, 0.42), tip], 50), lw, 1.6)
+                dv.line(
+                    _bezier([(gx, gy), (0.35, 0.15), (0.45, 0.3), (0.42, 0.42), tip], 50), lw, 1.6
+                )
         if "endotracheal_tube" in p.devices:
             dv.line([(0.52, 0.0), (0.5, 0.2), (0.515, car_y - 0.05)], lw, 1.2)
         if "nasogastric_tube" in p.devices:
-            dv.line(_bezier([(0.56, 0.0), (0.6, 0.4), (0.58, dome), (0.4, dome + 0.06), (0.3, dome + 0.06)], 50), lw, 1.0)
+            dv.line(
+                _bezier(
+                    [(0.56, 0.0), (0.6, 0.4), (0.58, dome), (0.4, dome + 0.06), (0.3, dome + 0.06)],
+                    50,
+                ),
+                lw,
+                1.0,
+            )
         return gaussian_filter(dv.array(), 0.3 * S / 224)
 
 
