@@ -107,7 +107,7 @@ def mesh_labels(mesh_major: Iterable[str]) -> dict[str, bool]:
         qualified = rule.get("qualified", ())
         pattern = rule.get("pattern")
         hit = False
-        for term, p in zip(terms, parts):
+        for term, p in zip(terms, parts, strict=True):
             if p[0] in headings or any(p[0] == h and q in p[1:] for h, q in qualified):
                 hit = True
             elif pattern is not None and pattern.search(term):
