@@ -201,7 +201,7 @@ def load_mimic_cxr(
     previous: dict[str, str] = {}
     for sids in by_subject.values():
         sids.sort(key=lambda s: (when_of[s], s))
-        for earlier, later in zip(sids, sids[1:]):
+        for earlier, later in zip(sids[:-1], sids[1:], strict=True):
             previous[later] = earlier
 
     section_cache: dict[str, dict[str, str]] = {}
