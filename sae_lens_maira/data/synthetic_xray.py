@@ -7,8 +7,8 @@ metal thicknesses are summed along the beam into an attenuation map ``A`` and di
 
 What a reader should see, and a test measures from the pixels:
 
-* **cardiomegaly**: cardiothoracic ratio (heart width / internal thoracic width) 0.54-0.66
-  instead of ~0.42 (0.36-0.49); on the lateral view the heart fills the retrosternal space and
+* **cardiomegaly**: cardiothoracic ratio (heart width / internal thoracic width) 0.56-0.68
+  instead of ~0.42 (0.36-0.48); on the lateral view the heart fills the retrosternal space and
   reaches back towards the spine.
 * **pleural effusion** (left, right or bilateral; small, moderate or large): homogeneous basal
   opacity with a meniscus rising laterally, blunting the costophrenic angle and hiding the
@@ -161,9 +161,9 @@ class _Patient:
         cp_drop = rng.uniform(0.055, 0.08)
         cp = (dome[0] + cp_drop, dome[1] + cp_drop * rng.uniform(0.9, 1.1))
         if spec.cardiomegaly:
-            ctr = rng.uniform(0.54, 0.66)
+            ctr = rng.uniform(0.56, 0.68)
         else:
-            ctr = float(np.clip(rng.normal(0.425, 0.03), 0.36, 0.49))
+            ctr = float(np.clip(rng.normal(0.42, 0.03), 0.36, 0.48))
         level = [math.inf, math.inf]
         if spec.effusion is not None:
             sides = {"right": [0], "left": [1], "bilateral": [0, 1]}[spec.effusion]
