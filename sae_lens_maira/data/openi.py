@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
 import re
 import subprocess
 import sys
@@ -116,15 +117,21 @@ def mesh_labels(mesh_major: Iterable[str]) -> dict[str, bool]:
     return out
 
 
+def default_cache_dir() -> Path:
+    """Where the wheel is cached: ``$SAE_LENS_MAIRA_CACHE/openi`` or ``~/.cache/sae-lens-maira/openi``."""
+    base = os.environ.get("SAE_LENS_MAIRA_CACHE") or Path.home() / ".cache" / "sae-lens-maira"
+    return Path(base).expanduser() / "openi"
+
+
 def ensure_openi_wheel(
-    cache_dir: str | Path, version: str = OPENI_WHEEL_VERSION, *, timeout: float = 600.0
+    cache_dir: str | Path | None = None, version: str = OPENI_WHEEL_VERSION, *, timeout: float = 600.0
 ) -> Path:
     """Path to the torchxrayvision wheel in ``cache_dir``, downloading it with pip if absent.
 
     Runs ``python -m pip download --no-deps torchxrayvision==VERSION -d cache_dir`` with the
     current interpreter (about 29 MB). Never downloads again when the wheel is present.
     """
-    cache = Path(cache_dir).expanduser()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     found = sorted(cache.glob(f"torchxrayvision-{version}-*.whl"))
     if found:
         return found[0]
