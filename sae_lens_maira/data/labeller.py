@@ -70,7 +70,8 @@ _TERMINATORS = re.compile(
     r"\b(but|however|although|though|except|aside from|apart from|which|whereas|yet|otherwise)\b|[;:]|"
     r"(?:\band\b|,)\s+there\s+(?:is|are|has been|have been)\b(?!\s+no\b)"
 )
-_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+|(?<=\s)(?=\d{1,2}\.\s)")
+_SENTENCE_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")
+_LIST_NUMBER = re.compile(r"\d{1,2}[.)]")
 _WORD = re.compile(r"[\w'/-]+")
 
 
@@ -190,7 +191,14 @@ class Mention:
 
 def split_sentences(text: str) -> list[str]:
     """Sentences (and numbered list items) of a report, stripped, empties dropped."""
-    return [s.strip() for s in _SENTENCE_SPLIT.split(text or "") if s and s.strip()]
+    parts = [p.strip() for p in _SENTENCE_SPLIT.split(text or "") if p and p.strip()]
+    out: list[str] = []
+    for part in parts:
+        if out and _LIST_NUMBER.fullmatch(out[-1]):
+            out[-1] = f"{out[-1]} {part}"  # "1." belongs to the item it numbers
+        else:
+            out.append(part)
+    return out
 
 
 def _resolve(findings: Sequence[str | FindingRule]) -> list[FindingRule]:
