@@ -124,7 +124,10 @@ def default_cache_dir() -> Path:
 
 
 def ensure_openi_wheel(
-    cache_dir: str | Path | None = None, version: str = OPENI_WHEEL_VERSION, *, timeout: float = 600.0
+    cache_dir: str | Path | None = None,
+    version: str = OPENI_WHEEL_VERSION,
+    *,
+    timeout: float = 600.0,
 ) -> Path:
     """Path to the torchxrayvision wheel in ``cache_dir``, downloading it with pip if absent.
 

@@ -20,8 +20,14 @@ P, N, U, A = Status.POSITIVE, Status.NEGATED, Status.UNCERTAIN, Status.ABSENT
 REAL_SENTENCES = [
     ("The cardiac silhouette and mediastinum size are within normal limits.", (N, A, A)),
     ("There are no XXXX of a pleural effusion.", (A, N, A)),
-    ("The lungs are clear of focal airspace disease, pneumothorax, or pleural effusion.", (A, N, A)),
-    ("No focal consolidation, suspicious pulmonary opacity, pneumothorax or definite pleural effusion.", (A, N, A)),
+    (
+        "The lungs are clear of focal airspace disease, pneumothorax, or pleural effusion.",
+        (A, N, A),
+    ),
+    (
+        "No focal consolidation, suspicious pulmonary opacity, pneumothorax or definite pleural effusion.",
+        (A, N, A),
+    ),
     ("Heart size is enlarged.", (P, A, A)),
     ("The heart is again enlarged, stable.", (P, A, A)),
     ("Stable moderate cardiomegaly is demonstrated.", (P, A, A)),
@@ -33,14 +39,29 @@ REAL_SENTENCES = [
     ("Mild cardiomegaly without pulmonary edema.", (P, A, A)),
     ("Small bilateral pleural effusions.", (A, P, A)),
     ("Possible XXXX right pleural effusion.", (A, U, A)),
-    ("There is blunting of the right lateral costophrenic sulcus which could be secondary to a small effusion versus scarring.", (A, U, A)),
-    ("No pneumothorax or pleural effusion. Mild degenerative changes of the thoracic spine.", (A, N, A)),
+    (
+        "There is blunting of the right lateral costophrenic sulcus which could be secondary to a small effusion versus scarring.",
+        (A, U, A),
+    ),
+    (
+        "No pneumothorax or pleural effusion. Mild degenerative changes of the thoracic spine.",
+        (A, N, A),
+    ),
     ("Costophrenic XXXX are sharp.", (A, A, A)),
     ("The left subclavian ICD is unchanged position.", (A, A, P)),
-    ("There is a XXXX right upper extremity PICC line, the tip is partially obscured by the pacemaker XXXX.", (A, A, P)),
+    (
+        "There is a XXXX right upper extremity PICC line, the tip is partially obscured by the pacemaker XXXX.",
+        (A, A, P),
+    ),
     ("Right IJ catheter tip in proximal right atrium.", (A, A, P)),
-    ("Frontal and lateral views of the chest with overlying external cardiac monitor leads show an unchanged cardiomediastinal silhouette.", (A, A, P)),
-    ("There is interval removal of the tracheostomy tube and right subclavian central venous catheter.", (A, A, N)),
+    (
+        "Frontal and lateral views of the chest with overlying external cardiac monitor leads show an unchanged cardiomediastinal silhouette.",
+        (A, A, P),
+    ),
+    (
+        "There is interval removal of the tracheostomy tube and right subclavian central venous catheter.",
+        (A, A, N),
+    ),
     ("Positive TB test", (A, A, A)),  # tuberculosis is not a tube
     ("The trachea is midline.", (A, A, A)),
     ("There is no pericardial effusion.", (A, A, A)),  # pericardial is not pleural
@@ -59,7 +80,10 @@ def test_positive_beats_negated_across_sentences():
 
 
 def test_scope_ends_at_terminators():
-    assert label_report("No pneumothorax, but there is a small left effusion.")["pleural_effusion"] is P
+    assert (
+        label_report("No pneumothorax, but there is a small left effusion.")["pleural_effusion"]
+        is P
+    )
     assert label_report("No pneumothorax; small right pleural effusion.")["pleural_effusion"] is P
     assert label_report("Effusion cannot be excluded.")["pleural_effusion"] is U
     assert label_report("The previously seen left effusion has resolved.")["pleural_effusion"] is N
@@ -89,8 +113,15 @@ def test_custom_findings_and_errors():
 
 
 def test_mention_rates():
-    rates = mention_rates(["Stable cardiomegaly.", "No cardiomegaly.", "Pacemaker in place.", "Lungs clear."])
-    assert rates["cardiomegaly"] == {"positive": 0.25, "negated": 0.25, "uncertain": 0.0, "absent": 0.5}
+    rates = mention_rates(
+        ["Stable cardiomegaly.", "No cardiomegaly.", "Pacemaker in place.", "Lungs clear."]
+    )
+    assert rates["cardiomegaly"] == {
+        "positive": 0.25,
+        "negated": 0.25,
+        "uncertain": 0.0,
+        "absent": 0.5,
+    }
     assert rates["devices"]["positive"] == 0.25
     assert sum(rates["pleural_effusion"].values()) == pytest.approx(1.0)
 

@@ -57,21 +57,39 @@ def test_mesh_label_mapping():
     assert not mesh_labels(["Cardiac Shadow/borderline"])["cardiomegaly"]
     assert mesh_labels(["Pleural Effusion/left/small"])["pleural_effusion"]
     assert not mesh_labels(["Costophrenic Angle/left/blunted"])["pleural_effusion"]
-    for term in ("Catheters, Indwelling/right", "Implanted Medical Device/left", "Tube, Inserted/trachea", "Medical Device"):
+    for term in (
+        "Catheters, Indwelling/right",
+        "Implanted Medical Device/left",
+        "Tube, Inserted/trachea",
+        "Medical Device",
+    ):
         assert mesh_labels([term])["devices"], term
     assert not mesh_labels(["Tuberculosis"])["devices"]  # "tube" is a whole word
-    assert not mesh_labels(["Surgical Instruments/mediastinum", "Stents/coronary vessels"])["devices"]
+    assert not mesh_labels(["Surgical Instruments/mediastinum", "Stents/coronary vessels"])[
+        "devices"
+    ]
     assert mesh_labels(["normal"])["normal"] and not mesh_labels(["Lung/hyperdistention"])["normal"]
 
 
 def test_labels_from_fake_reports(fake_wheel):
     by_uid = {r.uid: r for r in load_openi_reports(fake_wheel)}
-    assert by_uid["CXR10"].labels == {"cardiomegaly": True, "pleural_effusion": False, "devices": True, "normal": False}
+    assert by_uid["CXR10"].labels == {
+        "cardiomegaly": True,
+        "pleural_effusion": False,
+        "devices": True,
+        "normal": False,
+    }
     assert by_uid["CXR7"].labels["cardiomegaly"] and by_uid["CXR7"].labels["pleural_effusion"]
     assert not by_uid["CXR7"].labels["devices"]  # Tuberculosis
     assert by_uid["CXR3"].labels["devices"]
     counts = label_counts(list(by_uid.values()))
-    assert counts == {"reports": 5, "cardiomegaly": 2, "pleural_effusion": 1, "devices": 2, "normal": 1}
+    assert counts == {
+        "reports": 5,
+        "cardiomegaly": 2,
+        "pleural_effusion": 1,
+        "devices": 2,
+        "normal": 1,
+    }
 
 
 def test_render_spec_uses_mesh_hints(fake_wheel):
@@ -120,12 +138,17 @@ def test_hash_split_is_deterministic_and_independent_of_order(fake_wheel):
     import hashlib
 
     key = "CXR1234"
-    u = int.from_bytes(hashlib.sha256(b"sae-lens-maira:" + key.encode()).digest()[:8], "big") / 2**64
+    u = (
+        int.from_bytes(hashlib.sha256(b"sae-lens-maira:" + key.encode()).digest()[:8], "big")
+        / 2**64
+    )
     assert hash_split(key, 0.3) == ("held_out" if u < 0.3 else "train")
     ids = [f"CXR{i}" for i in range(2000)]
     held = sum(hash_split(i, 0.2) == "held_out" for i in ids)
     assert 330 < held < 470
-    studies = openi_studies(load_openi_reports(fake_wheel), SyntheticXrayRenderer(64), progress=False)
+    studies = openi_studies(
+        load_openi_reports(fake_wheel), SyntheticXrayRenderer(64), progress=False
+    )
     train, test = split_studies(studies, 0.5)
     train_r, test_r = split_studies(studies[::-1], 0.5)
     assert {s.study_id for s in test} == {s.study_id for s in test_r}
@@ -175,19 +198,29 @@ def test_ensure_wheel_runs_pip_and_reports_failures(tmp_path, monkeypatch):
     wheel = ensure_openi_wheel(tmp_path)
     assert wheel.exists()
     cmd = calls[0]
-    assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and "torchxrayvision==1.5.7" in cmd
+    assert (
+        cmd[1:4] == ["-m", "pip", "download"]
+        and "--no-deps" in cmd
+        and "torchxrayvision==1.5.7" in cmd
+    )
     assert cmd[cmd.index("-d") + 1] == str(tmp_path)
 
     other = tmp_path / "empty"
     monkeypatch.setattr(
         subprocess,
         "run",
-        lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version\nnetwork unreachable"),
+        lambda cmd, **k: subprocess.CompletedProcess(
+            cmd, 1, "", "ERROR: Could not find a version\nnetwork unreachable"
+        ),
     )
     with pytest.raises(RuntimeError, match="network unreachable.*Fix: check network access"):
         ensure_openi_wheel(other)
     monkeypatch.setattr(
-        subprocess, "run", lambda cmd, **k: subprocess.CompletedProcess(cmd, 1, "", "/usr/bin/python: No module named pip")
+        subprocess,
+        "run",
+        lambda cmd, **k: subprocess.CompletedProcess(
+            cmd, 1, "", "/usr/bin/python: No module named pip"
+        ),
     )
     with pytest.raises(RuntimeError, match="ensurepip"):
         ensure_openi_wheel(other)

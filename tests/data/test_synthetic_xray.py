@@ -20,7 +20,9 @@ def cohort(renderer):
     rng = np.random.default_rng(7)
     out = []
     for i in range(48):
-        labels = {k: bool(rng.random() < 0.5) for k in ("cardiomegaly", "pleural_effusion", "devices")}
+        labels = {
+            k: bool(rng.random() < 0.5) for k in ("cardiomegaly", "pleural_effusion", "devices")
+        }
         out.append((labels, renderer.frontal(RenderSpec.from_labels(labels, 500 + i), 500 + i)))
     return out
 
@@ -69,8 +71,14 @@ def test_spec_validation_and_label_round_trip():
     labels = {"cardiomegaly": True, "pleural_effusion": True, "devices": True}
     spec = RenderSpec.from_labels(labels, 5)
     assert spec.labels == labels
-    assert RenderSpec.from_labels({}, 5).labels == {"cardiomegaly": False, "pleural_effusion": False, "devices": False}
-    hinted = RenderSpec.from_labels(labels, 5, effusion_side="right", device_kinds=("nasogastric_tube",))
+    assert RenderSpec.from_labels({}, 5).labels == {
+        "cardiomegaly": False,
+        "pleural_effusion": False,
+        "devices": False,
+    }
+    hinted = RenderSpec.from_labels(
+        labels, 5, effusion_side="right", device_kinds=("nasogastric_tube",)
+    )
     assert hinted.effusion == "right" and hinted.devices == ("nasogastric_tube",)
     with pytest.raises(ValueError, match="unknown views"):
         SyntheticXrayRenderer(64).render(spec, 1, ("oblique",))
@@ -113,13 +121,22 @@ def test_lateral_heart_grows_with_cardiomegaly(renderer):
 
     def lower_lung_brightness(img):
         a = np.asarray(img, dtype=np.float32) / 255
-        return a[int(0.5 * a.shape[0]) : int(0.6 * a.shape[0]), int(0.3 * a.shape[1]) : int(0.55 * a.shape[1])].mean()
+        return a[
+            int(0.5 * a.shape[0]) : int(0.6 * a.shape[0]),
+            int(0.3 * a.shape[1]) : int(0.55 * a.shape[1]),
+        ].mean()
 
-    pos = [lower_lung_brightness(renderer.lateral(RenderSpec(cardiomegaly=True), s)) for s in range(10)]
+    pos = [
+        lower_lung_brightness(renderer.lateral(RenderSpec(cardiomegaly=True), s)) for s in range(10)
+    ]
     neg = [lower_lung_brightness(renderer.lateral(RenderSpec(), s)) for s in range(10)]
     assert auc(pos, neg) > 0.8
 
 
 def test_contact_sheet(tmp_path):
-    sheet = contact_sheet([("normal", RenderSpec(), 1), ("pacemaker", RenderSpec(devices=("pacemaker",)), 2)], SyntheticXrayRenderer(96), columns=2)
+    sheet = contact_sheet(
+        [("normal", RenderSpec(), 1), ("pacemaker", RenderSpec(devices=("pacemaker",)), 2)],
+        SyntheticXrayRenderer(96),
+        columns=2,
+    )
     assert sheet.size == (2 * (2 * 96 + 4 + 6), 96 + 16 + 6)
