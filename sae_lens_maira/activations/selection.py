@@ -37,7 +37,9 @@ def resolve_policy(policy: str | Iterable[str | int | Role]) -> frozenset[Role]:
     """A policy name (``study``, ``all``, ``text``, ``image``) or an explicit list of roles."""
     if isinstance(policy, str):
         if policy not in POLICIES:
-            raise ValueError(f"unknown selection policy {policy!r}; choose one of {sorted(POLICIES)} or a list of roles")
+            raise ValueError(
+                f"unknown selection policy {policy!r}; choose one of {sorted(POLICIES)} or a list of roles"
+            )
         return POLICIES[policy]
     roles = frozenset(Role.parse(r) for r in policy)
     if not roles:
@@ -45,7 +47,11 @@ def resolve_policy(policy: str | Iterable[str | int | Role]) -> frozenset[Role]:
     return roles
 
 
-def selection_mask(roles: torch.Tensor, policy: str | Iterable[str | int | Role] = "study") -> torch.Tensor:
+def selection_mask(
+    roles: torch.Tensor, policy: str | Iterable[str | int | Role] = "study"
+) -> torch.Tensor:
     """Boolean mask of the positions whose role the policy keeps (padding never kept)."""
-    keep = torch.tensor(sorted(int(r) for r in resolve_policy(policy) if r is not Role.PAD), device=roles.device)
+    keep = torch.tensor(
+        sorted(int(r) for r in resolve_policy(policy) if r is not Role.PAD), device=roles.device
+    )
     return torch.isin(roles, keep)

@@ -42,6 +42,9 @@ class EncodedPrompt:
     image_slot: list[int]
     patch_index: list[int]
     images: list[ImageRef]
+    pixel_values: torch.Tensor | None = (
+        None  # preprocessed images, when prepared ahead of collation
+    )
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -268,11 +271,15 @@ class Maira2Processor:
             roles[b, sl] = torch.tensor(e.roles)
             slots[b, sl] = torch.tensor(e.image_slot)
             patches[b, sl] = torch.tensor(e.patch_index)
-        images = [im for e in encoded for im in e.images]
-        pixel_values = self.image_processor(images)
+        pixel_values = torch.cat([self._pixels(e) for e in encoded])
         return Maira2Inputs(
             ids, mask, pixel_values, roles, slots, patches, [len(e.images) for e in encoded]
         )
+
+    def _pixels(self, encoded: EncodedPrompt) -> torch.Tensor:
+        if encoded.pixel_values is not None:
+            return encoded.pixel_values
+        return self.image_processor(list(encoded.images))
 
     @property
     def pad_token_id(self) -> int:
