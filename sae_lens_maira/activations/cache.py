@@ -154,7 +154,10 @@ class _RankWriter:
         columns = _concat(([self.tail] if self.tail else []) + parts)
         rows, tail = _pack_rows(columns, self.cfg, self.features)
         partial = self.dir / f"shard_{index:05d}.partial"
-        _save_quietly(rows, partial)
+        if len(rows):
+            _save_quietly(rows, partial)
+        else:  # every position went to the tail: mark the shard done without an (unloadable) empty table
+            partial.mkdir()
         save_file(tail, str(self.dir / f"tail_{index:05d}.safetensors"))
         partial.rename(self.dir / f"shard_{index:05d}")
         self.progress["shards_done"] = index + 1
@@ -254,7 +257,9 @@ def cache_activations(
     out = Path(cfg.output_dir)
     layer = hook_layer(cfg.hook_name)
     if layer is not None and layer >= model.cfg.n_layers:
-        raise ValueError(f"{cfg.hook_name} names block {layer} but the model has {model.cfg.n_layers} blocks")
+        raise ValueError(
+            f"{cfg.hook_name} names block {layer} but the model has {model.cfg.n_layers} blocks"
+        )
     if cfg.hook_name not in model.hook_dict:
         raise ValueError(
             f"the model has no hook {cfg.hook_name!r}; e.g. 'blocks.{model.cfg.n_layers // 2}.hook_resid_post'"
@@ -328,7 +333,7 @@ def _merge(
         if tail:
             tails.append(load_file(str(tail[-1])))
         for shard in sorted(p for p in rank_dir.iterdir() if p.name.startswith("shard_")):
-            if len(Dataset.load_from_disk(str(shard))):
+            if (shard / "state.json").is_file():
                 shard.rename(staging / f"shard_{k:05d}")
                 k += 1
     if tails:  # the ranks' leftovers fill further rows; only the last partial row is left out

@@ -9,6 +9,7 @@ positions untouched, and ``exclude_special_tokens=[pad_id]`` keeps padding out o
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 from datasets import Dataset
@@ -16,8 +17,11 @@ from tqdm.auto import tqdm
 
 from sae_lens_maira.data.study import Study
 from sae_lens_maira.model.image_bank import ImageBank, virtual_image_ids
+from sae_lens_maira.processing.images import ImageLoadError
 from sae_lens_maira.processing.processor import Maira2Processor
 from sae_lens_maira.processing.roles import Role
+
+logger = logging.getLogger(__name__)
 
 
 def studies_to_token_dataset(
@@ -29,11 +33,14 @@ def studies_to_token_dataset(
     context_size: int,
     with_report: bool = True,
     show_progress: bool = True,
+    skipped: dict[str, str] | None = None,
 ) -> Dataset:
     """One row per study: ``tokens`` (virtual image ids), ``roles``, ``study_id``.
 
     Images are appended to ``bank``; attach the same bank to the model
-    (``model.attach_image_bank(bank)``) before SAELens runs it.
+    (``model.attach_image_bank(bank)``) before SAELens runs it. Studies whose images cannot be
+    read are left out and recorded in ``skipped`` (study id -> reason) when a dict is given;
+    without one they raise.
     """
     pad = processor.pad_token_id
     rows: dict[str, list] = {"tokens": [], "roles": [], "study_id": []}
@@ -44,6 +51,15 @@ def studies_to_token_dataset(
                 f"study {study.study_id} is {len(enc)} tokens long, more than context_size={context_size}; "
                 "raise context_size (the model's context is the upper bound)"
             )
+        if skipped is not None:
+            try:
+                processor.image_processor(
+                    list(enc.images)
+                )  # read every image once, now rather than mid-training
+            except ImageLoadError as err:
+                skipped[study.study_id] = str(err)
+                logger.warning("skipping study %s: %s", study.study_id, err)
+                continue
         tokens = list(enc.input_ids)
         image_positions = [i for i, t in enumerate(tokens) if t == processor.image_token_id]
         for run, image in enumerate(enc.images):

@@ -28,8 +28,13 @@ def setup(experiment_yaml):
 
 def test_study_policy_keeps_exactly_the_named_positions(setup):
     _, processor, _ = setup
-    study = Study("k", frontal=np.zeros((60, 60)), lateral=np.ones((60, 60)), indication="Fever.",
-                  findings="No effusion.")
+    study = Study(
+        "k",
+        frontal=np.zeros((60, 60)),
+        lateral=np.ones((60, 60)),
+        indication="Fever.",
+        findings="No effusion.",
+    )
     enc = processor.encode_study(study, with_report=True)
     roles = torch.tensor(enc.roles)
     kept = selection_mask(roles, "study").nonzero().squeeze(-1).tolist()
@@ -53,12 +58,21 @@ def test_study_policy_keeps_exactly_the_named_positions(setup):
 def _as_map(ds):
     acts = np.asarray(ds[HOOK])
     si, pos = np.asarray(ds["study_index"]), np.asarray(ds["positions"])
-    return {(int(s), int(p)): a for s, p, a in zip(si.ravel(), pos.ravel(), acts.reshape(-1, acts.shape[-1]))}
+    return {
+        (int(s), int(p)): a
+        for s, p, a in zip(si.ravel(), pos.ravel(), acts.reshape(-1, acts.shape[-1]))
+    }
 
 
 def test_cache_matches_direct_run_and_reports_skipped(setup, tmp_path):
     model, processor, studies = setup
-    cfg = CacheConfig(hook_name=HOOK, output_dir=str(tmp_path / "c"), context_size=16, batch_size=2, shard_studies=3)
+    cfg = CacheConfig(
+        hook_name=HOOK,
+        output_dir=str(tmp_path / "c"),
+        context_size=16,
+        batch_size=2,
+        shard_studies=3,
+    )
     result = cache_activations(model, processor, studies, cfg, show_progress=False)
     assert list(result.skipped) == ["s4"] and "not a readable image" in result.skipped["s4"]
     ds = datasets.load_from_disk(str(tmp_path / "c"))
@@ -71,7 +85,9 @@ def test_cache_matches_direct_run_and_reports_skipped(setup, tmp_path):
     enc = processor.encode_study(studies[3], with_report=True)
     batch = processor.collate([enc], padding_side="right")
     with torch.no_grad():
-        _, c = model.run_with_cache(batch.input_ids, pixel_values=batch.pixel_values, names_filter=[HOOK])
+        _, c = model.run_with_cache(
+            batch.input_ids, pixel_values=batch.pixel_values, names_filter=[HOOK]
+        )
     keep = selection_mask(torch.tensor(enc.roles), "study").nonzero().squeeze(-1).tolist()
     found = [p for p in keep if (3, p) in mapping]
     assert len(found) >= len(keep) - 16
@@ -80,11 +96,24 @@ def test_cache_matches_direct_run_and_reports_skipped(setup, tmp_path):
     # SAELens reads it back as its own cached-activation format
     from sae_lens import ActivationsStore
 
-    store = ActivationsStore(model=model, dataset=None, streaming=False, hook_name=HOOK, hook_head_index=None,
-                             context_size=16, d_in=model.cfg.d_model, n_batches_in_buffer=2,
-                             total_training_tokens=1000, store_batch_size_prompts=2, train_batch_size_tokens=8,
-                             prepend_bos=False, normalize_activations="none", device=torch.device("cpu"),
-                             dtype="float32", cached_activations_path=str(tmp_path / "c"))
+    store = ActivationsStore(
+        model=model,
+        dataset=None,
+        streaming=False,
+        hook_name=HOOK,
+        hook_head_index=None,
+        context_size=16,
+        d_in=model.cfg.d_model,
+        n_batches_in_buffer=2,
+        total_training_tokens=1000,
+        store_batch_size_prompts=2,
+        train_batch_size_tokens=8,
+        prepend_bos=False,
+        normalize_activations="none",
+        device=torch.device("cpu"),
+        dtype="float32",
+        cached_activations_path=str(tmp_path / "c"),
+    )
     acts, tokens = store.get_raw_llm_batch()
     assert acts.shape == (32, model.cfg.d_model) and tokens.shape == (32,)
 
@@ -92,8 +121,13 @@ def test_cache_matches_direct_run_and_reports_skipped(setup, tmp_path):
 def test_kill_and_resume_gives_the_identical_dataset(setup, tmp_path, monkeypatch):
     model, processor, studies = setup
     cfg = dict(hook_name=HOOK, context_size=16, batch_size=2, shard_studies=2)
-    cache_activations(model, processor, studies, CacheConfig(output_dir=str(tmp_path / "full"), **cfg),
-                      show_progress=False)
+    cache_activations(
+        model,
+        processor,
+        studies,
+        CacheConfig(output_dir=str(tmp_path / "full"), **cfg),
+        show_progress=False,
+    )
     real = cache_mod._process_shard
     calls = {"n": 0}
 
@@ -105,40 +139,69 @@ def test_kill_and_resume_gives_the_identical_dataset(setup, tmp_path, monkeypatc
 
     monkeypatch.setattr(cache_mod, "_process_shard", dying)
     with pytest.raises(KeyboardInterrupt):
-        cache_activations(model, processor, studies, CacheConfig(output_dir=str(tmp_path / "resumed"), **cfg),
-                          show_progress=False)
+        cache_activations(
+            model,
+            processor,
+            studies,
+            CacheConfig(output_dir=str(tmp_path / "resumed"), **cfg),
+            show_progress=False,
+        )
     monkeypatch.setattr(cache_mod, "_process_shard", real)
     # a half-written shard left behind by the kill is discarded on resume
     (tmp_path / "resumed" / ".tmp_shards" / "rank000" / "shard_00002.partial").mkdir()
-    cache_activations(model, processor, studies, CacheConfig(output_dir=str(tmp_path / "resumed"), **cfg),
-                      show_progress=False)
+    cache_activations(
+        model,
+        processor,
+        studies,
+        CacheConfig(output_dir=str(tmp_path / "resumed"), **cfg),
+        show_progress=False,
+    )
     a = datasets.load_from_disk(str(tmp_path / "full"))
     b = datasets.load_from_disk(str(tmp_path / "resumed"))
     assert len(a) == len(b)
     for col in (HOOK, "token_ids", "roles", "study_index", "positions"):
         assert np.array_equal(np.asarray(a[col]), np.asarray(b[col])), col
     with pytest.raises(FileExistsError, match="already holds a finished cache"):
-        cache_activations(model, processor, studies, CacheConfig(output_dir=str(tmp_path / "full"), **cfg))
+        cache_activations(
+            model, processor, studies, CacheConfig(output_dir=str(tmp_path / "full"), **cfg)
+        )
     with pytest.raises(ValueError, match="other settings"):
         (tmp_path / "other" / ".tmp_shards").mkdir(parents=True)
         (tmp_path / "other" / ".tmp_shards" / "settings.json").write_text("{}")
-        cache_activations(model, processor, studies, CacheConfig(output_dir=str(tmp_path / "other"), **cfg))
+        cache_activations(
+            model, processor, studies, CacheConfig(output_dir=str(tmp_path / "other"), **cfg)
+        )
 
 
 def test_nan_activations_and_bad_hook_stop_with_clear_errors(setup, tmp_path):
     model, processor, studies = setup
     with pytest.raises(ValueError, match="has no hook"):
-        cache_activations(model, processor, studies, CacheConfig(hook_name="blocks.1.hook_nope", output_dir=str(tmp_path / "a")))
+        cache_activations(
+            model,
+            processor,
+            studies,
+            CacheConfig(hook_name="blocks.1.hook_nope", output_dir=str(tmp_path / "a")),
+        )
     with pytest.raises(ValueError, match="names block 7"):
-        cache_activations(model, processor, studies, CacheConfig(hook_name="blocks.7.hook_resid_post", output_dir=str(tmp_path / "b")))
+        cache_activations(
+            model,
+            processor,
+            studies,
+            CacheConfig(hook_name="blocks.7.hook_resid_post", output_dir=str(tmp_path / "b")),
+        )
     w = model.blocks[0].mlp.W_out
     saved = w.detach().clone()
     with torch.no_grad():
         w[0, 0] = float("nan")
     try:
         with pytest.raises(ValueError, match="contain NaN or inf for studies"):
-            cache_activations(model, processor, studies[:2], CacheConfig(hook_name=HOOK, output_dir=str(tmp_path / "c")),
-                              show_progress=False)
+            cache_activations(
+                model,
+                processor,
+                studies[:2],
+                CacheConfig(hook_name=HOOK, output_dir=str(tmp_path / "c")),
+                show_progress=False,
+            )
     finally:
         with torch.no_grad():
             w.copy_(saved)
@@ -148,19 +211,46 @@ def test_torchrun_two_cpu_processes_equal_single_process(experiment_yaml, tmp_pa
     single = experiment_yaml("single")
     multi = experiment_yaml("multi")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-    r = subprocess.run([sys.executable, "-m", "sae_lens_maira.cli", "cache", "--config", str(single)],
-                       capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [sys.executable, "-m", "sae_lens_maira.cli", "cache", "--config", str(single)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533",
-                        "-m", "sae_lens_maira.cli", "cache", "--config", str(multi)],
-                       capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-port",
+            "29533",
+            "-m",
+            "sae_lens_maira.cli",
+            "cache",
+            "--config",
+            str(multi),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     one = datasets.load_from_disk(str(single.parent / "single"))
     two = datasets.load_from_disk(str(multi.parent / "multi"))
     a, b = _as_map(one), _as_map(two)
     info = json.loads((multi.parent / "multi" / "cache_info.json").read_text())
     assert info["world_size"] == 2 and info["skipped"].keys() == {"s4"}
-    total_a = len(a) + json.loads((single.parent / "single" / "cache_info.json").read_text())["dropped_tail_positions"]
+    total_a = (
+        len(a)
+        + json.loads((single.parent / "single" / "cache_info.json").read_text())[
+            "dropped_tail_positions"
+        ]
+    )
     assert total_a == len(b) + info["dropped_tail_positions"]  # the same selected positions in all
     shared = a.keys() & b.keys()
     assert len(shared) >= len(a) - 16
