@@ -121,13 +121,16 @@ class FeatureStatsCollector:
         self.exp = torch.full((f,), _UNSET, dtype=torch.long, device=device)
         self.hist = torch.zeros((f, cfg.n_hist_bins), dtype=torch.long, device=device)
         self.qcount = torch.zeros((f, cfg.n_quantile_bins), dtype=torch.long, device=device)
-        common = dict(ctx_left=cfg.ctx_left, ctx_right=cfg.ctx_right, device=device)
-        self.top = ExampleBuffer(
-            f, cfg.n_top, text_context=cfg.text_context, n_heatmaps=cfg.n_heatmaps,
-            n_patches=self.n_patches, **common,
-        )  # fmt: skip
+        common = dict(ctx_left=cfg.ctx_left, ctx_right=cfg.ctx_right, text_context=cfg.text_context)
+        self.top = ExampleBuffer(f, cfg.n_top, device, **common)
         self.quant = ExampleBuffer(
-            f, cfg.n_quantile_bins * cfg.n_per_quantile_bin, text_context=cfg.text_context, **common
+            f, cfg.n_quantile_bins * cfg.n_per_quantile_bin, device, **common
+        )
+        self.n_heat = min(cfg.n_heatmaps, cfg.n_top)
+        self.heat = (
+            ExampleBuffer(f, self.n_heat, device, windows=False, n_patches=self.n_patches)
+            if self.n_heat
+            else None
         )
         n, w = cfg.n_random_contexts, cfg.window
         self.rand_key = torch.full((n,), -1.0, device=device)
@@ -176,8 +179,8 @@ class FeatureStatsCollector:
     def _prepare(self, batch: SequenceBatch) -> BatchView:
         cfg = self.cfg
         counted = self._counted(batch)
-        acts = batch.feature_acts.masked_fill(~counted[..., None], 0)
-        acts = acts.clamp_min(0)  # SAE codes are non-negative; negative inputs are treated as off
+        # SAE codes are non-negative (negative inputs count as off); two passes, one new tensor
+        acts = batch.feature_acts.clamp_min(0).mul_(counted[..., None])
         is_img = batch.image_index >= 0
         display = torch.where(
             is_img,
@@ -210,10 +213,12 @@ class FeatureStatsCollector:
         pos_map = torch.full((b, n_img, self.n_patches), -1, dtype=torch.long, device=self.device)
         bi, ti = torch.nonzero(is_img, as_tuple=True)
         pos_map[bi, batch.image_index[bi, ti], batch.patch_index[bi, ti]] = ti
-        img_acts = acts.masked_fill(~is_img[..., None], 0)
-        img_max, img_arg = img_acts.max(dim=1)
-        img_of = batch.image_index.gather(1, img_arg)
-        grid_image = torch.where(img_max > 0, img_of, torch.full_like(img_of, -1))
+        if bool(is_img.any()):
+            img_max, img_arg = acts.masked_fill(~is_img[..., None], 0).max(dim=1)
+            img_of = batch.image_index.gather(1, img_arg)
+            grid_image = torch.where(img_max > 0, img_of, torch.full_like(img_of, -1))
+        else:  # text-only prompts: no image pass
+            grid_image = torch.full((b, self.d_sae), -1, dtype=torch.long, device=self.device)
         return BatchView(
             acts=acts,
             display_ids=display,
@@ -263,11 +268,13 @@ class FeatureStatsCollector:
         self.hist += torch.bincount(flat, minlength=self.d_sae * n).view(self.d_sae, n)
 
     def _update_top(self, view: BatchView) -> None:
-        s = self.top.n_slots
-        cand = torch.cat([self.top.value, view.seq_max.T], dim=1)  # [F, S + B]
-        vals, idx = cand.topk(s, dim=1)
-        sel = torch.where(vals > 0, idx, torch.full_like(idx, -1))
-        self.top.merge(sel, view)
+        for buf in (self.top, self.heat):
+            if buf is None:
+                continue
+            cand = torch.cat([buf.value, view.seq_max.T], dim=1)  # [F, S + B]
+            vals, idx = cand.topk(buf.n_slots, dim=1)
+            keep = torch.zeros_like(cand, dtype=torch.bool).scatter_(1, idx, vals > 0)
+            buf.merge(keep, view)
 
     def _update_quantiles(self, view: BatchView) -> None:
         """Bottom-k sketch per (feature, activation bin): keep the highest random priorities."""
@@ -295,11 +302,9 @@ class FeatureStatsCollector:
         starts[:, 1:] = sbins[:, 1:] != sbins[:, :-1]
         first = torch.where(starts, ar, torch.zeros_like(ar)).cummax(dim=1).values
         rank = ar - first
-        keep = svalid & (rank < per)
-        sel = torch.full((f, s), -1, dtype=torch.long, device=self.device)
-        fi, ji = torch.nonzero(keep, as_tuple=True)
-        sel[fi, sbins[fi, ji] * per + rank[fi, ji]] = order[fi, ji]
-        buf.merge(sel, view, new_keys=new_keys)
+        keep_sorted = svalid & (rank < per)
+        keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
+        buf.merge(keep, view, new_keys=new_keys)
 
     def _update_random_contexts(self, view: BatchView, batch: SequenceBatch) -> None:
         """One random counted position per sequence enters a global reservoir of context windows."""
@@ -362,15 +367,31 @@ class FeatureStatsCollector:
 
     def _update_thumbnails(self, batch: SequenceBatch, offset: int) -> None:
         """Keep thumbnails only of sequences that some heatmap slot still refers to."""
-        if batch.images is None or not self.top.n_heatmaps:
+        if batch.images is None or self.heat is None:
             return
+        live = set(torch.unique(self.heat.seq).tolist())
         for i, imgs in enumerate(batch.images):
-            self.thumbnails[offset + i] = [_thumbnail(im, self.thumbnail_size) for im in imgs]
-        live = set(torch.unique(self.top.seq[:, : self.top.n_heatmaps]).tolist())
+            if offset + i in live:
+                self.thumbnails[offset + i] = [_thumbnail(im, self.thumbnail_size) for im in imgs]
         for seq in [s for s in self.thumbnails if s not in live]:
             del self.thumbnails[seq]
 
     # ------------------------------------------------------------------ results
+    def _top_state(self) -> dict[str, torch.Tensor]:
+        """Top slots sorted by value, with the heatmap buffer's grids aligned to the first ones."""
+        out = self.top.sorted_state("top")
+        if self.heat is None:
+            return out
+        hs = self.heat.sorted_state("heat")
+        tseq = out["top.seq"][:, : self.n_heat]
+        match = (tseq[:, :, None] == hs["heat.seq"][:, None, :]) & (tseq[:, :, None] >= 0)
+        has, j = match.any(dim=-1), match.to(torch.int8).argmax(dim=-1)
+        img = hs["heat.grid_image"].gather(1, j)
+        out["top.grid_image"] = torch.where(has, img, torch.full_like(img, -1))
+        grid = hs["heat.grid_vals"].gather(1, j[..., None].expand(-1, -1, self.n_patches))
+        out["top.grid_vals"] = grid * has[..., None]
+        return out
+
     @torch.no_grad()
     def finalize(
         self,
@@ -404,8 +425,8 @@ class FeatureStatsCollector:
             "hist_exp": torch.where(self.exp == _UNSET, torch.zeros_like(self.exp), self.exp),
             "hist": self.hist,
             "qcount": self.qcount,
-            **self.top.state("top"),
-            **self.quant.state("quant"),
+            **self._top_state(),
+            **self.quant.sorted_state("quant"),
             "rand_seq": self.rand_seq,
             "rand_pos": self.rand_pos,
             "rand_ids": self.rand_ids,

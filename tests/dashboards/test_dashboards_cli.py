@@ -13,7 +13,10 @@ from sae_lens_maira.dashboards.schemas import validate_neuronpedia_export, valid
 
 def test_cli_chain(tmp_path, capsys):
     stats = tmp_path / "stats"
-    assert main(["dashboards", "synthetic", "--out", str(stats), "--n-studies", "48", "--d-sae", "12"]) == 0
+    assert (
+        main(["dashboards", "synthetic", "--out", str(stats), "--n-studies", "48", "--d-sae", "12"])
+        == 0
+    )
     exp = tmp_path / "exp.jsonl"
     assert main(["autointerp", "--stats", str(stats), "--out", str(exp), "--features", "0-3"]) == 0
     rows = [json.loads(line) for line in exp.read_text().splitlines()]
@@ -27,8 +30,14 @@ def test_cli_chain(tmp_path, capsys):
     assert validate_saedashboard_dir(sd) > 0
     assert main(["dashboards", "viewer", "--stats", str(stats), "--out", str(tmp_path / "view"),
                  "--features", "0,1", "--private"]) == 0  # fmt: skip
-    assert sorted(p.name for p in (tmp_path / "view" / "features").iterdir()) == ["0.html", "1.html"]
-    assert main(["dashboards", "upload", "--export", str(np_dir), "--dry-run", str(tmp_path / "pl")]) == 0
+    assert sorted(p.name for p in (tmp_path / "view" / "features").iterdir()) == [
+        "0.html",
+        "1.html",
+    ]
+    assert (
+        main(["dashboards", "upload", "--export", str(np_dir), "--dry-run", str(tmp_path / "pl")])
+        == 0
+    )
     assert "3 payloads written" in capsys.readouterr().out
 
 
