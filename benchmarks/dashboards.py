@@ -108,23 +108,27 @@ def main() -> None:
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--d-sae", type=int, default=2048)
-    ap.add_argument("--n-seq", type=int, default=256)
+    ap.add_argument("--n-seq", type=int, default=512)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--k", type=int, default=32, help="active features per token")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "dashboards.json"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     cfg = FeatureStatsConfig(n_top=20, n_heatmaps=0)
     batches = make_batches(args.n_seq, args.seq_len, args.d_sae, args.k, args.batch, args.device, 0)
     vectorised(batches[:1], args.d_sae, cfg, args.device)  # warm-up
-    t0 = time.perf_counter()
-    ours = vectorised(batches, args.d_sae, cfg, args.device)
-    t_ours = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    base = per_feature_loop(batches, args.d_sae, cfg, args.device)
-    t_base = time.perf_counter() - t0
+    t_ours_all, t_base_all = [], []
+    for _ in range(args.repeats):  # the machine is shared: report the best of several runs
+        t0 = time.perf_counter()
+        ours = vectorised(batches, args.d_sae, cfg, args.device)
+        t_ours_all.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        base = per_feature_loop(batches, args.d_sae, cfg, args.device)
+        t_base_all.append(time.perf_counter() - t0)
+    t_ours, t_base = min(t_ours_all), min(t_base_all)
     for f in range(0, args.d_sae, max(1, args.d_sae // 64)):  # both found the same top sequences
         torch.testing.assert_close(
             ours.top.value[f].sort(descending=True).values.cpu(), base[f][2].float().cpu()
@@ -139,10 +143,11 @@ def main() -> None:
         "workload": {"d_sae": args.d_sae, "n_sequences": args.n_seq, "seq_len": args.seq_len,
                      "active_per_token": args.k, "batch": args.batch, "n_top": cfg.n_top,
                      "window": cfg.window},
-        "vectorised": {"seconds": round(t_ours, 3), "features_per_s": round(args.d_sae / t_ours, 1),
+        "repeats": args.repeats,
+        "vectorised": {"seconds": round(t_ours, 3), "all_seconds": [round(x, 3) for x in t_ours_all], "features_per_s": round(args.d_sae / t_ours, 1),
                        "includes": "density, histogram, top-k windows + text context, interval reservoirs, "
                                    "random contexts, correlation sample"},
-        "per_feature_loop": {"seconds": round(t_base, 3), "features_per_s": round(args.d_sae / t_base, 1),
+        "per_feature_loop": {"seconds": round(t_base, 3), "all_seconds": [round(x, 3) for x in t_base_all], "features_per_s": round(args.d_sae / t_base, 1),
                              "includes": "density, histogram, top-k windows, interval samples"},
         "speedup": round(t_base / t_ours, 1),
     }  # fmt: skip

@@ -23,7 +23,8 @@ PAD_ROLE = 10
 class BatchView:
     """What the buffers need from one batch, prepared once per batch on the collector's device."""
 
-    acts: torch.Tensor  # [B, T, F] counted activations (ignored roles zeroed)
+    acts: torch.Tensor  # [B, T, F] the batch's activations as given (read through `act_at`)
+    counted: torch.Tensor  # [B, T] bool positions that count (real, role not ignored)
     display_ids: torch.Tensor  # [B, T] int32 display ids (NO_TOKEN on padding)
     roles: torch.Tensor  # [B, T] int8
     is_image: torch.Tensor  # [B, T] bool
@@ -35,6 +36,19 @@ class BatchView:
         torch.Tensor
     )  # [B, F] long image holding the feature's max image activation (-1 none)
     seq_offset: int  # global index of the batch's first sequence
+    nz_feat: torch.Tensor  # [nnz] feature of each counted positive activation
+    nz_vals: torch.Tensor  # [nnz] float32 its value
+
+    def act_at(
+        self, b: torch.Tensor, p: torch.Tensor, f: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Counted activations (float32, negatives as 0) at ``acts[b, p, f]`` (``f`` None: all features)."""
+        t, n_f = self.acts.shape[1], self.acts.shape[2]
+        row = b * t + p
+        keep = self.counted.reshape(-1).take(row)
+        if f is None:
+            return self.acts.reshape(-1, n_f)[row].float().clamp_min(0) * keep[..., None]
+        return self.acts.reshape(-1).take(row * n_f + f).float().clamp_min(0) * keep
 
 
 def gather_positions(
@@ -49,7 +63,7 @@ def gather_positions(
     p = pos.clamp(0, t - 1)
     bb = b[:, None].expand_as(p)
     ids = torch.where(ok, view.display_ids[bb, p], torch.full_like(p, NO_TOKEN, dtype=torch.int32))
-    vals = view.acts[bb, p, f[:, None].expand_as(p)].float()
+    vals = view.act_at(bb, p, f[:, None].expand_as(p))
     vals = torch.where(ok & (ids != NO_TOKEN), vals, torch.zeros_like(vals))
     roles = torch.where(ok, view.roles[bb, p], torch.full_like(p, PAD_ROLE, dtype=torch.int8))
     return ids.to(torch.int32), vals, roles.to(torch.int8)
@@ -134,11 +148,16 @@ class ExampleBuffer:
             offs = torch.arange(-self.ctx_left, self.ctx_right + 1, device=pos.device)
             ids, vals, roles = gather_positions(view, bi, fi, pos[:, None] + offs)
             self.win_ids[fi, si], self.win_vals[fi, si], self.win_roles[fi, si] = ids, vals, roles
-            if self.ctx_ids.shape[2]:
-                cpos = view.text_ctx_pos[bi]
-                ids, vals, roles = gather_positions(view, bi, fi, cpos)
-                self.ctx_pos[fi, si] = cpos.to(torch.int32)
-                self.ctx_ids[fi, si], self.ctx_vals[fi, si], self.ctx_roles[fi, si] = (
+            # the prompt's last text tokens are shown only for examples whose max is an image patch
+            img_c = view.is_image[bi, pos]
+            self.ctx_pos[fi, si] = -1
+            self.ctx_ids[fi, si] = NO_TOKEN
+            if self.ctx_ids.shape[2] and bool(img_c.any()):
+                fc, sc, bc = fi[img_c], si[img_c], bi[img_c]
+                cpos = view.text_ctx_pos[bc]
+                ids, vals, roles = gather_positions(view, bc, fc, cpos)
+                self.ctx_pos[fc, sc] = cpos.to(torch.int32)
+                self.ctx_ids[fc, sc], self.ctx_vals[fc, sc], self.ctx_roles[fc, sc] = (
                     ids,
                     vals,
                     roles,
@@ -146,7 +165,9 @@ class ExampleBuffer:
         if self.grids:
             img = view.grid_image[bi, fi]
             ppos = view.pos_map[bi, img.clamp(min=0)]  # [M, P]
-            gvals = view.acts[bi[:, None], ppos.clamp(min=0), fi[:, None]].float()
+            gvals = view.act_at(
+                bi[:, None].expand_as(ppos), ppos.clamp(min=0), fi[:, None].expand_as(ppos)
+            )
             gvals = torch.where((ppos >= 0) & (img >= 0)[:, None], gvals, torch.zeros_like(gvals))
             self.grid_image[fi, si] = img.to(torch.int8)
             self.grid_vals[fi, si] = gvals.to(torch.float16)

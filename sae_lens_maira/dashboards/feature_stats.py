@@ -177,10 +177,20 @@ class FeatureStatsCollector:
         return batch.mask & ~torch.isin(batch.roles, ignore)
 
     def _prepare(self, batch: SequenceBatch) -> BatchView:
+        """One dense pass finds the counted positive activations; every reduction then runs on those
+        (SAE codes are sparse), so the cost is O(B*T*F) once plus O(nnz)."""
         cfg = self.cfg
         counted = self._counted(batch)
-        # SAE codes are non-negative (negative inputs count as off); two passes, one new tensor
-        acts = batch.feature_acts.clamp_min(0).mul_(counted[..., None])
+        raw = batch.feature_acts
+        b, t, f = raw.shape
+        flat = raw.reshape(-1, f)
+        pos, feat = torch.nonzero(flat > 0, as_tuple=True)
+        ok = counted.reshape(-1)[pos]
+        pos, feat = pos[ok], feat[ok]
+        vals = flat[pos, feat].float()
+        bi, ti = pos // t, pos % t
+        key = bi * f + feat
+        seq_max, seq_argmax = _segment_max(key, vals, ti, b * f)
         is_img = batch.image_index >= 0
         display = torch.where(
             is_img,
@@ -190,9 +200,7 @@ class FeatureStatsCollector:
         display = torch.where(batch.mask, display, torch.full_like(display, NO_TOKEN)).to(
             torch.int32
         )
-        seq_max, seq_argmax = acts.max(dim=1)
         # last C variable-text positions of each sequence (feature independent)
-        b, t = batch.token_ids.shape
         var = batch.mask & torch.isin(
             batch.roles, torch.tensor([int(r) for r in VARIABLE_TEXT_ROLES], device=self.device)
         )
@@ -211,25 +219,26 @@ class FeatureStatsCollector:
                 f"with max_images={n_img}"
             )
         pos_map = torch.full((b, n_img, self.n_patches), -1, dtype=torch.long, device=self.device)
-        bi, ti = torch.nonzero(is_img, as_tuple=True)
-        pos_map[bi, batch.image_index[bi, ti], batch.patch_index[bi, ti]] = ti
-        if bool(is_img.any()):
-            img_max, img_arg = acts.masked_fill(~is_img[..., None], 0).max(dim=1)
-            img_of = batch.image_index.gather(1, img_arg)
-            grid_image = torch.where(img_max > 0, img_of, torch.full_like(img_of, -1))
-        else:  # text-only prompts: no image pass
-            grid_image = torch.full((b, self.d_sae), -1, dtype=torch.long, device=self.device)
+        pb, pt = torch.nonzero(is_img, as_tuple=True)
+        pos_map[pb, batch.image_index[pb, pt], batch.patch_index[pb, pt]] = pt
+        on_img = is_img[bi, ti]
+        img_max, img_arg = _segment_max(key[on_img], vals[on_img], ti[on_img], b * f)
+        img_of = batch.image_index.gather(1, img_arg.view(b, f))
+        grid_image = torch.where(img_max.view(b, f) > 0, img_of, torch.full_like(img_of, -1))
         return BatchView(
-            acts=acts,
+            acts=raw,
+            counted=counted,
             display_ids=display,
             roles=batch.roles.to(torch.int8),
             is_image=is_img,
-            seq_max=seq_max.float(),
-            seq_argmax=seq_argmax,
+            seq_max=seq_max.view(b, f),
+            seq_argmax=seq_argmax.view(b, f),
             text_ctx_pos=text_ctx_pos,
             pos_map=pos_map,
             grid_image=grid_image,
             seq_offset=self.n_sequences,
+            nz_feat=feat,
+            nz_vals=vals,
         )
 
     def _grow_ranges(self, batch_max: torch.Tensor) -> None:
@@ -256,11 +265,9 @@ class FeatureStatsCollector:
         return (values.float() * scale * n_bins).long().clamp(0, n_bins - 1)
 
     def _update_counts(self, view: BatchView, batch: SequenceBatch) -> None:
-        acts = view.acts
-        self.n_tokens += int(self._counted(batch).sum())
+        self.n_tokens += int(view.counted.sum())
         self._grow_ranges(view.seq_max.max(dim=0).values)
-        pos, feat = torch.nonzero(acts.reshape(-1, self.d_sae) > 0, as_tuple=True)
-        vals = acts.reshape(-1, self.d_sae)[pos, feat].float()
+        feat, vals = view.nz_feat, view.nz_vals
         self.nonzero += torch.bincount(feat, minlength=self.d_sae)
         self.act_sum.index_add_(0, feat, vals.double())
         n = self.cfg.n_hist_bins
@@ -311,7 +318,7 @@ class FeatureStatsCollector:
         n = self.cfg.n_random_contexts
         if n == 0:
             return
-        counted = self._counted(batch)
+        counted = view.counted
         has = counted.any(dim=1)
         noise = torch.rand(counted.shape, generator=self.gen, device=self.device)
         pos = torch.where(counted, noise, torch.full_like(noise, -1.0)).argmax(dim=1)
@@ -341,8 +348,8 @@ class FeatureStatsCollector:
             [wpos, torch.where(show_ctx[:, None], cpos, torch.full_like(cpos, -1))], 1
         )
         ok = (allpos >= 0) & (allpos < view.acts.shape[1])
-        rows = view.acts[b[:, None], allpos.clamp(0, view.acts.shape[1] - 1)].float()  # [M, W+C, F]
-        rows = rows * ok[..., None]
+        rows = view.act_at(b[:, None].expand_as(allpos), allpos.clamp(0, view.acts.shape[1] - 1))
+        rows = rows * ok[..., None]  # [M, W+C, F]
         self.rand_max[slots] = rows.amax(dim=1)
         self.rand_seq[slots] = b + view.seq_offset
         self.rand_pos[slots] = p.to(torch.int32)
@@ -354,7 +361,7 @@ class FeatureStatsCollector:
         n = self.cfg.n_corr_positions
         if n == 0:
             return
-        counted = self._counted(batch).reshape(-1)
+        counted = view.counted.reshape(-1)
         keys = torch.rand(counted.shape, generator=self.gen, device=self.device)
         keys = torch.where(counted, keys, torch.full_like(keys, -1.0))
         top, idx = torch.cat([self.corr_key, keys]).topk(n)
@@ -362,7 +369,9 @@ class FeatureStatsCollector:
         self.corr_acts = self.corr_acts[keep]
         new = torch.nonzero((idx >= n) & (top >= 0)).flatten()
         if new.numel():
-            self.corr_acts[new] = view.acts.reshape(-1, self.d_sae)[idx[new] - n].float()
+            flat = idx[new] - n
+            t = view.acts.shape[1]
+            self.corr_acts[new] = view.act_at(flat // t, flat % t)
         self.corr_key = top
 
     def _update_thumbnails(self, batch: SequenceBatch, offset: int) -> None:
@@ -370,6 +379,8 @@ class FeatureStatsCollector:
         if batch.images is None or self.heat is None:
             return
         live = set(torch.unique(self.heat.seq).tolist())
+        for seq in [s for s in self.thumbnails if s not in live]:
+            del self.thumbnails[seq]
         for i, imgs in enumerate(batch.images):
             if offset + i in live:
                 self.thumbnails[offset + i] = [_thumbnail(im, self.thumbnail_size) for im in imgs]
@@ -498,6 +509,17 @@ def collect_feature_stats(
     for batch in tqdm(batches, total=total, desc="feature statistics", unit="batch"):
         collector.update(batch)
     return collector.finalize(namer, meta, W_dec=W_dec, W_U=W_U)
+
+
+def _segment_max(
+    key: torch.Tensor, vals: torch.Tensor, pos: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Max of ``vals`` per segment ``key`` in [0, n) and the first position holding it (0 if empty)."""
+    best = torch.zeros(n, device=vals.device).scatter_reduce_(0, key, vals, "amax")
+    at_max = vals == best[key]
+    first = torch.full((n,), torch.iinfo(torch.long).max, dtype=torch.long, device=vals.device)
+    first.scatter_reduce_(0, key[at_max], pos[at_max], "amin")
+    return best, torch.where(best > 0, first, torch.zeros_like(first))
 
 
 def _thumbnail(image: Image.Image | None, size: int) -> Image.Image | None:

@@ -107,6 +107,10 @@ def test_heatmaps_follow_the_planted_region(synthetic, stats):
         inside[rows, cols] = True
         assert (grid[inside] > 0).all() and (grid[~inside] == 0).all()
         assert ex.thumbnail is not None and ex.thumbnail.size == (224, 224)
+    # thumbnails are kept only for prompts some heatmap slot still shows (bounded memory)
+    h = stats.config["n_heatmaps"]
+    shown = {int(s) for s in stats.tensors["top.seq"][:, :h].flatten() if s >= 0}
+    assert set(stats.thumbnails) <= shown and len(stats.thumbnails) < len(synthetic.batches) * 10
     # a feature that never fires on an image keeps no heatmap
     assert all(e.heatmap is None for e in stats.top_examples(ROLE_FEATURE, 3))
 
