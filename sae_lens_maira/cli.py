@@ -58,6 +58,106 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _cmd_dashboards(args: argparse.Namespace) -> int:
+    from sae_lens_maira.dashboards import commands
+
+    if args.action == "export":
+        for path in commands.export(args.stats, args.out, args.format, args.explanations,
+                                    args.features, args.private, args.batch_size,
+                                    args.n_layers, args.d_model):  # fmt: skip
+            print(path)
+    elif args.action == "viewer":
+        print(commands.viewer(args.stats, args.out, args.explanations, args.features, args.private))
+    elif args.action == "upload":
+        n = commands.upload(
+            args.export, args.dry_run, args.base_url, args.api_key_env, args.batch_size
+        )
+        print(f"{n} {'payloads written' if args.dry_run else 'requests sent'}")
+    elif args.action == "synthetic":
+        print(commands.synthetic_stats(args.out, args.n_studies, args.d_sae, args.seed))
+    return 0
+
+
+def _cmd_autointerp(args: argparse.Namespace) -> int:
+    from sae_lens_maira.autointerp.commands import autointerp
+
+    res = autointerp(args.stats, args.out, args.backend, args.model, args.base_url, args.api_key_env,
+                     args.cache, args.features, args.concurrency, args.private, args.n_explain)  # fmt: skip
+    scores = [e.score for e in res.values() if e.score is not None]
+    mean = sum(scores) / len(scores) if scores else float("nan")
+    print(
+        f"{len(res)} features explained in {args.out}; mean detection balanced accuracy {mean:.3f}"
+    )
+    return 0
+
+
+def _add_dashboards(sub) -> None:
+    p = sub.add_parser(
+        "dashboards", help="export, view and upload feature dashboards from saved statistics"
+    )
+    acts = p.add_subparsers(dest="action", required=True)
+    for name, helptext in (("export", "write the Neuronpedia export and/or SAE-Dashboard batch files"),
+                           ("viewer", "write the offline HTML viewer")):  # fmt: skip
+        q = acts.add_parser(name, help=helptext)
+        q.add_argument("--stats", required=True, help="folder written by the statistics pass")
+        q.add_argument("--out", required=True, help="output folder")
+        q.add_argument("--explanations", help="JSONL written by `sae-lens-maira autointerp`")
+        q.add_argument("--features", help="feature list, e.g. 0,3,10-19 (default: all that fire)")
+        q.add_argument(
+            "--private",
+            action="store_true",
+            help="drop study text, study ids and X-ray images (e.g. for MIMIC-CXR)",
+        )
+        if name == "export":
+            q.add_argument(
+                "--format", default="both", choices=("neuronpedia", "saedashboard", "both")
+            )
+            q.add_argument("--batch-size", type=int, default=128)
+            q.add_argument(
+                "--n-layers", type=int, default=32, help="the model's layer count (model row)"
+            )
+            q.add_argument("--d-model", type=int, default=4096)
+        q.set_defaults(handler=_cmd_dashboards)
+    q = acts.add_parser("upload", help="post a Neuronpedia export through Neuronpedia's API")
+    q.add_argument("--export", required=True, help="folder exports/<model>/<layer>-<set>/")
+    q.add_argument("--dry-run", metavar="DIR", help="write the payloads to DIR instead of sending")
+    q.add_argument("--base-url", help="API base (default https://www.neuronpedia.org/api)")
+    q.add_argument("--api-key-env", default="NEURONPEDIA_API_KEY")
+    q.add_argument("--batch-size", type=int, default=128, help="features per request (at most 128)")
+    q.set_defaults(handler=_cmd_dashboards)
+    q = acts.add_parser("synthetic", help="statistics of synthetic prompts with planted features")
+    q.add_argument("--out", required=True)
+    q.add_argument("--n-studies", type=int, default=256)
+    q.add_argument("--d-sae", type=int, default=64)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(handler=_cmd_dashboards)
+
+
+def _add_autointerp(sub) -> None:
+    p = sub.add_parser(
+        "autointerp", help="explain features and score the explanations by detection"
+    )
+    p.add_argument("--stats", required=True, help="folder written by the statistics pass")
+    p.add_argument("--out", required=True, help="explanations JSONL (appended; a rerun resumes)")
+    p.add_argument(
+        "--backend",
+        default="offline",
+        choices=("offline", "openai"),
+        help="offline: deterministic, no LLM; openai: any OpenAI-compatible endpoint",
+    )
+    p.add_argument("--model", help="chat model name (openai backend)")
+    p.add_argument("--base-url", default="https://api.openai.com/v1")
+    p.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key"
+    )
+    p.add_argument("--cache", help="response cache JSONL (default: next to --out)")
+    p.add_argument("--features", help="feature list, e.g. 0,3,10-19 (default: all that fire)")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--n-explain", type=int, default=40, help="top examples shown to the explainer")
+    p.add_argument("--private", action="store_true", help="send no study text to the LLM")
+    p.set_defaults(handler=_cmd_autointerp)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sae-lens-maira",
@@ -71,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="cache selected activations of studies (works under torchrun)")
     _add_config_args(p)
     p.set_defaults(handler=_cmd_cache)
+
+    _add_dashboards(sub)
+    _add_autointerp(sub)
     return parser
 
 
