@@ -51,6 +51,17 @@ def _cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sae_lens_maira.training.runner import train_sae
+
+    result = train_sae(_experiment(args), resume=args.resume)
+    summary = ", ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in sorted(result.metrics.items())
+                        if k.split("/")[-1] in ("explained_variance", "l0", "ce_loss_score", "kl_div_score",
+                                                "dead_latents_fraction"))  # fmt: skip
+    print(f"SAE saved to {result.output_path}; {summary}")
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="experiment YAML (see configs/)")
     p.add_argument(
@@ -171,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cache", help="cache selected activations of studies (works under torchrun)")
     _add_config_args(p)
     p.set_defaults(handler=_cmd_cache)
+    p = sub.add_parser(
+        "train", help="train an SAE with SAELens's runner (from the activation cache)"
+    )
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.set_defaults(handler=_cmd_train)
 
     _add_dashboards(sub)
     _add_autointerp(sub)
