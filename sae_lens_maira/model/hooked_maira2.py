@@ -24,6 +24,7 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import sample_logits
 from transformers import PreTrainedTokenizerBase
 
+from sae_lens_maira.model.attention import use_fused_attention
 from sae_lens_maira.model.checkpoint import (
     CONFIG_NAME,
     iter_tensors,
@@ -67,6 +68,7 @@ class HookedMaira2(HookedSAETransformer):
         device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         tl_cfg = config.hooked_transformer_config(device=device, dtype=dtype)
         super().__init__(tl_cfg, tokenizer=None, move_to_device=False)
+        use_fused_attention(self.blocks)
         self.maira_config = config
         self.vision_tower = build_vision_tower(config).to(dtype)
         self.hook_vision_out = HookPoint()

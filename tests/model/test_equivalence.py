@@ -141,3 +141,17 @@ def test_save_pretrained_round_trip(model, tmp_path):
     again = HookedMaira2.from_pretrained(tmp_path, device="cpu")
     for (n1, p1), (_, p2) in zip(model.state_dict().items(), again.state_dict().items()):
         assert torch.equal(p1, p2), n1
+
+
+def test_fused_attention_equals_transformerlens_eager_attention(model, tokenizer):
+    """Hooking the pattern switches to TransformerLens's eager code; both give the same outputs."""
+    ids, mask, pixels, _ = _batch(tokenizer)
+    with torch.no_grad():
+        fused, c1 = model.run_with_cache(ids, attention_mask=mask, pixel_values=pixels,
+                                         names_filter=lambda n: n.endswith("hook_z"))
+        eager, c2 = model.run_with_cache(ids, attention_mask=mask, pixel_values=pixels)
+    assert "blocks.0.attn.hook_pattern" in c2 and "blocks.0.attn.hook_pattern" not in c1
+    real = mask.bool()
+    assert (fused[real] - eager[real]).abs().max() < 1e-5
+    assert (c1["blocks.1.attn.hook_z"][real] - c2["blocks.1.attn.hook_z"][real]).abs().max() < 1e-5
+    assert torch.isfinite(fused).all()  # padded queries stay finite on the fused path
