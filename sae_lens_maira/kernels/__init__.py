@@ -1,1 +1,32 @@
-"""kernels"""
+"""Sparse decode / encode ops for TopK, BatchTopK and Matryoshka SAEs.
+
+Decoding ``k`` of ``N`` latents is a gather: ``out[b] = sum_j values[b, j] * W_dec[indices[b, j]]``
+costs ``B*k*D`` instead of the dense ``B*N*D``, and so do its gradients. Implementations: Triton
+kernels on CUDA, ``F.embedding_bag`` + ``torch.sparse.sampled_addmm`` on CPU, and a dense
+scatter + matmul fallback for many actives per row; ``impl="auto"`` chooses per device and shape
+(:func:`resolve_impl`). Importing this package does not import triton.
+"""
+
+from sae_lens_maira.kernels.dispatch import (
+    DecoderImpl,
+    resolve_impl,
+    triton_available,
+    triton_interpreting,
+)
+from sae_lens_maira.kernels.ops import (
+    grouped_sparse_decode_csr,
+    sparse_decode,
+    sparse_decode_csr,
+    sparse_encode_csr,
+)
+
+__all__ = [
+    "DecoderImpl",
+    "grouped_sparse_decode_csr",
+    "resolve_impl",
+    "sparse_decode",
+    "sparse_decode_csr",
+    "sparse_encode_csr",
+    "triton_available",
+    "triton_interpreting",
+]
