@@ -40,9 +40,7 @@ def grouped_decode(
     return torch.stack([acts[:, s:e] @ W[s:e] for s, e in zip(starts, group_ends, strict=True)])
 
 
-def encode(
-    row_ptr: Tensor, indices: Tensor, x: Tensor, W_enc: Tensor, b_enc: Tensor
-) -> Tensor:
+def encode(row_ptr: Tensor, indices: Tensor, x: Tensor, W_enc: Tensor, b_enc: Tensor) -> Tensor:
     """All pre-activations ``x @ W_enc + b_enc``, read at the selected pairs (dense backward)."""
     rows = row_ids(row_ptr, indices.numel())
     return (x @ W_enc + b_enc)[rows, indices]

@@ -1,11 +1,17 @@
 """Choosing an implementation per device and shape, and loading its backend.
 
-``auto`` picks Triton on CUDA (when triton imports), ``embedding_bag`` on CPU, and the dense path
-where a gather cannot beat a matmul: many actives per row. On CPU the measured break-even of the
-decode forward+backward (1 thread, D 512, N 8192, B 2048) sits far above k = N/8, so the rule
-``k > N / 8 or k > 512`` leaves a wide margin; on an H100 the performance model (N/k against the
-FLOP/byte ratio ~300, see docs) puts the decoder-only break-even near N/k ~ 300, but the sparse
-encoder backward, the single Matryoshka pass and the memory saved keep sparse ahead below it.
+``auto`` picks Triton on CUDA (when triton imports), ``embedding_bag`` elsewhere, and the dense
+path where a gather cannot beat a matmul: when fewer than ``MIN_LATENTS_PER_ACTIVE[device]``
+latents exist per active one (N / k small).
+
+* CPU, measured (1 thread, B 1024, D 512, decode forward + backward, embedding_bag vs dense):
+  N/k = 128: 22-31x, 32: 10x, 16: 4.7x, 8: 2.4-2.8x, 4: 1.5x, 2: 0.56x. Break-even near
+  N/k = 3, so dense from N/k < 4; no absolute cap on k (k = 1024 of 8192 was still 2.4x).
+* CUDA, not measured here: the performance model (H100 bf16 ~790 TFLOP/s over ~3 TB/s) puts the
+  decoder-only break-even near N/k ~ 300 with pessimistic gather bandwidth; L2 reuse of frequent
+  latents, the sparse encoder backward and the one-pass Matryoshka decode move it lower, so the
+  rule switches to dense below N/k = 128. Calibrate with ``benchmarks/sparse_decode.py --device
+  cuda`` and adjust ``MIN_LATENTS_PER_ACTIVE``.
 """
 
 from __future__ import annotations
@@ -25,10 +31,10 @@ logger = logging.getLogger(__name__)
 DecoderImpl = Literal["auto", "triton", "embedding_bag", "dense"]
 IMPLS: tuple[str, ...] = get_args(DecoderImpl)
 
-#: Above this many actives per row the dense matmul path is used (as OpenAI's TopK kernels do).
-DENSE_ABOVE_K = 512
-#: ... and also when more than ``1 / DENSE_ABOVE_FRACTION`` of the latents are active per row.
-DENSE_ABOVE_FRACTION = 8
+#: ``auto`` runs dense when ``n_latents / k`` falls below this (per device type; see above).
+MIN_LATENTS_PER_ACTIVE: dict[str, float] = {"cpu": 4.0, "cuda": 128.0}
+#: For other device types (e.g. ``mps``), a middle-of-the-road guess.
+DEFAULT_MIN_LATENTS_PER_ACTIVE = 8.0
 
 _logged: set[tuple[object, ...]] = set()
 
@@ -63,13 +69,12 @@ def _check_triton(device: torch.device) -> None:
         )
 
 
-def _sparse_cannot_win(n_latents: int, k: float) -> bool:
-    return k > DENSE_ABOVE_K or k * DENSE_ABOVE_FRACTION > n_latents
+def _sparse_cannot_win(device: torch.device, n_latents: int, k: float) -> bool:
+    ratio = MIN_LATENTS_PER_ACTIVE.get(device.type, DEFAULT_MIN_LATENTS_PER_ACTIVE)
+    return k * ratio > n_latents
 
 
-def resolve_impl(
-    impl: str, *, device: torch.device | str, n_latents: int, k: float, d: int
-) -> str:
+def resolve_impl(impl: str, *, device: torch.device | str, n_latents: int, k: float, d: int) -> str:
     """The implementation to run for ``impl`` on ``device`` with ``k`` actives per row (mean).
 
     Raises ValueError for an unknown name or for ``"triton"`` where it cannot run. Logs the
@@ -83,7 +88,7 @@ def resolve_impl(
         chosen = "triton"
     elif impl != "auto":
         chosen = impl
-    elif _sparse_cannot_win(n_latents, k):
+    elif _sparse_cannot_win(device, n_latents, k):
         chosen = "dense"
     elif device.type == "cuda" and triton_available() and not triton_interpreting():
         chosen = "triton"

@@ -27,12 +27,14 @@ def bag_sum(
     n_bags = ptr.numel() - 1
     if idx.numel() == 0 or n_bags == 0:
         return table.new_zeros((n_bags, table.shape[1]))
+    # Detached inputs select aten's forward-only kernel (no offset2bag bookkeeping): a leaf table
+    # that requires grad (x in the encoder backward) otherwise costs ~3x here.
     return F.embedding_bag(
         idx,
-        table.contiguous(),
+        table.detach().contiguous(),
         ptr,
         mode="sum",
-        per_sample_weights=weights,
+        per_sample_weights=weights.detach(),
         include_last_offset=True,
     )
 
@@ -55,10 +57,17 @@ def sampled_dot(
     if nnz == 0:
         return a.new_zeros(0)
     compute = a.dtype if a.dtype in _SDDMM_DTYPES else torch.float32
-    base = bias[idx].to(compute) if bias is not None else torch.zeros(nnz, dtype=compute, device=a.device)
+    base = (
+        bias[idx].to(compute)
+        if bias is not None
+        else torch.zeros(nnz, dtype=compute, device=a.device)
+    )
     pattern = _csr(ptr, idx, base, (a.shape[0], table.shape[0]))
     out = torch.sparse.sampled_addmm(
-        pattern, a.to(compute), table.t().to(compute), beta=1.0 if bias is not None else 0.0
+        pattern,
+        a.detach().to(compute),
+        table.detach().t().to(compute),
+        beta=1.0 if bias is not None else 0.0,
     )
     return out.values().to(a.dtype)
 

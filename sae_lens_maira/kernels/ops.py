@@ -40,9 +40,7 @@ def _decode(
     return BagDecode.apply(row_ptr, indices, values, W_dec, get_backend(chosen))
 
 
-def _check_decode_inputs(
-    row_ptr: Tensor, indices: Tensor, values: Tensor, W_dec: Tensor
-) -> None:
+def _check_decode_inputs(row_ptr: Tensor, indices: Tensor, values: Tensor, W_dec: Tensor) -> None:
     check_csr_shapes(row_ptr, indices, values)
     check_same({"row_ptr": row_ptr, "indices": indices, "values": values, "W_dec": W_dec})
 
@@ -166,7 +164,9 @@ def sparse_encode_csr(
             f"{tuple(x.shape)}, got {tuple(W_enc.shape)}; transpose it if you store [d_sae, d_in]"
         )
     if b_enc.shape[0] != n_latents:
-        raise ValueError(f"b_enc must be [{n_latents}] like W_enc's columns, got {tuple(b_enc.shape)}")
+        raise ValueError(
+            f"b_enc must be [{n_latents}] like W_enc's columns, got {tuple(b_enc.shape)}"
+        )
     if row_ptr.numel() != n_rows + 1:
         raise ValueError(
             f"row_ptr must have B + 1 = {n_rows + 1} entries for x with B = {n_rows} rows, "

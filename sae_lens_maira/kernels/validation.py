@@ -34,9 +34,7 @@ def check_float(t: object, name: str, ndim: int) -> Tensor:
     """A floating tensor of ``ndim`` dimensions in a supported dtype."""
     t = _tensor(t, name)
     if t.dtype not in FLOAT_DTYPES:
-        raise ValueError(
-            f"{name} must be float32, bfloat16, float16 or float64, got {t.dtype}"
-        )
+        raise ValueError(f"{name} must be float32, bfloat16, float16 or float64, got {t.dtype}")
     if t.dim() != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got shape {tuple(t.shape)}")
     return t
@@ -47,7 +45,9 @@ def check_same(tensors: dict[str, Tensor]) -> None:
     devices = {name: t.device for name, t in tensors.items()}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
-        raise ValueError(f"all inputs must be on one device, got {listing}; move them with .to(device)")
+        raise ValueError(
+            f"all inputs must be on one device, got {listing}; move them with .to(device)"
+        )
     dtypes = {name: t.dtype for name, t in tensors.items() if t.is_floating_point()}
     if len(set(dtypes.values())) > 1:
         listing = ", ".join(f"{n} {d}" for n, d in dtypes.items())
