@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sae_lens_maira.kernels.backend import SparseBackend
+from sae_lens_maira.kernels.layout import row_ids
 
 # sampled_addmm supports these natively; anything narrower is computed in fp32 and cast back.
 _SDDMM_DTYPES = (torch.float32, torch.float64)
@@ -49,6 +50,22 @@ def _csr(ptr: Tensor, idx: Tensor, values: Tensor, size: tuple[int, int]) -> Ten
         return torch.sparse_csr_tensor(ptr, idx, values, size=size, check_invariants=False)
 
 
+def _gathered_dot(
+    ptr: Tensor, idx: Tensor, a: Tensor, table: Tensor, bias: Tensor | None, chunk: int = 8192
+) -> Tensor:
+    """Portable SDDMM (non-CPU devices): gather both rows in bounded chunks, reduce in fp32."""
+    rows = row_ids(ptr, idx.numel())
+    compute = torch.promote_types(a.dtype, torch.float32)
+    out = torch.empty(idx.numel(), dtype=compute, device=a.device)
+    for s in range(0, idx.numel(), chunk):
+        e = min(s + chunk, idx.numel())
+        t = table[idx[s:e]].to(compute)
+        out[s:e] = torch.einsum("jd,jd->j", t, a[rows[s:e]].to(compute))
+    if bias is not None:
+        out += bias[idx].to(compute)
+    return out.to(a.dtype)
+
+
 def sampled_dot(
     ptr: Tensor, idx: Tensor, a: Tensor, table: Tensor, bias: Tensor | None = None
 ) -> Tensor:
@@ -56,6 +73,10 @@ def sampled_dot(
     nnz = idx.numel()
     if nnz == 0:
         return a.new_zeros(0)
+    a, table = a.detach(), table.detach()
+    if a.device.type != "cpu":
+        # sampled_addmm's GPU kernel (cuSPARSE) expects canonical CSR (sorted, unique columns).
+        return _gathered_dot(ptr, idx, a, table, bias)
     compute = a.dtype if a.dtype in _SDDMM_DTYPES else torch.float32
     base = (
         bias[idx].to(compute)
@@ -65,8 +86,8 @@ def sampled_dot(
     pattern = _csr(ptr, idx, base, (a.shape[0], table.shape[0]))
     out = torch.sparse.sampled_addmm(
         pattern,
-        a.detach().to(compute),
-        table.detach().t().to(compute),
+        a.to(compute),
+        table.t().to(compute),
         beta=1.0 if bias is not None else 0.0,
     )
     return out.values().to(a.dtype)

@@ -74,3 +74,15 @@ def test_grad_x_matches_decode_with_transposed_encoder():
     (gx,) = torch.autograd.grad(pre, x, grad_pre)
     expected = sparse_decode_csr(row_ptr, idx, grad_pre, W_enc.detach().t(), impl="dense")
     torch.testing.assert_close(gx, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_portable_sddmm_matches_cpu_sampled_addmm():
+    """The chunked gather fallback (used off-CPU) agrees with sampled_addmm, bias included."""
+    from sae_lens_maira.kernels import embedding_bag
+
+    gen = torch.Generator().manual_seed(11)
+    row_ptr, idx = ref.random_csr([4, 0, 7, 2], 30, gen)
+    a, table, bias = torch.randn(4, 19), torch.randn(30, 19), torch.randn(30)
+    expected = embedding_bag.sampled_dot(row_ptr, idx, a, table, bias)
+    got = embedding_bag._gathered_dot(row_ptr, idx, a, table, bias, chunk=5)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
