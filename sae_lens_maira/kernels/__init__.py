@@ -4,7 +4,8 @@ Decoding ``k`` of ``N`` latents is a gather: ``out[b] = sum_j values[b, j] * W_d
 costs ``B*k*D`` instead of the dense ``B*N*D``, and so do its gradients. Implementations: Triton
 kernels on CUDA, ``F.embedding_bag`` + ``torch.sparse.sampled_addmm`` on CPU, and a dense
 scatter + matmul fallback for many actives per row; ``impl="auto"`` chooses per device and shape
-(:func:`resolve_impl`). Importing this package does not import triton.
+(:func:`resolve_impl`). :func:`batch_topk_csr` selects BatchTopK actives straight into
+the CSR layout the ops take. Importing this package does not import triton.
 """
 
 from sae_lens_maira.kernels.dispatch import (
@@ -19,9 +20,11 @@ from sae_lens_maira.kernels.ops import (
     sparse_decode_csr,
     sparse_encode_csr,
 )
+from sae_lens_maira.kernels.select import batch_topk_csr
 
 __all__ = [
     "DecoderImpl",
+    "batch_topk_csr",
     "grouped_sparse_decode_csr",
     "resolve_impl",
     "sparse_decode",
