@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from sae_lens_maira.kernels.amp import autocast_off
 from sae_lens_maira.kernels.backend import SparseBackend
 from sae_lens_maira.kernels.layout import by_latent, row_ids
 
@@ -35,7 +36,12 @@ def transposed_bag_sum(
 
 
 class BagDecode(torch.autograd.Function):
-    """``out[r] = sum_{j in bag r} values[j] * W[indices[j]]`` with sparse grads for values and W."""
+    """``out[r] = sum_{j in bag r} values[j] * W[indices[j]]`` with sparse grads for values and W.
+
+    ``perm`` (optional) reorders the actives into bag order first; doing it here rather than by
+    indexing outside keeps the backward a plain scatter instead of autograd's accumulating
+    index_put (~2 ms saved per grouped call on CPU at B 2048, k 32).
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -45,23 +51,33 @@ class BagDecode(torch.autograd.Function):
         values: Tensor,
         W: Tensor,
         backend: SparseBackend,
+        perm: Tensor | None = None,
     ) -> Tensor:
+        if perm is not None:
+            indices, values = indices[perm], values[perm]
         ctx.backend = backend
-        ctx.save_for_backward(bag_ptr, indices, values, W)
+        ctx.save_for_backward(bag_ptr, indices, values, W, perm)
         return backend.bag_sum(bag_ptr, indices, values, W, None)
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        bag_ptr, indices, values, W = ctx.saved_tensors
+        with autocast_off(grad_out.device):
+            return BagDecode._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
+        bag_ptr, indices, values, W, perm = ctx.saved_tensors
         backend: SparseBackend = ctx.backend
         grad_out = grad_out.contiguous()
         grad_values = grad_W = None
         if ctx.needs_input_grad[2]:
             grad_values = backend.sampled_dot(bag_ptr, indices, grad_out, W, None)
+            if perm is not None:
+                grad_values = torch.empty_like(grad_values).index_copy_(0, perm, grad_values)
         if ctx.needs_input_grad[3]:
             grad_W = transposed_bag_sum(backend, bag_ptr, indices, values, grad_out, W.shape[0])
-        return None, None, grad_values, grad_W, None
+        return None, None, grad_values, grad_W, None, None
 
 
 class SampledEncode(torch.autograd.Function):
@@ -98,6 +114,11 @@ class SampledEncode(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_pre: Tensor) -> tuple[Tensor | None, ...]:
+        with autocast_off(grad_pre.device):
+            return SampledEncode._backward(ctx, grad_pre)
+
+    @staticmethod
+    def _backward(ctx: Any, grad_pre: Tensor) -> tuple[Tensor | None, ...]:
         row_ptr, indices, x, W_enc, W_t = ctx.saved_tensors
         backend: SparseBackend = ctx.backend
         grad_pre = grad_pre.contiguous()

@@ -75,7 +75,8 @@ def sampled_dot(
         return a.new_zeros(0)
     a, table = a.detach(), table.detach()
     if a.device.type != "cpu":
-        # sampled_addmm's GPU kernel (cuSPARSE) expects canonical CSR (sorted, unique columns).
+        # sampled_addmm off-CPU goes through vendor sparse libraries whose handling of unsorted or
+        # repeated columns we cannot check here; the chunked gather is correct everywhere.
         return _gathered_dot(ptr, idx, a, table, bias)
     compute = a.dtype if a.dtype in _SDDMM_DTYPES else torch.float32
     base = (
