@@ -2,9 +2,10 @@
 
 Cases (per N and k):
 * ``decode``: ``sparse_decode`` vs scatter-to-dense ``[B, N]`` + matmul.
-* ``grouped``: one ``grouped_sparse_decode_csr`` pass + cumsum over 5 Matryoshka groups vs
-  SAELens 6.54's ``MatryoshkaBatchTopKTrainingSAE``: a full dense decode plus incremental dense
-  decodes of the inner prefixes; both sides compute the same sum of per-prefix MSE losses.
+* ``grouped``: one ``grouped_sparse_decode_csr`` pass over 5 Matryoshka groups and
+  ``matryoshka_prefix_mse`` vs SAELens 6.54's ``MatryoshkaBatchTopKTrainingSAE``: a full dense
+  decode plus incremental dense decodes of the inner prefixes; both sides compute the same five
+  per-prefix MSE losses (sum over d, mean over batch) and backpropagate their sum.
 * ``encode``: encoder step: dense ``x @ W_enc + b_enc`` without grad (needed to select) then
   ``sparse_encode_csr(hidden_pre=...)`` vs the dense pre-activations with grad, gathered.
 * ``encode_op``: ``sparse_encode_csr`` alone (recomputing the selected pre-activations).
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sae_lens_maira.kernels import (  # noqa: E402
     grouped_sparse_decode_csr,
+    matryoshka_prefix_mse,
     sparse_decode,
     sparse_encode_csr,
 )
@@ -219,9 +221,7 @@ def build_cases(
         parts = grouped_sparse_decode_csr(
             row_ptr, flat_idx, values.reshape(-1), W_dec, ends, impl=impl, validate=False
         )
-        prefixes = parts.cumsum(0)
-        loss = (prefixes - target).pow(2).sum(-1).mean(-1).sum()
-        loss.backward()
+        matryoshka_prefix_mse(parts, target).sum().backward()
 
     def grouped_dense() -> None:
         # SAELens 6.54: the base forward decodes all latents; inner levels decode incrementally.
@@ -264,6 +264,17 @@ def build_cases(
     return {name: cases[name] for name in args.cases}, fresh
 
 
+def _format_row(row: dict) -> str:
+    sparse, dense = row["sparse"], row["dense"]
+    return (
+        f"{row['case']:10s} N={row['n_latents']:<6d} k={row['k']:<4d} "
+        f"sparse {sparse['median_ms']:9.2f} ms (min {sparse['min_ms']:8.2f})  "
+        f"dense {dense['median_ms']:9.2f} ms (min {dense['min_ms']:8.2f})  "
+        f"x{row['speedup_median']:6.1f}  peak MB {row['sparse_peak_mb']:8.1f} vs "
+        f"{row['dense_peak_mb']:8.1f}"
+    )
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
@@ -302,17 +313,14 @@ def main(argv: list[str] | None = None) -> dict:
             }
             results.append(row)
             progress.update()
-            tqdm.write(
-                f"{name:10s} N={n_latents:<6d} k={k:<4d} sparse {sparse_t['median_ms']:9.2f} ms "
-                f"(min {sparse_t['min_ms']:.2f})  dense {dense_t['median_ms']:9.2f} ms "
-                f"(min {dense_t['min_ms']:.2f})  x{row['speedup_median']:6.1f}  peak MB "
-                f"{row['sparse_peak_mb']:8.1f} vs {row['dense_peak_mb']:8.1f}",
-                file=sys.stdout,
-            )
+            tqdm.write(_format_row(row), file=sys.stdout)
         del cases, fresh
         if device.type == "cuda":
             torch.cuda.empty_cache()
     progress.close()
+    print(f"\n{args.device} {args.dtype} B={args.batch} D={args.d} impl={args.impl}")
+    for row in results:
+        print(_format_row(row))
 
     report = {
         "benchmark": "sparse_decode",
