@@ -27,6 +27,7 @@ from sae_lens.llm_sae_training_runner import LLMSaeEvaluator
 from sae_lens.registry import get_sae_training_class
 
 from sae_lens_maira.activations.cache import INFO_FILE
+from sae_lens_maira.activations.sae_fit import check_sae_fits
 from sae_lens_maira.activations.saelens_bridge import studies_to_token_dataset
 from sae_lens_maira.experiment import Experiment
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
@@ -71,21 +72,6 @@ def training_sae_config(sae_spec: dict[str, Any], d_in: int, hook_name: str):
     return cfg_cls(**spec, metadata=SAEMetadata(hook_name=hook_name))
 
 
-def check_sae_fits_model(sae_cfg: Any, model: HookedMaira2, hook_name: str) -> None:
-    """Stop early, with the fix, when an SAE cannot read the model's hook."""
-    d_model = model.cfg.d_model
-    if sae_cfg.d_in != d_model:
-        raise ValueError(
-            f"the SAE reads d_in={sae_cfg.d_in} but {hook_name} of this model has width {d_model}; "
-            "set sae.d_in (or train on the matching model)"
-        )
-    sae_hook = getattr(getattr(sae_cfg, "metadata", None), "hook_name", None)
-    if sae_hook and sae_hook != hook_name:
-        raise ValueError(f"the SAE was made for {sae_hook} but training reads {hook_name}")
-    if hook_name not in model.hook_dict:
-        raise ValueError(f"the model has no hook {hook_name!r}")
-
-
 def train_sae(
     exp: Experiment,
     *,
@@ -102,7 +88,7 @@ def train_sae(
     processor = processor or exp.load_processor()
     studies = exp.load_studies()
     sae_cfg = training_sae_config(exp.section("sae"), model.cfg.d_model, hook)
-    check_sae_fits_model(sae_cfg, model, hook)
+    check_sae_fits(sae_cfg, model, hook)
 
     use_cache = bool(train.get("use_cached_activations", True))
     cache_dir = exp.path(cache_spec.get("output_dir")) if use_cache else None
