@@ -62,6 +62,18 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_steer(args: argparse.Namespace) -> int:
+    from sae_lens_maira.steering.commands import steer
+
+    feats = [int(f) for f in args.features.split(",")] if args.features else None
+    coefs = [float(c) for c in args.coefficients.split(",")] if args.coefficients else None
+    result, out = steer(_experiment(args), feats, args.finding, coefs, args.out)
+    for coef, rate in result.mention_rate():
+        print(f"coefficient {coef:g}: {rate:.0%} of reports mention {result.finding}")
+    print(f"reports, rates and plot in {out}")
+    return 0
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="experiment YAML (see configs/)")
     p.add_argument(
@@ -84,6 +96,8 @@ def _cmd_dashboards(args: argparse.Namespace) -> int:
             args.export, args.dry_run, args.base_url, args.api_key_env, args.batch_size
         )
         print(f"{n} {'payloads written' if args.dry_run else 'requests sent'}")
+    elif args.action == "collect":
+        print(commands.collect(_experiment(args), args.out))
     elif args.action == "synthetic":
         print(commands.synthetic_stats(args.out, args.n_studies, args.d_sae, args.seed))
     return 0
@@ -135,6 +149,12 @@ def _add_dashboards(sub) -> None:
     q.add_argument("--base-url", help="API base (default https://www.neuronpedia.org/api)")
     q.add_argument("--api-key-env", default="NEURONPEDIA_API_KEY")
     q.add_argument("--batch-size", type=int, default=128, help="features per request (at most 128)")
+    q.set_defaults(handler=_cmd_dashboards)
+    q = acts.add_parser(
+        "collect", help="run the model and the trained SAE over studies; save the statistics"
+    )
+    _add_config_args(q)
+    q.add_argument("--out", help="statistics folder (default: dashboards.out of the config)")
     q.set_defaults(handler=_cmd_dashboards)
     q = acts.add_parser("synthetic", help="statistics of synthetic prompts with planted features")
     q.add_argument("--out", required=True)
@@ -188,6 +208,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
     p.set_defaults(handler=_cmd_train)
+    p = sub.add_parser(
+        "steer", help="steer report generation with SAE features and label the reports"
+    )
+    _add_config_args(p)
+    p.add_argument("--features", help="comma-separated feature indices (default: steer.features)")
+    p.add_argument(
+        "--finding", help="finding to label, e.g. pleural_effusion (default: steer.finding)"
+    )
+    p.add_argument(
+        "--coefficients", help="comma-separated coefficients (default: steer.coefficients)"
+    )
+    p.add_argument("--out", help="output folder (default: steer.out)")
+    p.set_defaults(handler=_cmd_steer)
 
     _add_dashboards(sub)
     _add_autointerp(sub)

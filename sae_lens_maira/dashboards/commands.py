@@ -92,3 +92,34 @@ def synthetic_stats(out: str | Path, n_studies: int = 256, d_sae: int = 64, seed
     stats = collect_feature_stats(data.batches, d_sae, data.grid, data.namer, data.meta,
                                   W_dec=W_dec, W_U=W_U, total=len(data.batches))  # fmt: skip
     return stats.save(out)
+
+
+def collect(exp, out: str | Path | None = None) -> Path:
+    """Run the model and the trained SAE over the config's studies and save the statistics.
+
+    Reads ``dashboards: {sae, out, batch_size, limit, keep_images}`` (the SAE defaults to
+    ``train.output_dir``); studies come from the ``data`` section.
+    """
+    from sae_lens import SAE
+
+    from sae_lens_maira.dashboards.collect import collect_dashboard_stats
+
+    spec = exp.section("dashboards", required=False)
+    sae_dir = exp.path(
+        spec.get("sae") or exp.section("train", required=False).get("output_dir") or "sae"
+    )
+    if not (sae_dir / "cfg.json").is_file():
+        raise FileNotFoundError(
+            f"no trained SAE at {sae_dir} (cfg.json missing); train one first or set dashboards.sae"
+        )
+    model = exp.load_model()
+    sae = SAE.load_from_disk(str(sae_dir), device=str(model.cfg.device))
+    studies = exp.load_studies()
+    if spec.get("limit"):
+        studies = studies[: int(spec["limit"])]
+    skipped: dict[str, str] = {}
+    stats = collect_dashboard_stats(
+        model, sae, exp.load_processor(), studies, batch_size=int(spec.get("batch_size", 4)),
+        keep_images=bool(spec.get("keep_images", True)), skipped=skipped,
+    )  # fmt: skip
+    return stats.save(exp.path(out or spec.get("out") or "dashboards/stats"))

@@ -16,7 +16,9 @@ def setup(experiment_yaml):
     exp = Experiment.from_yaml(experiment_yaml("unused"))
     model = exp.load_model("cpu")
     torch.manual_seed(0)
-    sae = StandardSAE(StandardSAEConfig(d_in=model.cfg.d_model, d_sae=32, metadata=SAEMetadata(hook_name=HOOK)))
+    sae = StandardSAE(
+        StandardSAEConfig(d_in=model.cfg.d_model, d_sae=32, metadata=SAEMetadata(hook_name=HOOK))
+    )
     with torch.no_grad():
         sae.W_enc.normal_(0, 0.3)
         sae.b_enc.fill_(-0.5)
@@ -33,7 +35,9 @@ def test_batches_hold_sae_codes_of_every_position(setup):
     enc = processor.encode_study(studies[0], with_report=True)
     batch = processor.collate([enc], padding_side="right")
     with torch.no_grad():
-        _, c = model.run_with_cache(batch.input_ids, pixel_values=batch.pixel_values, names_filter=[HOOK])
+        _, c = model.run_with_cache(
+            batch.input_ids, pixel_values=batch.pixel_values, names_filter=[HOOK]
+        )
         expected = sae.encode(c[HOOK])[0]
     n = len(enc)
     assert torch.allclose(b.feature_acts[0, :n], expected, atol=1e-5)
@@ -50,14 +54,24 @@ def test_statistics_and_their_heatmaps(setup, tmp_path):
     from sae_lens_maira.dashboards.commands import viewer
 
     page = viewer(path, tmp_path / "view")
-    assert page.name == "index.html" and page.is_file() and len(list(page.parent.glob("**/*.html"))) > 2
+    assert (
+        page.name == "index.html"
+        and page.is_file()
+        and len(list(page.parent.glob("**/*.html"))) > 2
+    )
 
 
 def test_mismatched_sae_is_refused(setup):
     model, _, processor, studies = setup
     wide = StandardSAE(StandardSAEConfig(d_in=48, d_sae=8, metadata=SAEMetadata(hook_name=HOOK)))
-    with pytest.raises(ValueError, match="reads d_in=48 but blocks.1.hook_resid_post of this model has width 64"):
+    with pytest.raises(
+        ValueError, match="reads d_in=48 but blocks.1.hook_resid_post of this model has width 64"
+    ):
         next(sequence_batches(model, wide, processor, studies))
-    other = StandardSAE(StandardSAEConfig(d_in=64, d_sae=8, metadata=SAEMetadata(hook_name="blocks.9.hook_resid_post")))
+    other = StandardSAE(
+        StandardSAEConfig(
+            d_in=64, d_sae=8, metadata=SAEMetadata(hook_name="blocks.9.hook_resid_post")
+        )
+    )
     with pytest.raises(ValueError, match="has no hook 'blocks.9.hook_resid_post'"):
         next(sequence_batches(model, other, processor, studies))
