@@ -16,10 +16,18 @@ def _cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def _cmd_quickstart(args: argparse.Namespace) -> int:
     from sae_lens_maira import quickstart
 
     quickstart.run()
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sae_lens_maira.demo.pipeline import run_demo
+
+    summary = run_demo(args.out, cache_dir=args.cache_dir)
+    print(f"\ndone: {summary}")
     return 0
 
 
@@ -30,23 +38,17 @@ def _experiment(args: argparse.Namespace):
 
 
 def _cmd_cache(args: argparse.Namespace) -> int:
-    from sae_lens_maira.activations.cache import CacheConfig, cache_activations
-    from sae_lens_maira.activations.distributed import distributed_context
+    from sae_lens_maira.activations.commands import cache_from_experiment
 
-    exp = _experiment(args)
-    spec = exp.section("cache")
-    spec["output_dir"] = str(exp.path(spec.get("output_dir") or "activations"))
-    cfg = CacheConfig(**spec)
-    with distributed_context(exp.device()) as (rank, world_size, device):
-        model = exp.load_model(device)
-        result = cache_activations(
-            model, exp.load_processor(), exp.load_studies(), cfg, rank=rank, world_size=world_size
-        )
+    result = cache_from_experiment(_experiment(args))
     if result is not None:
         print(
-            f"cached {result.n_rows} rows x {cfg.context_size} positions from {result.n_studies} studies "
-            f"into {result.path}"
-            + (f"; skipped {len(result.skipped)} studies" if result.skipped else "")
+            f"cached {result.n_rows} rows from {result.n_studies} studies into {result.path}"
+            + (
+                f"; skipped {len(result.skipped)} studies (see cache_info.json)"
+                if result.skipped
+                else ""
+            )
         )
     return 0
 
@@ -197,8 +199,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("version", help="print the package version")
     p.set_defaults(handler=_cmd_version)
-    p = sub.add_parser("demo", help="run the main job on the built-in small default")
+    p = sub.add_parser(
+        "demo", help="the study end to end on the built-in small default (Open-I reports)"
+    )
+    p.add_argument(
+        "--out", default="outputs/demo", help="output folder (summary.md and everything it links)"
+    )
+    p.add_argument(
+        "--cache-dir",
+        help="downloads, rendered images and the trained model (default ~/.cache/sae-lens-maira)",
+    )
     p.set_defaults(handler=_cmd_demo)
+    p = sub.add_parser(
+        "quickstart", help="a few-second look at HookedMaira2's hooks on a random small model"
+    )
+    p.set_defaults(handler=_cmd_quickstart)
     p = sub.add_parser("cache", help="cache selected activations of studies (works under torchrun)")
     _add_config_args(p)
     p.set_defaults(handler=_cmd_cache)
