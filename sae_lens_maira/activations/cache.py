@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from sae_lens_maira.activations.selection import selection_mask
 from sae_lens_maira.data.study import Study
-from sae_lens_maira.model.hooked_maira2 import HookedMaira2
+from sae_lens_maira.model.hooked_maira2 import HookedMaira2, hook_layer
 from sae_lens_maira.processing.images import ImageLoadError
 from sae_lens_maira.processing.processor import EncodedPrompt, Maira2Processor
 
@@ -71,14 +71,6 @@ class CacheResult:
     n_studies: int
     skipped: dict[str, str] = field(default_factory=dict)  # study_id -> reason
     dropped_tail_positions: int = 0
-
-
-def hook_layer(hook_name: str) -> int | None:
-    """Block index of a ``blocks.L.*`` hook (None for hooks before the first block)."""
-    parts = hook_name.split(".")
-    if parts[0] == "blocks" and len(parts) > 2 and parts[1].isdigit():
-        return int(parts[1])
-    return None
 
 
 def _features(cfg: CacheConfig, d_in: int) -> Features:
@@ -175,21 +167,13 @@ class _RankWriter:
         return sorted(p for p in self.dir.iterdir() if p.name.startswith("shard_") and p.is_dir())
 
 
-@torch.no_grad()
 def _run_batch(
     model: HookedMaira2, processor: Maira2Processor, encoded: list[EncodedPrompt], hook: str
 ) -> torch.Tensor:
     batch = processor.collate(encoded, padding_side="right")
-    layer = hook_layer(hook)
-    device = model.cfg.device
-    _, cache = model.run_with_cache(
-        batch.input_ids.to(device),
-        attention_mask=batch.attention_mask.to(device),
-        pixel_values=batch.pixel_values,
-        names_filter=[hook],
-        stop_at_layer=None if layer is None else layer + 1,
+    return model.run_to_hook(
+        hook, batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values
     )
-    return cache[hook]
 
 
 def _encode(processor: Maira2Processor, study: Study, with_report: bool) -> EncodedPrompt:

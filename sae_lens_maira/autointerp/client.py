@@ -13,14 +13,14 @@ import json
 import logging
 import os
 import threading
-import time
 from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
 
+from sae_lens_maira.http_retry import RetryPolicy, post_json
+
 log = logging.getLogger(__name__)
-RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 
 
 class ChatClient(Protocol):
@@ -46,7 +46,7 @@ class OpenAICompatibleClient:
         require_key: bool = False,
     ):
         self.model, self.base_url = model, base_url.rstrip("/")
-        self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
+        self._policy = RetryPolicy(max_retries, backoff_s, max_backoff_s)
         self._key = os.environ.get(api_key_env, "")
         if require_key and not self._key:
             raise ValueError(f"no API key: set the environment variable {api_key_env}")
@@ -59,36 +59,13 @@ class OpenAICompatibleClient:
         body = {"model": self.model, "messages": messages, **params}
         headers = {"Authorization": f"Bearer {self._key}"} if self._key else {}
         url = f"{self.base_url}/chat/completions"
-        for attempt in range(self.max_retries + 1):
-            try:
-                resp = self._http.post(url, json=body, headers=headers)
-            except httpx.TransportError as err:
-                if attempt == self.max_retries:
-                    raise LLMError(f"POST {url} failed after {attempt + 1} tries: {err}") from None
-                self._sleep(attempt, None, type(err).__name__)
-                continue
-            if resp.status_code in RETRY_STATUS and attempt < self.max_retries:
-                self._sleep(attempt, resp.headers.get("Retry-After"), f"HTTP {resp.status_code}")
-                continue
-            if resp.status_code >= 400:
-                raise LLMError(f"POST {url} answered HTTP {resp.status_code}: {resp.text[:500]}")
-            try:
-                return resp.json()["choices"][0]["message"]["content"] or ""
-            except (ValueError, KeyError, IndexError, TypeError):
-                raise LLMError(
-                    f"{url} answered something that is not a chat completion: {resp.text[:300]}"
-                ) from None
-        raise AssertionError("unreachable")
-
-    def _sleep(self, attempt: int, retry_after: str | None, why: str) -> None:
-        delay = min(self.backoff_s * 2**attempt, self.max_backoff_s)
-        if retry_after:
-            try:
-                delay = min(max(float(retry_after), 0.0), self.max_backoff_s)
-            except ValueError:
-                pass
-        log.warning("chat endpoint: %s, retrying in %.1f s", why, delay)
-        time.sleep(delay)
+        resp = post_json(self._http, url, body, headers, self._policy, LLMError, "chat endpoint")
+        try:
+            return resp.json()["choices"][0]["message"]["content"] or ""
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise LLMError(
+                f"{url} answered something that is not a chat completion: {resp.text[:300]}"
+            ) from None
 
 
 class CachedClient:

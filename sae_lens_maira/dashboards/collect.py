@@ -13,12 +13,11 @@ from typing import Any
 
 import torch
 
-from sae_lens_maira.activations.cache import hook_layer
 from sae_lens_maira.activations.sae_fit import check_sae_fits
 from sae_lens_maira.dashboards.feature_stats import FeatureStatsConfig, collect_feature_stats
 from sae_lens_maira.dashboards.records import DashboardMeta, SequenceBatch, TokenNamer
 from sae_lens_maira.data.study import Study
-from sae_lens_maira.model.hooked_maira2 import HookedMaira2
+from sae_lens_maira.model.hooked_maira2 import HookedMaira2, hook_layer
 from sae_lens_maira.processing.images import ImageLoadError
 from sae_lens_maira.processing.processor import EncodedPrompt, Maira2Processor
 
@@ -50,7 +49,6 @@ def sequence_batches(
 ) -> Iterator[SequenceBatch]:
     """Run studies through the model to the SAE's hook and encode every position with the SAE."""
     hook = check_sae_fits(sae.cfg, model, hook_name)
-    layer = hook_layer(hook)
     model.eval()
     encoded: list[tuple[Study, EncodedPrompt]] = []
     for study in studies:
@@ -65,23 +63,17 @@ def sequence_batches(
             continue
         encoded.append((study, enc))
         if len(encoded) == batch_size:
-            yield _encode_batch(model, sae, processor, encoded, hook, layer, keep_images)
+            yield _encode_batch(model, sae, processor, encoded, hook, keep_images)
             encoded = []
     if encoded:
-        yield _encode_batch(model, sae, processor, encoded, hook, layer, keep_images)
+        yield _encode_batch(model, sae, processor, encoded, hook, keep_images)
 
 
-def _encode_batch(model, sae, processor, encoded, hook, layer, keep_images) -> SequenceBatch:
+def _encode_batch(model, sae, processor, encoded, hook, keep_images) -> SequenceBatch:
     batch = processor.collate([e for _, e in encoded], padding_side="right")
-    device = model.cfg.device
-    _, cache = model.run_with_cache(
-        batch.input_ids.to(device),
-        attention_mask=batch.attention_mask.to(device),
-        pixel_values=batch.pixel_values,
-        names_filter=[hook],
-        stop_at_layer=None if layer is None else layer + 1,
+    acts = model.run_to_hook(
+        hook, batch.input_ids, attention_mask=batch.attention_mask, pixel_values=batch.pixel_values
     )
-    acts = cache[hook]
     param = next(sae.parameters())
     feats = sae.encode(acts.to(device=param.device, dtype=param.dtype))
     images = None

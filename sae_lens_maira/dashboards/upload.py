@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,11 @@ import httpx
 from tqdm.auto import tqdm
 
 from sae_lens_maira.dashboards.schemas import read_jsonl, validate
+from sae_lens_maira.http_retry import RetryPolicy, post_json
 
 log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://www.neuronpedia.org/api"
 MAX_FEATURES_PER_BATCH = 128
-RETRY_STATUS = {429, 500, 502, 503, 504}
 
 
 class UploadError(RuntimeError):
@@ -47,7 +46,7 @@ class NeuronpediaClient:
     ):
         self.base_url = base_url.rstrip("/")
         self.dry_run_dir = Path(dry_run_dir) if dry_run_dir is not None else None
-        self.max_retries, self.backoff_s, self.max_backoff_s = max_retries, backoff_s, max_backoff_s
+        self._policy = RetryPolicy(max_retries, backoff_s, max_backoff_s)
         self._n_written = 0
         self._key = os.environ.get(api_key_env, "")
         if self.dry_run_dir is None and not self._key:
@@ -77,36 +76,19 @@ class NeuronpediaClient:
             self._n_written += 1
             return {"dry_run": True, "file": name}
         url = f"{self.base_url}/{endpoint}"
-        for attempt in range(self.max_retries + 1):
-            try:
-                resp = self._http.post(url, json=payload, headers={"X-Api-Key": self._key})
-            except httpx.TransportError as err:
-                if attempt == self.max_retries:
-                    raise UploadError(
-                        f"POST {url} failed after {attempt + 1} tries: {err}"
-                    ) from None
-                self._sleep(attempt, None, f"connection error ({type(err).__name__})")
-                continue
-            if resp.status_code in RETRY_STATUS and attempt < self.max_retries:
-                self._sleep(attempt, resp.headers.get("Retry-After"), f"HTTP {resp.status_code}")
-                continue
-            if resp.status_code >= 400:
-                raise UploadError(f"POST {url} answered HTTP {resp.status_code}: {resp.text[:500]}")
-            try:
-                return resp.json()
-            except ValueError:
-                return {"text": resp.text}
-        raise AssertionError("unreachable")
-
-    def _sleep(self, attempt: int, retry_after: str | None, why: str) -> None:
-        delay = min(self.backoff_s * 2**attempt, self.max_backoff_s)
-        if retry_after:
-            try:
-                delay = min(max(float(retry_after), 0.0), self.max_backoff_s)
-            except ValueError:
-                pass
-        log.warning("Neuronpedia: %s, retrying in %.1f s (try %d)", why, delay, attempt + 2)
-        time.sleep(delay)
+        resp = post_json(
+            self._http,
+            url,
+            payload,
+            {"X-Api-Key": self._key},
+            self._policy,
+            UploadError,
+            "Neuronpedia",
+        )
+        try:
+            return resp.json()
+        except ValueError:
+            return {"text": resp.text}
 
 
 def build_upload_payloads(export_dir: str | Path, batch_size: int = MAX_FEATURES_PER_BATCH):

@@ -377,6 +377,18 @@ class HookedMaira2(HookedSAETransformer):
                 f"{self.n_patches} image tokens, in order of appearance"
             )
 
+    @torch.no_grad()
+    def run_to_hook(self, hook_name: str, input: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Activations at one hook, running only the blocks it needs (no later blocks, no unembedding)."""
+        layer = hook_layer(hook_name)
+        _, cache = self.run_with_cache(
+            input.to(self.cfg.device),
+            names_filter=[hook_name],
+            stop_at_layer=None if layer is None else layer + 1,
+            **kwargs,
+        )
+        return cache[hook_name]
+
     def loss_fn(
         self,
         logits: torch.Tensor,
@@ -494,6 +506,14 @@ class HookedMaira2(HookedSAETransformer):
     def n_checkpoint_params(self) -> int:
         """Parameters MAIRA-2's checkpoint holds (TransformerLens's zero bias slots excluded)."""
         return sum(t.numel() for t in self.checkpoint_state_dict().values())
+
+
+def hook_layer(hook_name: str) -> int | None:
+    """Block index of a ``blocks.L.*`` hook (None for hooks before the first block)."""
+    parts = hook_name.split(".")
+    if parts[0] == "blocks" and len(parts) > 2 and parts[1].isdigit():
+        return int(parts[1])
+    return None
 
 
 def _as_list(x: int | list[int]) -> list[int]:
