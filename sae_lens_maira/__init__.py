@@ -34,7 +34,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'sae_lens_maira' has no attribute {name!r}")
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["HookedMaira2", "ImageBank", "Maira2Config", "Maira2Processor", "Study", "__version__"]
 
 from sae_lens_maira.registration import register as _register_with_sae_lens  # noqa: E402
 

@@ -16,6 +16,181 @@ def _cmd_version(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from sae_lens_maira import quickstart
+
+    quickstart.run()
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from sae_lens_maira.demo.pipeline import run_demo
+
+    summary = run_demo(args.out, cache_dir=args.cache_dir)
+    print(f"\ndone: {summary}")
+    return 0
+
+
+def _experiment(args: argparse.Namespace):
+    from sae_lens_maira.experiment import Experiment, parse_override
+
+    return Experiment.from_yaml(args.config, dict(parse_override(o) for o in args.set or []))
+
+
+def _cmd_cache(args: argparse.Namespace) -> int:
+    from sae_lens_maira.activations.commands import cache_from_experiment
+
+    result = cache_from_experiment(_experiment(args))
+    if result is not None:
+        print(
+            f"cached {result.n_rows} rows from {result.n_studies} studies into {result.path}"
+            + (
+                f"; skipped {len(result.skipped)} studies (see cache_info.json)"
+                if result.skipped
+                else ""
+            )
+        )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from sae_lens_maira.training.runner import train_sae
+
+    result = train_sae(_experiment(args), resume=args.resume)
+    summary = ", ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in sorted(result.metrics.items())
+                        if k.split("/")[-1] in ("explained_variance", "l0", "ce_loss_score", "kl_div_score",
+                                                "dead_latents_fraction"))  # fmt: skip
+    print(f"SAE saved to {result.output_path}; {summary}")
+    return 0
+
+
+def _cmd_steer(args: argparse.Namespace) -> int:
+    from sae_lens_maira.steering.commands import steer
+
+    feats = [int(f) for f in args.features.split(",")] if args.features else None
+    coefs = [float(c) for c in args.coefficients.split(",")] if args.coefficients else None
+    result, out = steer(_experiment(args), feats, args.finding, coefs, args.out)
+    for coef, rate in result.mention_rate():
+        print(f"coefficient {coef:g}: {rate:.0%} of reports mention {result.finding}")
+    print(f"reports, rates and plot in {out}")
+    return 0
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="experiment YAML (see configs/)")
+    p.add_argument(
+        "--set", action="append", metavar="SECTION.KEY=VALUE", help="override a config value"
+    )
+
+
+def _cmd_dashboards(args: argparse.Namespace) -> int:
+    from sae_lens_maira.dashboards import commands
+
+    if args.action == "export":
+        for path in commands.export(args.stats, args.out, args.format, args.explanations,
+                                    args.features, args.private, args.batch_size,
+                                    args.n_layers, args.d_model):  # fmt: skip
+            print(path)
+    elif args.action == "viewer":
+        print(commands.viewer(args.stats, args.out, args.explanations, args.features, args.private))
+    elif args.action == "upload":
+        n = commands.upload(
+            args.export, args.dry_run, args.base_url, args.api_key_env, args.batch_size
+        )
+        print(f"{n} {'payloads written' if args.dry_run else 'requests sent'}")
+    elif args.action == "collect":
+        print(commands.collect(_experiment(args), args.out))
+    elif args.action == "synthetic":
+        print(commands.synthetic_stats(args.out, args.n_studies, args.d_sae, args.seed))
+    return 0
+
+
+def _cmd_autointerp(args: argparse.Namespace) -> int:
+    from sae_lens_maira.autointerp.commands import autointerp
+
+    res = autointerp(args.stats, args.out, args.backend, args.model, args.base_url, args.api_key_env,
+                     args.cache, args.features, args.concurrency, args.private, args.n_explain)  # fmt: skip
+    scores = [e.score for e in res.values() if e.score is not None]
+    mean = sum(scores) / len(scores) if scores else float("nan")
+    print(
+        f"{len(res)} features explained in {args.out}; mean detection balanced accuracy {mean:.3f}"
+    )
+    return 0
+
+
+def _add_dashboards(sub) -> None:
+    p = sub.add_parser(
+        "dashboards", help="export, view and upload feature dashboards from saved statistics"
+    )
+    acts = p.add_subparsers(dest="action", required=True)
+    for name, helptext in (("export", "write the Neuronpedia export and/or SAE-Dashboard batch files"),
+                           ("viewer", "write the offline HTML viewer")):  # fmt: skip
+        q = acts.add_parser(name, help=helptext)
+        q.add_argument("--stats", required=True, help="folder written by the statistics pass")
+        q.add_argument("--out", required=True, help="output folder")
+        q.add_argument("--explanations", help="JSONL written by `sae-lens-maira autointerp`")
+        q.add_argument("--features", help="feature list, e.g. 0,3,10-19 (default: all that fire)")
+        q.add_argument(
+            "--private",
+            action="store_true",
+            help="drop study text, study ids and X-ray images (e.g. for MIMIC-CXR)",
+        )
+        if name == "export":
+            q.add_argument(
+                "--format", default="both", choices=("neuronpedia", "saedashboard", "both")
+            )
+            q.add_argument("--batch-size", type=int, default=128)
+            q.add_argument(
+                "--n-layers", type=int, default=32, help="the model's layer count (model row)"
+            )
+            q.add_argument("--d-model", type=int, default=4096)
+        q.set_defaults(handler=_cmd_dashboards)
+    q = acts.add_parser("upload", help="post a Neuronpedia export through Neuronpedia's API")
+    q.add_argument("--export", required=True, help="folder exports/<model>/<layer>-<set>/")
+    q.add_argument("--dry-run", metavar="DIR", help="write the payloads to DIR instead of sending")
+    q.add_argument("--base-url", help="API base (default https://www.neuronpedia.org/api)")
+    q.add_argument("--api-key-env", default="NEURONPEDIA_API_KEY")
+    q.add_argument("--batch-size", type=int, default=128, help="features per request (at most 128)")
+    q.set_defaults(handler=_cmd_dashboards)
+    q = acts.add_parser(
+        "collect", help="run the model and the trained SAE over studies; save the statistics"
+    )
+    _add_config_args(q)
+    q.add_argument("--out", help="statistics folder (default: dashboards.out of the config)")
+    q.set_defaults(handler=_cmd_dashboards)
+    q = acts.add_parser("synthetic", help="statistics of synthetic prompts with planted features")
+    q.add_argument("--out", required=True)
+    q.add_argument("--n-studies", type=int, default=256)
+    q.add_argument("--d-sae", type=int, default=64)
+    q.add_argument("--seed", type=int, default=0)
+    q.set_defaults(handler=_cmd_dashboards)
+
+
+def _add_autointerp(sub) -> None:
+    p = sub.add_parser(
+        "autointerp", help="explain features and score the explanations by detection"
+    )
+    p.add_argument("--stats", required=True, help="folder written by the statistics pass")
+    p.add_argument("--out", required=True, help="explanations JSONL (appended; a rerun resumes)")
+    p.add_argument(
+        "--backend",
+        default="offline",
+        choices=("offline", "openai"),
+        help="offline: deterministic, no LLM; openai: any OpenAI-compatible endpoint",
+    )
+    p.add_argument("--model", help="chat model name (openai backend)")
+    p.add_argument("--base-url", default="https://api.openai.com/v1")
+    p.add_argument(
+        "--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the key"
+    )
+    p.add_argument("--cache", help="response cache JSONL (default: next to --out)")
+    p.add_argument("--features", help="feature list, e.g. 0,3,10-19 (default: all that fire)")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--n-explain", type=int, default=40, help="top examples shown to the explainer")
+    p.add_argument("--private", action="store_true", help="send no study text to the LLM")
+    p.set_defaults(handler=_cmd_autointerp)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sae-lens-maira",
@@ -24,6 +199,46 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("version", help="print the package version")
     p.set_defaults(handler=_cmd_version)
+    p = sub.add_parser(
+        "demo", help="the study end to end on the built-in small default (Open-I reports)"
+    )
+    p.add_argument(
+        "--out", default="outputs/demo", help="output folder (summary.md and everything it links)"
+    )
+    p.add_argument(
+        "--cache-dir",
+        help="downloads, rendered images and the trained model (default ~/.cache/sae-lens-maira)",
+    )
+    p.set_defaults(handler=_cmd_demo)
+    p = sub.add_parser(
+        "quickstart", help="a few-second look at HookedMaira2's hooks on a random small model"
+    )
+    p.set_defaults(handler=_cmd_quickstart)
+    p = sub.add_parser("cache", help="cache selected activations of studies (works under torchrun)")
+    _add_config_args(p)
+    p.set_defaults(handler=_cmd_cache)
+    p = sub.add_parser(
+        "train", help="train an SAE with SAELens's runner (from the activation cache)"
+    )
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.set_defaults(handler=_cmd_train)
+    p = sub.add_parser(
+        "steer", help="steer report generation with SAE features and label the reports"
+    )
+    _add_config_args(p)
+    p.add_argument("--features", help="comma-separated feature indices (default: steer.features)")
+    p.add_argument(
+        "--finding", help="finding to label, e.g. pleural_effusion (default: steer.finding)"
+    )
+    p.add_argument(
+        "--coefficients", help="comma-separated coefficients (default: steer.coefficients)"
+    )
+    p.add_argument("--out", help="output folder (default: steer.out)")
+    p.set_defaults(handler=_cmd_steer)
+
+    _add_dashboards(sub)
+    _add_autointerp(sub)
     return parser
 
 

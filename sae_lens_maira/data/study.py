@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 #: An image as a source may give it: a file path, an opened PIL image or an array (H, W) / (H, W, C).
-ImageRef = Union[str, Path, Image.Image, np.ndarray]
+ImageRef = str | Path | Image.Image | np.ndarray
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""SAE features against what is known about the studies (labels from reports or MeSH terms)."""

@@ -1,0 +1,321 @@
+"""`make demo`: the study end to end on the embedded default, through the project's own commands.
+
+1. data: Open-I reports (real, from the torchxrayvision wheel) + synthetic radiographs -> two
+   manifests (train / held-out, split by a hash of the study id);
+2. model: the small MAIRA-2-shaped model trained on the training manifest (cached);
+3. ``cache``: layer activations with the study's token selection, for both splits;
+4. ``train``: a Matryoshka BatchTopK SAE through SAELens's runner, from the training cache;
+5. features that detect each finding: thresholds chosen on training studies, balanced accuracy on
+   held-out studies;
+6. ``dashboards collect|export|viewer`` and ``autointerp`` (offline backend unless an endpoint is
+   configured) on held-out studies;
+7. ``steer``: the effusion feature's direction on held-out studies without effusion;
+8. a summary report (markdown + plots) in the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+logger = logging.getLogger(__name__)
+
+FINDINGS = ("cardiomegaly", "pleural_effusion", "devices")
+
+
+@dataclass
+class DemoRun:
+    """Where everything went, and what each step measured (the summary is written from this)."""
+
+    out: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def step(self, name: str) -> _Step:
+        return _Step(self, name)
+
+
+class _Step:
+    def __init__(self, run: DemoRun, name: str) -> None:
+        self.run, self.name = run, name
+
+    def __enter__(self) -> _Step:
+        print(f"\n== {self.name} ==", flush=True)
+        self.start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        elapsed = time.perf_counter() - self.start
+        self.run.timings[self.name] = elapsed
+        print(f"   ({elapsed:.0f} s)", flush=True)
+
+
+def default_config() -> dict[str, Any]:
+    return yaml.safe_load(
+        resources.files("sae_lens_maira.configs").joinpath("small_default.yaml").read_text()
+    )
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SAE_LENS_MAIRA_CACHE", Path.home() / ".cache" / "sae-lens-maira"))
+
+
+def write_manifest(studies, path: Path) -> Path:
+    """Studies as a JSONL manifest (image paths + sections + labels): the route users take."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for s in studies:
+        rec = {
+            "study_id": s.study_id,
+            "frontal": str(s.frontal),
+            "lateral": str(s.lateral) if s.lateral is not None else None,
+            "indication": s.indication,
+            "comparison": s.comparison,
+            "findings": s.findings,
+            "labels": s.labels,
+        }
+        lines.append(json.dumps(rec))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def run_demo(
+    out_dir: str | Path = "outputs/demo",
+    *,
+    config: dict[str, Any] | None = None,
+    cache_dir: str | Path | None = None,
+    wheel: str | Path | None = None,
+    max_reports: int | None = None,
+    model_fn: Callable[..., Path] | None = None,
+) -> Path:
+    """Run the demo; returns the summary's path. ``max_reports`` / ``model_fn`` shrink it for tests."""
+    from sae_lens_maira import data as sources
+    from sae_lens_maira.experiment import Experiment
+
+    cfg = config or default_config()
+    demo = cfg.get("demo", {})
+    findings = tuple(demo.get("findings", FINDINGS))
+    out = Path(out_dir).resolve()
+    for stale in ("activations", "checkpoints", "sae", "dashboards", "steering", "wandb"):
+        shutil.rmtree(
+            out / stale, ignore_errors=True
+        )  # a rerun starts clean (the model stays cached)
+    out.mkdir(parents=True, exist_ok=True)
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    run = DemoRun(out)
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_DIR", str(out))
+    os.environ.setdefault("WANDB_SILENT", "true")
+
+    with run.step("1/8 data: Open-I reports + synthetic radiographs"):
+        wheel_path = Path(wheel) if wheel else sources.ensure_openi_wheel(cache / "openi")
+        reports = sources.load_openi_reports(wheel_path)
+        if max_reports:
+            reports = reports[:max_reports]
+        size = int(demo.get("image_size", 224))
+        renderer = sources.SyntheticXrayRenderer(size)
+        studies = sources.openi_studies(reports, renderer, image_dir=cache / "images")
+        train, held_out = sources.split_studies(studies, float(demo.get("held_out_fraction", 0.15)))
+        train_manifest = write_manifest(train, out / "data" / "openi_train.jsonl")
+        held_manifest = write_manifest(held_out, out / "data" / "openi_held_out.jsonl")
+        run.facts["data"] = {
+            "reports": len(reports),
+            "studies": len(studies),
+            "train": len(train),
+            "held_out": len(held_out),
+            "labels": {f: sum(s.labels.get(f, False) for s in studies) for f in findings},
+            "wheel": wheel_path.name,
+        }
+        print(f"   {len(studies)} studies with findings ({len(train)} train, {len(held_out)} held out); "
+              + ", ".join(f"{f}: {n}" for f, n in run.facts["data"]["labels"].items()))  # fmt: skip
+
+    with run.step("2/8 model: small MAIRA-2 trained on the training reports (cached)"):
+        if model_fn is None:
+            from sae_lens_maira.demo.small_model import ensure_demo_model as model_fn
+        checkpoint = model_fn(train, held_out, cache_dir=cache / "models")
+        run.facts["model"] = {"checkpoint": str(checkpoint)}
+
+    cfg = json.loads(json.dumps(cfg))  # our own copy
+    cfg["model"]["checkpoint"] = str(checkpoint)
+    cfg["data"]["path"] = str(train_manifest)
+    (out / "experiment.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    exp = Experiment.from_yaml(out / "experiment.yaml")
+    held_exp = Experiment.from_yaml(
+        out / "experiment.yaml",
+        {"data.path": str(held_manifest), "cache.output_dir": "activations/held_out"},
+    )
+
+    with run.step("3/8 cache: layer activations with the study's token selection"):
+        from sae_lens_maira.activations.commands import cache_from_experiment
+
+        for e in (exp, held_exp):
+            result = cache_from_experiment(e)
+            print(
+                f"   {result.path.name}: {result.n_positions:,} positions from {result.n_studies} studies"
+            )
+        run.facts["cache"] = {
+            "hook": cfg["cache"]["hook_name"],
+            "train": json.loads((exp.path("activations/train") / "cache_info.json").read_text())[
+                "n_positions"
+            ],
+            "held_out": json.loads(
+                (exp.path("activations/held_out") / "cache_info.json").read_text()
+            )["n_positions"],
+        }
+
+    with run.step("4/8 train: Matryoshka BatchTopK SAE through SAELens's runner"):
+        from sae_lens_maira.training.runner import train_sae
+
+        result = train_sae(exp)
+        run.facts["sae"] = {"path": str(result.output_path), "metrics": result.metrics}
+        run.facts["sae_curve"] = checkpoint_curve(exp, result.checkpoint_path)
+
+    with run.step("5/8 features that detect each finding (held-out studies)"):
+        run.facts["detectors"] = detect_findings(
+            exp, held_exp, result.sae, findings, int(demo.get("top_features_per_finding", 3))
+        )
+
+    with run.step("6/8 dashboards, viewer and automated interpretability"):
+        run.facts["dashboards"] = dashboards_and_autointerp(
+            held_exp, run, int(demo.get("autointerp_top_features", 64))
+        )
+
+    with run.step("7/8 steer: the effusion feature's direction on studies without effusion"):
+        run.facts["steering"] = steer_effusion(held_exp, run, held_out)
+
+    with run.step("8/8 summary"):
+        from sae_lens_maira.demo.summary import write_summary
+
+        summary = write_summary(run)
+        print(f"   {summary}")
+    return summary
+
+
+def checkpoint_curve(exp, checkpoints: Path | None) -> list[dict[str, float]]:
+    """Explained variance and L0 of every saved checkpoint on held-in cached activations."""
+    import datasets
+    import torch
+    from sae_lens import SAE
+
+    if checkpoints is None:
+        return []
+    hook = exp.section("cache")["hook_name"]
+    ds = datasets.load_from_disk(str(exp.path("activations/train"))).with_format(
+        "torch", columns=[hook]
+    )
+    x = ds[: min(len(ds), 64)][hook].reshape(-1, ds[0][hook].shape[-1]).float()
+    curve = []
+    for ck in sorted(
+        (p for p in checkpoints.glob("*/*") if p.name.isdigit()), key=lambda p: int(p.name)
+    ):
+        sae = SAE.load_from_disk(str(ck))
+        with torch.no_grad():
+            feats = sae.encode(x)
+            recon = sae.decode(feats)
+        ev = 1 - (x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+        curve.append(
+            {
+                "tokens": int(ck.name),
+                "explained_variance": float(ev),
+                "l0": float((feats > 0).sum(-1).float().mean()),
+            }
+        )
+    return curve
+
+
+def detect_findings(exp, held_exp, sae, findings, top: int) -> dict[str, Any]:
+    import datasets
+
+    from sae_lens_maira.analysis.finding_features import (
+        finding_detectors,
+        labels_of,
+        study_maxima_from_cache,
+    )
+
+    hook = exp.section("cache")["hook_name"]
+    train_studies, held_studies = exp.load_studies(), held_exp.load_studies()
+    train_max = study_maxima_from_cache(
+        datasets.load_from_disk(str(exp.path("activations/train"))), sae, hook, len(train_studies)
+    )
+    held_max = study_maxima_from_cache(
+        datasets.load_from_disk(str(exp.path("activations/held_out"))), sae, hook, len(held_studies)
+    )
+    detectors = finding_detectors(
+        train_max,
+        labels_of(train_studies, findings),
+        held_max,
+        labels_of(held_studies, findings),
+        top=top,
+    )
+    for f, rows in detectors.items():
+        best = rows[0]
+        print(f"   {f}: feature {best.feature} (threshold {best.threshold:.3g}) balanced accuracy "
+              f"{best.train_balanced_accuracy:.2f} train / {best.held_out_balanced_accuracy:.2f} held out")  # fmt: skip
+    return {f: [d.to_dict() for d in rows] for f, rows in detectors.items()}
+
+
+def dashboards_and_autointerp(held_exp, run: DemoRun, n_explain: int) -> dict[str, Any]:
+    from sae_lens_maira.autointerp.commands import autointerp
+    from sae_lens_maira.dashboards.commands import collect, export, viewer
+
+    stats_dir = collect(held_exp, run.out / "dashboards" / "stats")
+    finding_feats = sorted({rows[0]["feature"] for rows in run.facts["detectors"].values()})
+    from sae_lens_maira.dashboards.stats_store import FeatureStats
+
+    stats = FeatureStats.load(stats_dir)
+    density = stats.tensors["nonzero"].float()
+    busiest = [
+        int(i) for i in density.argsort(descending=True)[:n_explain].tolist() if density[i] > 0
+    ]
+    chosen = sorted(set(finding_feats) | set(busiest))
+    spec = ",".join(map(str, chosen))
+    backend = "openai" if os.environ.get("SAE_LENS_MAIRA_LLM_MODEL") else "offline"
+    explanations = run.out / "dashboards" / "explanations.jsonl"
+    exps = autointerp(
+        stats_dir, explanations, backend=backend, model=os.environ.get("SAE_LENS_MAIRA_LLM_MODEL"),
+        base_url=os.environ.get("SAE_LENS_MAIRA_LLM_BASE_URL", "https://api.openai.com/v1"), features=spec,
+    )  # fmt: skip
+    model_cfg = json.loads((Path(held_exp.checkpoint()) / "config.json").read_text())["text_config"]
+    exported = export(stats_dir, run.out / "dashboards", explanations=explanations, features=spec,
+                      n_layers=int(model_cfg["num_hidden_layers"]), d_model=int(model_cfg["hidden_size"]))  # fmt: skip
+    page = viewer(
+        stats_dir, run.out / "dashboards" / "viewer", explanations=explanations, features=spec
+    )
+    scores = {int(f): e.score for f, e in exps.items()}
+    return {
+        "stats": str(stats_dir),
+        "viewer": str(page),
+        "exports": [str(p) for p in exported],
+        "explanations": {int(f): e.text for f, e in exps.items()},
+        "detection_scores": scores,
+        "backend": backend,
+        "n_features": len(chosen),
+    }
+
+
+def steer_effusion(held_exp, run: DemoRun, held_out) -> dict[str, Any]:
+    from sae_lens_maira.steering.commands import steer
+
+    best = run.facts["detectors"]["pleural_effusion"][0]["feature"]
+    negatives = [s for s in held_out if not s.labels.get("pleural_effusion")]
+    n = int(held_exp.section("steer").get("n_studies", 48))
+    path = write_manifest(negatives[:n], run.out / "data" / "steer.jsonl")
+    from sae_lens_maira.experiment import Experiment
+
+    steer_exp = Experiment.from_yaml(run.out / "experiment.yaml", {"data.path": str(path)})
+    result, folder = steer(steer_exp, [best], "pleural_effusion")
+    rates = result.mention_rate()
+    for coef, rate in rates:
+        print(f"   coefficient {coef:g}: {rate:.0%} of reports mention pleural effusion")
+    return {"feature": best, "rates": rates, "plot": str(folder / "steering.png"), "folder": str(folder),
+            "examples": {p.coefficient: p.reports[:3] for p in result.points}}  # fmt: skip

@@ -1,0 +1,161 @@
+"""The demo's summary: one markdown page with tables and plots, next to everything it links."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+
+def _plot_sae_curve(curve: list[dict[str, float]], path: Path) -> Path | None:
+    if not curve:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tokens = [c["tokens"] for c in curve]
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=120)
+    ax.plot(tokens, [c["explained_variance"] for c in curve], "o-", color="tab:blue")
+    ax.set_xlabel("training tokens")
+    ax.set_ylabel("explained variance", color="tab:blue")
+    ax.set_ylim(0, 1)
+    ax2 = ax.twinx()
+    ax2.plot(tokens, [c["l0"] for c in curve], "s--", color="tab:orange")
+    ax2.set_ylabel("L0 (active latents per token)", color="tab:orange")
+    ax.set_title("SAE training (checkpoints, training activations)", fontsize=9)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _rel(path: str | Path, base: Path) -> str:
+    return os.path.relpath(Path(path), base)
+
+
+def write_summary(run: Any) -> Path:
+    out: Path = run.out
+    f = run.facts
+    lines = ["# sae-lens-maira demo: the study end to end on the small default", ""]
+    total = sum(run.timings.values())
+    lines += [
+        "Real Open-I chest X-ray reports (Indiana University collection, CC BY-NC-ND 4.0, read from the "
+        "`torchxrayvision` wheel) paired with synthetic radiographs whose findings follow each report's "
+        "MeSH labels; a small MAIRA-2-shaped model trained here; a Matryoshka BatchTopK SAE trained with "
+        "SAELens's runner on its layer activations; features, dashboards, explanations and steering.",
+        "",
+        f"Total time {total / 60:.1f} min: "
+        + ", ".join(
+            f"{k.split(' ', 1)[1].split(':')[0]} {v:.0f} s" for k, v in run.timings.items()
+        ),  # fmt: skip
+        "",
+        "## Data",
+        "",
+        "| reports | studies with findings | train | held out | "
+        + " | ".join(f["data"]["labels"])
+        + " |",
+        "|---|---|---|---|" + "---|" * len(f["data"]["labels"]),
+        f"| {f['data']['reports']} | {f['data']['studies']} | {f['data']['train']} | {f['data']['held_out']} | "
+        + " | ".join(str(v) for v in f["data"]["labels"].values())
+        + " |",
+        "",
+        "## Model",
+        "",
+        f"Checkpoint (hub layout, loads with `HookedMaira2.from_pretrained`): `{f['model']['checkpoint']}`",
+        "",
+    ]
+    model_dir = Path(f["model"]["checkpoint"])
+    report = model_dir / "training_report.json"
+    if report.is_file():
+        info = json.loads(report.read_text())
+        rates = info.get("held_out_mention_rates") or {}
+        if rates:
+            lines += ["Held-out studies: how often generated reports mention a finding, for studies with and "
+                      "without it (reference reports in brackets).", "",
+                      "| finding | generated, positives | generated, negatives | reference, positives |",
+                      "|---|---|---|---|"]  # fmt: skip
+            for name, r in rates.items():
+                lines.append(f"| {name} | {r.get('generated_pos', float('nan')):.0%} | "
+                             f"{r.get('generated_neg', float('nan')):.0%} | {r.get('reference_pos', float('nan')):.0%} |")  # fmt: skip
+            lines.append("")
+    for png in sorted(model_dir.glob("*.png")):
+        lines += [f"![{png.stem}]({_rel(png, out)})", ""]
+
+    m = f["sae"]["metrics"]
+    curve_png = _plot_sae_curve(f.get("sae_curve", []), out / "sae_training.png")
+
+    def metric(key: str) -> str:
+        hits = [v for k, v in m.items() if k.endswith(key)]
+        return f"{hits[0]:.3g}" if hits else "n/a"
+
+    lines += [
+        "## SAE",
+        "",
+        f"Hook `{f['cache']['hook']}`; {f['cache']['train']:,} training positions (the study's selection: "
+        f"first/last image tokens and variable text); weights in `{_rel(f['sae']['path'], out)}`.",
+        "",
+        "| explained variance | L0 | CE loss score | KL score | dead latents |",
+        "|---|---|---|---|---|",
+        f"| {metric('explained_variance')} | {metric('/l0')} | {metric('ce_loss_score')} | {metric('kl_div_score')} "
+        f"| {metric('dead_latents_fraction')} |",
+        "",
+        "(evaluated with the SAE spliced into the model on whole multimodal prompts)",
+        "",
+    ]
+    if curve_png:
+        lines += [f"![SAE training]({_rel(curve_png, out)})", ""]
+
+    dash = f["dashboards"]
+    lines += [
+        "## Features that detect each finding",
+        "",
+        "Per study, a feature's score is its largest activation over the prompt's first/last image tokens "
+        "and variable text (never the report). Threshold chosen on training studies; balanced accuracy on "
+        f"held-out studies. Explanations by the {dash['backend']} autointerp backend, with their detection "
+        "scores (balanced accuracy of the explanation predicting activation).",
+        "",
+        "| finding | feature | train BA | held-out BA | explanation | detection score |",
+        "|---|---|---|---|---|---|",
+    ]
+    viewer_dir = Path(dash["viewer"]).parent
+    for finding, rows in f["detectors"].items():
+        for d in rows:
+            feat = d["feature"]
+            exp = dash["explanations"].get(feat, "")
+            score = dash["detection_scores"].get(feat)
+            page = viewer_dir / "features" / f"{feat}.html"
+            link = f"[{feat}]({_rel(page, out)})" if page.is_file() else str(feat)
+            lines.append(f"| {finding} | {link} | {d['train_balanced_accuracy']:.2f} | "
+                         f"{d['held_out_balanced_accuracy']:.2f} | {exp.replace('|', '/')} | "
+                         f"{'' if score is None else f'{score:.2f}'} |")  # fmt: skip
+    lines += ["", f"Dashboards: [offline viewer]({_rel(dash['viewer'], out)}) (feature pages draw the feature over "
+              "the X-ray); Neuronpedia export and SAE-Dashboard batches in "
+              + ", ".join(f"`{_rel(p, out)}`" for p in dash["exports"]) + ".", ""]  # fmt: skip
+
+    st = f["steering"]
+    lines += [
+        "## Steering",
+        "",
+        f"Feature {st['feature']} (best effusion detector) added along its decoder direction at generated "
+        "positions, on held-out studies without effusion; reports labelled by the rule-based labeller.",
+        "",
+        "| coefficient | reports mentioning pleural effusion |",
+        "|---|---|",
+        *[f"| {c:g} | {r:.0%} |" for c, r in st["rates"]],
+        "",
+        f"![steering]({_rel(st['plot'], out)})",
+        "",
+    ]
+    for coef, reports in st["examples"].items():
+        lines.append(f"- coefficient {coef:g}: " + " / ".join(f"“{r[:160]}”" for r in reports[:2]))
+    lines.append("")
+    path = out / "summary.md"
+    path.write_text("\n".join(lines))
+    (out / "summary.json").write_text(
+        json.dumps({"timings": run.timings, **f}, indent=1, default=str)
+    )
+    return path

@@ -1,0 +1,37 @@
+"""torch.autocast support: the ops behave like a matmul under autocast.
+
+Inside an autocast region the floating inputs are cast (differentiably, so fp32 master weights
+get fp32 gradients) to the autocast dtype, and the kernels then run with autocast switched off so
+nothing inside them is re-cast behind our back.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from torch import Tensor
+
+
+def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+    try:
+        if torch.is_autocast_enabled(device.type):
+            return torch.get_autocast_dtype(device.type)
+    except (RuntimeError, ValueError):  # a device type autocast does not know (e.g. meta)
+        return None
+    return None
+
+
+def cast_for_autocast(device: torch.device, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """The tensors in the autocast dtype when autocast is on for ``device``, else unchanged."""
+    dtype = _autocast_dtype(device)
+    if dtype is None:
+        return tensors
+    return tuple(t.to(dtype) for t in tensors)
+
+
+def autocast_off(device: torch.device) -> AbstractContextManager[object]:
+    """A context with autocast disabled for ``device`` (a no-op when it is not enabled)."""
+    if _autocast_dtype(device) is None:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, enabled=False)

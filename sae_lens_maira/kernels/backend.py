@@ -1,0 +1,33 @@
+"""The two primitives a sparse implementation provides; every op is built from them.
+
+* ``bag_sum(ptr, idx, weights, table, order)`` -> ``[R, D]``:
+  ``out[r] = sum_{j in ptr[r]:ptr[r+1]} weights[j] * table[idx[j]]`` (fp32 accumulation, output in
+  ``table.dtype``, empty bags give zeros). Decode forward, grad W (on the latent-sorted layout),
+  and the encoder's grad x / grad W_enc are all bag sums.
+* ``sampled_dot(ptr, idx, a, table, bias)`` -> ``[nnz]``:
+  ``out[j] = a[row(j)] . table[idx[j]] (+ bias[idx[j]])``, the product ``a @ table.T`` evaluated
+  only at the selected pairs (SDDMM). Decode grad values and the encoder forward.
+
+``table`` is ``[N, D]`` and may be a strided view; ``order`` is an optional bag schedule (heaviest
+first) that only the GPU kernels use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+BagSum = Callable[[Tensor, Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
+SampledDot = Callable[[Tensor, Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
+
+
+@dataclass(frozen=True)
+class SparseBackend:
+    """A named pair of sparse primitives; ``wants_order`` asks for a heaviest-bag-first schedule."""
+
+    name: str
+    bag_sum: BagSum
+    sampled_dot: SampledDot
+    wants_order: bool = False

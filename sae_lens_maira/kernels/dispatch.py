@@ -1,0 +1,120 @@
+"""Choosing an implementation per device and shape, and loading its backend.
+
+``auto`` picks Triton on CUDA (when triton imports), ``embedding_bag`` elsewhere, and the dense
+path where a gather cannot beat a matmul: when fewer than ``MIN_LATENTS_PER_ACTIVE[device]``
+latents exist per active one (N / k small).
+
+* CPU, measured (1 thread, B 1024, D 512, decode forward + backward, embedding_bag vs dense):
+  N/k = 128: 22-31x, 32: 10x, 16: 4.7x, 8: 2.4-2.8x, 4: 1.5x, 2: 0.56x. Break-even near
+  N/k = 3, so dense from N/k < 4; no absolute cap on k (k = 1024 of 8192 was still 2.4x).
+* CUDA, not measured here: the performance model (H100 bf16 ~790 TFLOP/s over ~3 TB/s) puts the
+  decoder-only break-even near N/k ~ 300 with pessimistic gather bandwidth; L2 reuse of frequent
+  latents, the sparse encoder backward and the one-pass Matryoshka decode move it lower, so the
+  rule switches to dense below N/k = 128. Calibrate with ``benchmarks/sparse_decode.py --device
+  cuda`` and adjust ``MIN_LATENTS_PER_ACTIVE``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import os
+from typing import Literal, get_args
+
+import torch
+
+from sae_lens_maira.kernels.backend import SparseBackend
+
+logger = logging.getLogger(__name__)
+
+DecoderImpl = Literal["auto", "triton", "embedding_bag", "dense"]
+IMPLS: tuple[str, ...] = get_args(DecoderImpl)
+
+#: ``auto`` runs dense when ``n_latents / k`` falls below this (per device type; see above).
+MIN_LATENTS_PER_ACTIVE: dict[str, float] = {"cpu": 4.0, "cuda": 128.0}
+#: For other device types (e.g. ``mps``), a middle-of-the-road guess.
+DEFAULT_MIN_LATENTS_PER_ACTIVE = 8.0
+
+_logged: set[tuple[object, ...]] = set()
+
+
+def triton_available() -> bool:
+    """Whether the ``triton`` package is installed (found without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+
+
+def _check_triton(device: torch.device) -> None:
+    if not triton_available():
+        raise ValueError(
+            "impl='triton' needs the triton package: install it with "
+            "`pip install 'sae-lens-maira[gpu]'` (or `pip install triton`), or pass "
+            "impl='embedding_bag' or impl='dense'."
+        )
+    if device.type == "cpu" and not triton_interpreting():
+        raise ValueError(
+            "impl='triton' on CPU tensors needs Triton's interpreter: set the environment "
+            "variable TRITON_INTERPRET=1 before triton is imported (slow, meant for tests), "
+            "move the tensors to a CUDA device, or use impl='embedding_bag' (the fast CPU path)."
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(
+            f"impl='triton' runs on CUDA devices, not {device.type!r}; use impl='embedding_bag' "
+            "or impl='dense'."
+        )
+
+
+def _sparse_cannot_win(device: torch.device, n_latents: int, k: float) -> bool:
+    ratio = MIN_LATENTS_PER_ACTIVE.get(device.type, DEFAULT_MIN_LATENTS_PER_ACTIVE)
+    return k * ratio > n_latents
+
+
+def resolve_impl(impl: str, *, device: torch.device | str, n_latents: int, k: float, d: int) -> str:
+    """The implementation to run for ``impl`` on ``device`` with ``k`` actives per row (mean).
+
+    Raises ValueError for an unknown name or for ``"triton"`` where it cannot run. Logs the
+    choice (INFO) once per (request, device, shape).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    device = torch.device(device)
+    if impl == "triton":
+        _check_triton(device)
+        chosen = "triton"
+    elif impl != "auto":
+        chosen = impl
+    elif _sparse_cannot_win(device, n_latents, k):
+        chosen = "dense"
+    elif device.type == "cuda" and triton_available() and not triton_interpreting():
+        chosen = "triton"
+    else:
+        chosen = "embedding_bag"
+    key = (impl, chosen, device.type, n_latents, d, int(k).bit_length())
+    if key not in _logged:
+        _logged.add(key)
+        logger.info(
+            "sparse SAE ops: using %s on %s (requested %s; n_latents=%d, k=%.4g per row, d=%d)",
+            chosen,
+            device.type,
+            impl,
+            n_latents,
+            k,
+            d,
+        )
+    return chosen
+
+
+def get_backend(name: str) -> SparseBackend:
+    """The backend module for a sparse implementation name (imports Triton only when asked)."""
+    if name == "embedding_bag":
+        from sae_lens_maira.kernels.embedding_bag import BACKEND
+
+        return BACKEND
+    if name == "triton":
+        return importlib.import_module("sae_lens_maira.kernels.triton_ops").BACKEND
+    raise ValueError(f"no sparse backend named {name!r}; sparse backends are triton, embedding_bag")

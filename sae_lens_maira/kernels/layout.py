@@ -1,0 +1,83 @@
+"""Index bookkeeping shared by every implementation: row ids, latent-sorted CSR, group bags.
+
+All helpers avoid host synchronisation (no ``.item()``, no data-dependent shapes beyond the
+known ``nnz``) so they are cheap inside a CUDA training step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+def padded_row_ptr(n_rows: int, k: int, device: torch.device) -> Tensor:
+    """Row pointer of a dense ``[n_rows, k]`` active list (every row holds exactly ``k``)."""
+    if k == 0:
+        return torch.zeros(n_rows + 1, dtype=torch.long, device=device)
+    return torch.arange(0, (n_rows + 1) * k, k, dtype=torch.long, device=device)
+
+
+def ptr_from_counts(counts: Tensor) -> Tensor:
+    """CSR pointer ``[0, c0, c0+c1, ...]`` from per-bag counts."""
+    ptr = torch.zeros(counts.numel() + 1, dtype=torch.long, device=counts.device)
+    torch.cumsum(counts, 0, out=ptr[1:])
+    return ptr
+
+
+def bag_counts(keys: Tensor, n_bags: int) -> Tensor:
+    """How many entries fall into each of ``n_bags`` bags (scatter_add: no sync, unlike bincount)."""
+    counts = torch.zeros(n_bags, dtype=torch.long, device=keys.device)
+    return counts.scatter_add_(0, keys, torch.ones_like(keys))
+
+
+def row_ids(row_ptr: Tensor, nnz: int) -> Tensor:
+    """The row of every active: ``[0,0,0,1,1,3,...]`` for a CSR row pointer."""
+    n_rows = row_ptr.numel() - 1
+    rows = torch.arange(n_rows, dtype=torch.long, device=row_ptr.device)
+    return torch.repeat_interleave(rows, row_ptr.diff(), output_size=nnz)
+
+
+@dataclass(frozen=True)
+class LatentCSR:
+    """Actives regrouped by latent id: the transposed problem that gives grad W without atomics.
+
+    ``perm`` sorts actives by latent (stable, so sums are deterministic); ``ptr[i]:ptr[i+1]`` are
+    latent ``i``'s entries in that order; ``order`` (optional) lists latents by descending count so
+    the heaviest bags start first on a GPU.
+    """
+
+    perm: Tensor
+    ptr: Tensor
+    order: Tensor | None
+
+
+def by_latent(indices: Tensor, n_latents: int, *, with_order: bool = False) -> LatentCSR:
+    """Sort actives by latent id and build the per-latent CSR pointer."""
+    perm = torch.argsort(indices, stable=True)
+    counts = bag_counts(indices, n_latents)
+    order = torch.argsort(counts, descending=True) if with_order else None
+    return LatentCSR(perm=perm, ptr=ptr_from_counts(counts), order=order)
+
+
+def group_of(indices: Tensor, group_ends: Sequence[int]) -> Tensor:
+    """Group id of each latent: group g holds latents in ``[group_ends[g-1], group_ends[g])``."""
+    ends = torch.tensor(list(group_ends), dtype=torch.long, device=indices.device)
+    return torch.bucketize(indices, ends, right=True)
+
+
+def grouped_bags(
+    row_ptr: Tensor, indices: Tensor, group_ends: Sequence[int]
+) -> tuple[Tensor, Tensor]:
+    """Re-bag CSR actives by (group, row): bag ``g * n_rows + b`` holds row b's latents of group g.
+
+    Returns ``(bag_ptr [G*B+1], perm [nnz])``; decoding ``indices[perm]`` with ``bag_ptr`` gives
+    every group's partial reconstruction of every row in one pass, laid out as ``[G, B, D]``.
+    """
+    n_rows = row_ptr.numel() - 1
+    keys = group_of(indices, group_ends) * n_rows + row_ids(row_ptr, indices.numel())
+    perm = torch.argsort(keys, stable=True)
+    counts = bag_counts(keys, len(group_ends) * n_rows)
+    return ptr_from_counts(counts), perm

@@ -1,0 +1,520 @@
+"""HookedMaira2: MAIRA-2 as a TransformerLens model whose embedding splices RAD-DINO images.
+
+The language model is TransformerLens's own ``HookedTransformer`` (through SAELens's
+``HookedSAETransformer``, so ``add_sae`` / ``run_with_saes`` work), built from MAIRA-2's LLaMA
+config. The RAD-DINO tower and the projector sit beside it; ``forward`` turns ``pixel_values``
+into image embeddings that :class:`MultimodalEmbed` writes at the image-token positions, so every
+TransformerLens hook fires on real image+text inputs. Token ids beyond the vocabulary refer to
+images in an attached :class:`ImageBank`, which lets SAELens's token-only code drive the model.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from sae_lens import HookedSAETransformer
+from tqdm.auto import tqdm
+from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+from transformer_lens.components import AbstractAttention
+from transformer_lens.hook_points import HookPoint
+from transformer_lens.utilities import sample_logits
+from transformers import PreTrainedTokenizerBase
+
+from sae_lens_maira.model.attention import use_fused_attention
+from sae_lens_maira.model.checkpoint import (
+    CONFIG_NAME,
+    iter_tensors,
+    read_config,
+    resolve_checkpoint,
+    save_state_dict,
+    weight_files,
+)
+from sae_lens_maira.model.config import Maira2Config
+from sae_lens_maira.model.embed import MultimodalEmbed
+from sae_lens_maira.model.image_bank import ImageBank, split_virtual_ids
+from sae_lens_maira.model.vision import Maira2Projector, build_vision_tower
+from sae_lens_maira.model.weight_conversion import (
+    IGNORED_KEY,
+    ZERO_FILLED,
+    canonical_key,
+    hub_key_to_tl,
+    tl_to_hub_state_dict,
+)
+
+
+class HookedMaira2(HookedSAETransformer):
+    """MAIRA-2 (RAD-DINO + 4-layer projector + Vicuna) with TransformerLens hooks everywhere.
+
+    Extra hook points: ``hook_vision_out`` (tower output, LayerNormed, CLS dropped:
+    [n_images, n_patches, d_vision]) and ``hook_projector_out`` ([n_images, n_patches, d_model]).
+    """
+
+    embed: MultimodalEmbed
+
+    def __init__(
+        self,
+        config: Maira2Config,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        move_to_device: bool = True,
+    ) -> None:
+        config.validate()
+        device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        tl_cfg = config.hooked_transformer_config(device=device, dtype=dtype)
+        super().__init__(tl_cfg, tokenizer=None, move_to_device=False)
+        use_fused_attention(self.blocks)
+        self.maira_config = config
+        self.vision_tower = build_vision_tower(config).to(dtype)
+        self.hook_vision_out = HookPoint()
+        self.multi_modal_projector = Maira2Projector(
+            config.d_vision, config.d_model, config.projector_n_layers
+        ).to(dtype)
+        self.hook_projector_out = HookPoint()
+        self.embed = MultimodalEmbed(tl_cfg, config.image_token_id)
+        torch.nn.init.normal_(self.embed.W_E, std=tl_cfg.initializer_range)
+        self.embed.resolve_virtual = self._embed_virtual_tokens
+        self.image_bank: ImageBank | None = None
+        self.image_cache_size = 8
+        self._image_cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        if tokenizer is not None:
+            self.set_tokenizer(tokenizer)
+        if move_to_device:
+            self.to(device, print_details=False)
+        self.setup()
+
+    # ---- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_config(
+        cls,
+        config: Maira2Config | str = "small",
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        seed: int | None = None,
+        **overrides: Any,
+    ) -> HookedMaira2:
+        """A randomly initialised model from a preset (``"maira-2"``, ``"small"``) or a config.
+
+        With a tokenizer, the vocabulary size and image token id are taken from it. Pass
+        ``device="meta"`` to build the full-size model without allocating it.
+        """
+        cfg = Maira2Config.preset(config) if isinstance(config, str) else config
+        if tokenizer is not None:
+            from sae_lens_maira.processing.tokenizer import image_token_id
+
+            overrides.setdefault("text_vocab_size", len(tokenizer))
+            overrides.setdefault("image_token_id", image_token_id(tokenizer))
+        cfg = cfg.replace(**overrides) if overrides else cfg
+        if seed is not None:
+            torch.manual_seed(seed)
+        if str(device) == "meta":
+            with torch.device("meta"):
+                return cls(cfg, tokenizer, device="meta", dtype=dtype, move_to_device=False)
+        return cls(cfg, tokenizer, device=device, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        path: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype = torch.float32,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+        load_tokenizer: bool = True,
+    ) -> HookedMaira2:
+        """Load a MAIRA-2 checkpoint folder (or a hub repo id already in the local cache).
+
+        Weights stream shard by shard into an uninitialised model, converted to ``dtype`` on the way;
+        missing, unexpected or mis-shaped weights raise an error that lists them.
+        """
+        folder = resolve_checkpoint(path)
+        config = read_config(folder)
+        files = weight_files(folder)
+        if tokenizer is None and load_tokenizer:
+            from sae_lens_maira.processing.tokenizer import load_tokenizer as _load_tok
+
+            tokenizer = _load_tok(folder)
+        device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        with torch.device("meta"):
+            model = cls(config, None, device=device, dtype=dtype, move_to_device=False)
+        model = model.to_empty(device=device)
+        model._reset_buffers()
+        model._load_checkpoint_tensors(files, dtype)
+        if tokenizer is not None:
+            from sae_lens_maira.processing.tokenizer import check_tokenizer
+
+            check_tokenizer(tokenizer, source=f"the tokenizer of {folder}")
+            model.set_tokenizer(tokenizer)
+        model.eval()
+        return model
+
+    def set_tokenizer(self, tokenizer: PreTrainedTokenizerBase, default_padding_side=None) -> None:  # type: ignore[override]
+        """TransformerLens's ``set_tokenizer``, keeping our tokenizer object when it adds BOS itself.
+
+        TransformerLens otherwise reloads the tokenizer from ``name_or_path`` with
+        ``add_bos_token=True``, which fails for tokenizers built in memory.
+        """
+        tokenizer.init_kwargs.setdefault("name_or_path", tokenizer.name_or_path or "")
+        ids = tokenizer("").input_ids
+        if ids and ids[0] == tokenizer.bos_token_id:
+            tokenizer.init_kwargs["add_bos_token"] = True
+        super().set_tokenizer(tokenizer, default_padding_side=default_padding_side)
+
+    def _reset_buffers(self) -> None:
+        """Recompute the buffers TransformerLens creates at init (they are empty after meta init)."""
+        for module in self.modules():
+            if isinstance(module, AbstractAttention):
+                module.IGNORE = torch.tensor(-torch.inf, device=module.IGNORE.device)
+                module.mask = torch.empty((0, 0), dtype=torch.bool, device=module.mask.device)
+                if self.cfg.positional_embedding_type == "rotary":
+                    n = module.rotary_sin.shape[0]
+                    sin, cos = module.calculate_sin_cos_rotary(
+                        self.cfg.rotary_dim, n, base=module._rotary_base(), dtype=self.cfg.dtype
+                    )
+                    module.rotary_sin = sin.to(module.rotary_sin.device)
+                    module.rotary_cos = cos.to(module.rotary_cos.device)
+
+    def _load_checkpoint_tensors(self, files: list[Path], dtype: torch.dtype) -> None:
+        params = dict(self.named_parameters())
+        loaded: set[str] = set()
+        unexpected: list[str] = []
+        for raw_key, tensor in iter_tensors(files):
+            key = canonical_key(raw_key)
+            if IGNORED_KEY.search(key):
+                continue
+            try:
+                converted = list(hub_key_to_tl(key, tensor, self.cfg))
+            except KeyError:
+                unexpected.append(raw_key)
+                continue
+            for name, value in converted:
+                if name not in params:
+                    unexpected.append(raw_key)
+                    continue
+                target = params[name]
+                if tuple(target.shape) != tuple(value.shape):
+                    raise ValueError(
+                        f"checkpoint tensor {raw_key} has shape {tuple(tensor.shape)}, which does not "
+                        f"fit {name} {tuple(target.shape)}; does config.json match the weights?"
+                    )
+                with torch.no_grad():
+                    target.copy_(value.to(dtype))
+                loaded.add(name)
+        if "unembed.W_U" not in loaded and self.maira_config.text_config.get("tie_word_embeddings"):
+            with torch.no_grad():
+                params["unembed.W_U"].copy_(params["embed.W_E"].T)
+            loaded.add("unembed.W_U")
+        missing = [n for n in params if n not in loaded and not ZERO_FILLED.search(n)]
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(
+                    f"missing weights ({len(missing)}): {missing[:8]}{' ...' if len(missing) > 8 else ''}"
+                )
+            if unexpected:
+                parts.append(
+                    f"unexpected weights ({len(unexpected)}): {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}"
+                )
+            raise ValueError(
+                "the checkpoint does not match MAIRA-2's architecture: "
+                + "; ".join(parts)
+                + ". Check that the folder holds a complete MAIRA-2 checkpoint and its own config.json"
+            )
+        with torch.no_grad():
+            for name, p in params.items():
+                if name not in loaded:
+                    p.zero_()
+
+    def save_pretrained(self, folder: str | Path, *, max_shard_size: str | int = "5GB") -> None:
+        """Write a checkpoint in the hub layout: config.json, safetensors (+ index), tokenizer."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        save_state_dict(self.checkpoint_state_dict(), folder, max_shard_size=max_shard_size)
+        (folder / CONFIG_NAME).write_text(json.dumps(self.maira_config.to_hf_dict(), indent=2))
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(str(folder))
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights under MAIRA-2's hub checkpoint names (works on the meta device too)."""
+        return tl_to_hub_state_dict(dict(self.state_dict()), self.cfg)
+
+    # ---- images ---------------------------------------------------------------------------------
+    @property
+    def n_patches(self) -> int:
+        return self.maira_config.n_patches
+
+    @property
+    def image_token_id(self) -> int:
+        return self.maira_config.image_token_id
+
+    def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixels [n, 3, H, W] -> projected image embeddings [n, n_patches, d_model]."""
+        size = self.maira_config.image_size
+        if (
+            pixel_values.ndim != 4
+            or pixel_values.shape[1] != 3
+            or tuple(pixel_values.shape[-2:]) != (size, size)
+        ):
+            raise ValueError(
+                f"pixel_values must have shape [n_images, 3, {size}, {size}], got {tuple(pixel_values.shape)}; "
+                "preprocess images with Maira2Processor / ImagePreprocessor"
+            )
+        param = self.multi_modal_projector.layers[0].weight
+        pixels = pixel_values.to(device=param.device, dtype=param.dtype)
+        features = self.vision_tower(pixels).feature_maps[-1]
+        if self.maira_config.vision_feature_select_strategy == "default":
+            features = features[:, 1:]
+        features = self.hook_vision_out(features)
+        return self.hook_projector_out(self.multi_modal_projector(features))
+
+    def attach_image_bank(self, bank: ImageBank | None) -> None:
+        """Let token ids >= d_vocab refer to images of ``bank`` (see :mod:`image_bank`)."""
+        self.image_bank = bank
+        self._image_cache.clear()
+
+    def _embed_virtual_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.image_bank is None:
+            raise ValueError(
+                f"token ids >= d_vocab ({self.cfg.d_vocab}) are virtual image tokens, but no ImageBank "
+                "is attached; call model.attach_image_bank(bank) first"
+            )
+        image_idx, patch_idx = split_virtual_ids(ids, self.cfg.d_vocab, self.n_patches)
+        unique = image_idx.unique().tolist()
+        use_cache = not torch.is_grad_enabled()
+        todo = [i for i in unique if not (use_cache and i in self._image_cache)]
+        fresh: dict[int, torch.Tensor] = {}
+        if todo:
+            feats = self.encode_images(self.image_bank.pixel_values(todo))
+            fresh = dict(zip(todo, feats))
+            if use_cache:
+                for i, f in fresh.items():
+                    self._image_cache[i] = f
+                    self._image_cache.move_to_end(i)
+                while len(self._image_cache) > self.image_cache_size:
+                    self._image_cache.popitem(last=False)
+        table = torch.stack([fresh[i] if i in fresh else self._image_cache[i] for i in unique])
+        lookup = {i: j for j, i in enumerate(unique)}
+        rows = torch.tensor([lookup[i] for i in image_idx.tolist()], device=table.device)
+        return table[rows, patch_idx.to(table.device)]
+
+    # ---- forward --------------------------------------------------------------------------------
+    def forward(  # type: ignore[override]
+        self,
+        input: Any,
+        *,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """TransformerLens's forward plus ``pixel_values`` ([n_images, 3, H, W], in order of appearance).
+
+        ``image_embeds`` may replace ``pixel_values`` with already projected features (e.g. reused
+        across a steering sweep).
+        """
+        if kwargs.get("start_at_layer") is not None:
+            return super().forward(input, **kwargs)
+        if isinstance(input, (str, list)) and (
+            pixel_values is not None or image_embeds is not None
+        ):
+            input = self.to_tokens(
+                input, prepend_bos=kwargs.get("prepend_bos", True), padding_side="left"
+            )
+        if isinstance(input, torch.Tensor):
+            if input.ndim == 1:
+                input = input[None]
+            self._check_inputs(input, pixel_values, image_embeds, kwargs)
+        if pixel_values is not None:
+            image_embeds = self.encode_images(pixel_values)
+        with self.embed.images(image_embeds):
+            return super().forward(input, **kwargs)
+
+    def _check_inputs(
+        self,
+        tokens: torch.Tensor,
+        pixel_values: torch.Tensor | None,
+        image_embeds: torch.Tensor | None,
+        kwargs: dict[str, Any],
+    ) -> None:
+        if tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be integer token ids, got dtype {tokens.dtype}")
+        mask = kwargs.get("attention_mask")
+        if mask is not None and tuple(mask.shape) != tuple(tokens.shape):
+            raise ValueError(
+                f"attention_mask shape {tuple(mask.shape)} does not match input_ids shape {tuple(tokens.shape)}"
+            )
+        cache = kwargs.get("past_kv_cache")
+        offset = cache[0].past_keys.shape[1] if cache is not None else 0
+        if offset + tokens.shape[1] > self.cfg.n_ctx:
+            raise ValueError(
+                f"the sequence is {offset + tokens.shape[1]} tokens long but MAIRA-2's context is "
+                f"{self.cfg.n_ctx} tokens; use fewer images or a shorter prior report"
+            )
+        if bool((tokens < 0).any()):
+            raise ValueError("input_ids contain negative token ids")
+        n_image_tokens = int((tokens == self.image_token_id).sum())
+        n_given = None
+        if pixel_values is not None:
+            n_given = int(pixel_values.shape[0]) if pixel_values.ndim == 4 else -1
+        elif image_embeds is not None:
+            n_given = int(image_embeds.shape[0])
+        if n_given is None:
+            if n_image_tokens and cache is None:
+                raise ValueError(
+                    f"input_ids contain {n_image_tokens} image tokens but no pixel_values were given"
+                )
+            return
+        if n_image_tokens != n_given * self.n_patches:
+            raise ValueError(
+                f"input_ids hold {n_image_tokens} image tokens ({n_image_tokens / self.n_patches:g} images "
+                f"of {self.n_patches} patches) but {n_given} images were given; each image needs exactly "
+                f"{self.n_patches} image tokens, in order of appearance"
+            )
+
+    @torch.no_grad()
+    def run_to_hook(self, hook_name: str, input: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """Activations at one hook, running only the blocks it needs (no later blocks, no unembedding)."""
+        layer = hook_layer(hook_name)
+        _, cache = self.run_with_cache(
+            input.to(self.cfg.device),
+            names_filter=[hook_name],
+            stop_at_layer=None if layer is None else layer + 1,
+            **kwargs,
+        )
+        return cache[hook_name]
+
+    def loss_fn(
+        self,
+        logits: torch.Tensor,
+        tokens: torch.Tensor,
+        attention_mask=None,
+        per_token: bool = False,
+    ):  # type: ignore[override]
+        """Next-token loss; virtual image ids count as the image token they stand for."""
+        tokens = tokens.masked_fill(tokens >= self.cfg.d_vocab, self.image_token_id)
+        return super().loss_fn(logits, tokens, attention_mask, per_token)
+
+    # ---- generation -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def generate(  # type: ignore[override]
+        self,
+        input: Any = "",
+        max_new_tokens: int = 10,
+        *,
+        pixel_values: torch.Tensor | None = None,
+        image_embeds: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        stop_at_eos: bool = True,
+        eos_token_id: int | list[int] | None = None,
+        do_sample: bool = False,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        temperature: float = 1.0,
+        use_past_kv_cache: bool = True,
+        return_type: Literal["tokens", "str", "input"] = "input",
+        verbose: bool = False,
+        **unused: Any,
+    ) -> Any:
+        """Greedy (default, as MAIRA-2 uses) or sampled generation with images and a KV cache.
+
+        Returns the prompt followed by the new tokens (``"tokens"``), or only the generated text
+        (``"str"``; one string per prompt). Finished rows are padded with EOS. Hooks added with
+        ``hooks()`` / ``add_hook`` fire on the prompt and on every generated position.
+        """
+        if unused:
+            raise TypeError(f"unsupported generate() arguments: {sorted(unused)}")
+        if return_type == "input":
+            return_type = "str" if isinstance(input, (str, list)) else "tokens"
+        if isinstance(input, (str, list)):
+            tokens = self.to_tokens(input, padding_side="left")
+            if attention_mask is None and isinstance(input, list) and len(input) > 1:
+                from transformer_lens.utils import get_attention_mask
+
+                attention_mask = get_attention_mask(
+                    self.tokenizer, tokens, True, padding_side="left"
+                )
+        else:
+            tokens = input if input.ndim == 2 else input[None]
+        tokens = tokens.to(self.cfg.device)
+        B = tokens.shape[0]
+        mask = (attention_mask if attention_mask is not None else torch.ones_like(tokens)).to(
+            self.cfg.device
+        )
+        self._check_inputs(tokens, pixel_values, image_embeds, {"attention_mask": mask})
+        if pixel_values is not None:
+            image_embeds = self.encode_images(pixel_values)
+        stop = (
+            []
+            if not stop_at_eos
+            else _as_list(eos_token_id if eos_token_id is not None else self._eos_id())
+        )
+        pad = stop[0] if stop else 0
+        finished = torch.zeros(B, dtype=torch.bool, device=tokens.device)
+        new_tokens: list[torch.Tensor] = []
+        cache = (
+            TransformerLensKeyValueCache.init_cache(self.cfg, self.cfg.device, B)
+            if use_past_kv_cache
+            else None
+        )
+        logits = self(tokens, attention_mask=mask, past_kv_cache=cache, image_embeds=image_embeds)
+        prompt_embeds = None
+        for step in tqdm(range(max_new_tokens), disable=not verbose, desc="generate"):
+            final = logits[:, -1, :].float()
+            if do_sample:
+                nxt = sample_logits(final, top_k=top_k, top_p=top_p, temperature=temperature)
+            else:
+                nxt = final.argmax(-1)
+            nxt = nxt.to(tokens.device).masked_fill(finished, pad)
+            new_tokens.append(nxt)
+            if stop:
+                finished |= torch.isin(nxt, torch.tensor(stop, device=nxt.device))
+                if bool(finished.all()):
+                    break
+            if step == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=mask.device)], dim=1)
+            if cache is not None:
+                logits = self(nxt[:, None], attention_mask=mask[:, -1:], past_kv_cache=cache)
+            else:
+                if prompt_embeds is None:
+                    with self.embed.images(image_embeds):
+                        prompt_embeds = self.embed(tokens)
+                embeds = torch.cat([prompt_embeds, self.embed(torch.stack(new_tokens, 1))], dim=1)
+                logits = self(self.hook_embed(embeds), start_at_layer=0, attention_mask=mask)
+        generated = torch.stack(new_tokens, dim=1) if new_tokens else tokens[:, :0]
+        if return_type == "str":
+            assert self.tokenizer is not None, "return_type='str' needs a tokenizer"
+            texts = [
+                self.tokenizer.decode(row.tolist(), skip_special_tokens=True).strip()
+                for row in generated
+            ]
+            return texts[0] if isinstance(input, str) else texts
+        return torch.cat([tokens, generated], dim=1)
+
+    def _eos_id(self) -> int:
+        if self.tokenizer is None or self.tokenizer.eos_token_id is None:
+            raise ValueError("stop_at_eos needs eos_token_id=... when the model has no tokenizer")
+        return int(self.tokenizer.eos_token_id)
+
+    # ---- bookkeeping ----------------------------------------------------------------------------
+    def n_checkpoint_params(self) -> int:
+        """Parameters MAIRA-2's checkpoint holds (TransformerLens's zero bias slots excluded)."""
+        return sum(t.numel() for t in self.checkpoint_state_dict().values())
+
+
+def hook_layer(hook_name: str) -> int | None:
+    """Block index of a ``blocks.L.*`` hook (None for hooks before the first block)."""
+    parts = hook_name.split(".")
+    if parts[0] == "blocks" and len(parts) > 2 and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
+def _as_list(x: int | list[int]) -> list[int]:
+    return [int(x)] if isinstance(x, int) else [int(i) for i in x]

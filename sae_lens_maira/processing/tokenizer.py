@@ -1,0 +1,111 @@
+"""MAIRA-2's tokenizer: the checkpoint's own LLaMA tokenizer, or a small one trained on reports.
+
+The real tokenizer is Vicuna's 32,000-token LLaMA sentencepiece BPE plus MAIRA-2's added tokens
+(object and box markers, 200 coordinate bins, ``<image>``). For the small default and for tests we
+train a LLaMA-style BPE (byte fallback, ``▁`` word prefix) on report text and append the same added
+tokens in the same order, so every code path that looks tokens up by name works on both.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerBase
+
+IMAGE_TOKEN = "<image>"
+OBJ_START, OBJ_END = "<obj>", "</obj>"
+BOX_START, BOX_END = "<box>", "</box>"
+N_COORDINATE_BINS = 100
+#: MAIRA-2's added tokens in id order after the base vocabulary (32000.. for the real model).
+MAIRA2_ADDED_TOKENS: tuple[str, ...] = (
+    OBJ_START,
+    OBJ_END,
+    *(f"<x{i}>" for i in range(N_COORDINATE_BINS)),
+    *(f"<y{i}>" for i in range(N_COORDINATE_BINS)),
+    BOX_START,
+    BOX_END,
+    IMAGE_TOKEN,
+    "<image_start>",
+    "<image_end>",
+)
+_SPECIALS = ("<unk>", "<s>", "</s>")
+_BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
+
+
+def build_maira2_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerBase:
+    """Train a LLaMA-style BPE tokenizer on ``texts`` and add MAIRA-2's tokens.
+
+    Layout mirrors LLaMA's: ``<unk>``=0, ``<s>``=1, ``</s>``=2, 256 byte-fallback tokens, the learned
+    merges, then MAIRA-2's added tokens. ``vocab_size`` counts the base vocabulary (LLaMA: 32000).
+    """
+    n_reserved = len(_SPECIALS) + len(_BYTE_TOKENS)
+    if vocab_size <= n_reserved + 16:
+        raise ValueError(
+            f"vocab_size={vocab_size} is too small: {n_reserved} ids are reserved for special and "
+            "byte-fallback tokens; use at least 300"
+        )
+    trainer_tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    trainer_tok.pre_tokenizer = pre_tokenizers.Metaspace(
+        replacement="▁", prepend_scheme="always", split=True
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - n_reserved,
+        special_tokens=[],
+        show_progress=False,
+        limit_alphabet=200,
+    )
+    trainer_tok.train_from_iterator(texts, trainer)
+    model = json.loads(trainer_tok.to_str())["model"]
+    learned = sorted(model["vocab"].items(), key=lambda kv: kv[1])
+    vocab: dict[str, int] = {tok: i for i, tok in enumerate(_SPECIALS + _BYTE_TOKENS)}
+    for tok, _ in learned:
+        if tok not in vocab:
+            vocab[tok] = len(vocab)
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    tokenizer = LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False)
+    add_maira2_tokens(tokenizer)
+    return tokenizer
+
+
+def add_maira2_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
+    """Append MAIRA-2's added tokens (kept on decode, always matched whole) if missing."""
+    missing = [t for t in MAIRA2_ADDED_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in missing])
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    """Load a checkpoint's tokenizer and check it can express MAIRA-2 prompts."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"tokenizer folder {path} does not exist")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"could not load a tokenizer from {path}: {err}. The checkpoint folder needs "
+            "tokenizer.json (or tokenizer.model) and tokenizer_config.json"
+        ) from err
+    check_tokenizer(tokenizer, source=str(path))
+    return tokenizer
+
+
+def check_tokenizer(tokenizer: PreTrainedTokenizerBase, source: str = "the tokenizer") -> None:
+    """Raise a clear error when a tokenizer lacks what MAIRA-2's prompts and outputs need."""
+    vocab = tokenizer.get_vocab()
+    if IMAGE_TOKEN not in vocab:
+        raise ValueError(
+            f"{source} has no {IMAGE_TOKEN!r} token, so images cannot be placed in prompts. Use the "
+            "MAIRA-2 checkpoint's own tokenizer, or add MAIRA-2's tokens with "
+            "sae_lens_maira.processing.tokenizer.add_maira2_tokens(tokenizer)"
+        )
+    if tokenizer.bos_token is None or tokenizer.eos_token is None:
+        raise ValueError(f"{source} needs BOS and EOS tokens (LLaMA uses <s> and </s>)")
+
+
+def image_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    check_tokenizer(tokenizer)
+    return int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))

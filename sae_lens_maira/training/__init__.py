@@ -1,0 +1,1 @@
+"""SAE training with SAELens runners on MAIRA-2."""

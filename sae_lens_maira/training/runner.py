@@ -1,0 +1,270 @@
+"""Train an SAE on MAIRA-2 with SAELens's own ``LanguageModelSAETrainingRunner``.
+
+The runner gets HookedMaira2 as ``override_model`` and the studies as a pretokenized dataset of
+virtual image tokens (:mod:`sae_lens_maira.activations.saelens_bridge`) as ``override_dataset``.
+Training reads the activation cache (the study's token selection) with
+``use_cached_activations``; without a cache it streams every non-pad position live. Evals (CE
+loss recovered, KL, explained variance, L0) run on the same multimodal prompts with the SAE
+spliced into MAIRA-2; checkpoints and wandb (offline works) are SAELens's.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from sae_lens import (
+    ActivationsStore,
+    LanguageModelSAERunnerConfig,
+    LanguageModelSAETrainingRunner,
+    LoggingConfig,
+)
+from sae_lens.llm_sae_training_runner import LLMSaeEvaluator
+from sae_lens.registry import get_sae_training_class
+
+from sae_lens_maira.activations.cache import INFO_FILE
+from sae_lens_maira.activations.sae_fit import check_sae_fits
+from sae_lens_maira.activations.saelens_bridge import studies_to_token_dataset
+from sae_lens_maira.experiment import Experiment
+from sae_lens_maira.model.hooked_maira2 import HookedMaira2
+from sae_lens_maira.model.image_bank import ImageBank
+from sae_lens_maira.processing.processor import Maira2Processor
+
+logger = logging.getLogger(__name__)
+
+#: Keys of the ``train`` section passed straight to LanguageModelSAERunnerConfig.
+RUNNER_KEYS = (
+    "training_tokens", "train_batch_size_tokens", "lr", "lr_scheduler_name", "lr_warm_up_steps",
+    "lr_decay_steps", "lr_end", "adam_beta1", "adam_beta2", "store_batch_size_prompts", "n_batches_in_buffer",
+    "n_checkpoints", "n_eval_batches", "eval_batch_size_prompts", "seed", "dead_feature_window",
+    "feature_sampling_window", "autocast", "autocast_lm", "compile_sae", "activations_mixing_fraction",
+)  # fmt: skip
+
+
+@dataclass
+class TrainResult:
+    sae: Any
+    output_path: Path
+    checkpoint_path: Path | None
+    metrics: dict[str, float]
+
+
+def training_sae_config(sae_spec: dict[str, Any], d_in: int, hook_name: str):
+    """The SAELens training config for ``sae.architecture`` (any registered architecture)."""
+    spec = dict(sae_spec)
+    arch = spec.pop("architecture", "matryoshka")
+    try:
+        _, cfg_cls = get_sae_training_class(arch)
+    except KeyError as err:
+        raise ValueError(
+            f"unknown SAE architecture {arch!r}; registered: see sae_lens.registry"
+        ) from err
+    spec.setdefault("d_in", d_in)  # an explicit d_in is kept, so a mismatch is reported, not hidden
+    if "d_sae" not in spec:
+        spec["d_sae"] = int(spec.pop("expansion_factor", 4)) * int(spec["d_in"])
+    spec.pop("expansion_factor", None)
+    from sae_lens.saes.sae import SAEMetadata
+
+    return cfg_cls(**spec, metadata=SAEMetadata(hook_name=hook_name))
+
+
+def train_sae(
+    exp: Experiment,
+    *,
+    model: HookedMaira2 | None = None,
+    processor: Maira2Processor | None = None,
+    resume: bool = False,
+) -> TrainResult:
+    train = exp.section("train")
+    cache_spec = exp.section("cache", required=False)
+    hook = str(train.get("hook_name") or cache_spec.get("hook_name") or "")
+    if not hook:
+        raise ValueError("set train.hook_name (or cache.hook_name), e.g. blocks.15.hook_resid_post")
+    model = model or exp.load_model()
+    processor = processor or exp.load_processor()
+    studies = exp.load_studies()
+    sae_cfg = training_sae_config(exp.section("sae"), model.cfg.d_model, hook)
+    check_sae_fits(sae_cfg, model, hook)
+
+    use_cache = bool(train.get("use_cached_activations", True))
+    cache_dir = exp.path(cache_spec.get("output_dir")) if use_cache else None
+    if use_cache:
+        if cache_dir is None or not (cache_dir / INFO_FILE).is_file():
+            raise FileNotFoundError(
+                f"no finished activation cache at {cache_dir}; run `sae-lens-maira cache --config ...` first "
+                "or set train.use_cached_activations: false"
+            )
+        info = json.loads((cache_dir / INFO_FILE).read_text())
+        if info["hook_name"] != hook or info["d_in"] != model.cfg.d_model:
+            raise ValueError(
+                f"the cache at {cache_dir} holds {info['hook_name']} (d_in {info['d_in']}), "
+                f"but training reads {hook} (d_in {model.cfg.d_model}); rebuild the cache"
+            )
+    # evals always see whole prompts; the cache's rows are only a packing unit for training
+    prompt_context = int(train.get("context_size") or max_prompt_length(processor, studies))
+    context_size = int(info["context_size"]) if use_cache else prompt_context
+
+    buffer = int(train.get("n_batches_in_buffer", 20)) * context_size
+    if buffer < int(train.get("train_batch_size_tokens", 4096)):
+        raise ValueError(
+            f"train.n_batches_in_buffer x context_size = {buffer} positions cannot fill a training batch of "
+            f"{train.get('train_batch_size_tokens', 4096)}; raise n_batches_in_buffer or cache.context_size"
+        )
+    bank = ImageBank(preprocessor=processor.image_processor)
+    skipped: dict[str, str] = {}
+    dataset = studies_to_token_dataset(
+        studies,
+        processor,
+        bank,
+        d_vocab=model.cfg.d_vocab,
+        context_size=prompt_context,
+        skipped=skipped,
+    )
+    model.attach_image_bank(bank)
+
+    out = exp.path(train.get("output_dir", "sae"))
+    checkpoints = exp.path(train.get("checkpoint_dir", "checkpoints"))
+    resume_from = latest_checkpoint(checkpoints) if resume else None
+    if resume and resume_from is None:
+        raise FileNotFoundError(f"--resume: no checkpoint under {checkpoints}")
+    runner_kwargs = {k: train[k] for k in RUNNER_KEYS if k in train}
+    runner_kwargs.setdefault("lr_end", runner_kwargs.get("lr", 3e-4) / 10)
+    device = exp.device()
+    cfg = LanguageModelSAERunnerConfig(
+        sae=sae_cfg,
+        model_name=str(exp.section("model").get("checkpoint")),
+        model_class_name="HookedMaira2",
+        hook_name=hook,
+        dataset_path="",
+        is_dataset_tokenized=True,
+        streaming=False,
+        context_size=context_size,
+        use_cached_activations=use_cache,
+        cached_activations_path=str(cache_dir) if cache_dir else None,
+        prepend_bos=False,
+        exclude_special_tokens=[processor.pad_token_id],
+        device=device,
+        act_store_device=device,
+        output_path=str(out),
+        checkpoint_path=str(checkpoints),
+        resume_from_checkpoint=str(resume_from) if resume_from else None,
+        logger=LoggingConfig(
+            log_to_wandb=bool(train.get("wandb", True)),
+            wandb_project=str(train.get("wandb_project", "sae-lens-maira")),
+            run_name=train.get("run_name"),
+            wandb_log_frequency=int(train.get("wandb_log_frequency", 10)),
+            eval_every_n_wandb_logs=int(train.get("eval_every_n_wandb_logs", 100)),
+        ),
+        **runner_kwargs,
+    )
+    if cfg.logger.log_to_wandb and resume_from is not None:
+        cfg.logger.wandb_id = _wandb_id(resume_from)
+    runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model)
+    if use_cache:
+        runner.evaluator = LLMSaeEvaluator(
+            model=model,
+            activations_store=prompt_store(
+                model, dataset, hook, prompt_context, processor.pad_token_id, cfg
+            ),
+            eval_batch_size_prompts=cfg.eval_batch_size_prompts,
+            n_eval_batches=cfg.n_eval_batches,
+            model_kwargs={},
+        )
+    logger.info(
+        "training %s on %s (%s tokens, context %d)",
+        sae_cfg.architecture(),
+        hook,
+        cfg.training_tokens,
+        context_size,
+    )
+    sae = runner.run()
+    metrics = evaluate_on_store(runner, sae)
+    (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=1))
+    return TrainResult(sae, out, checkpoints, metrics)
+
+
+def evaluate_on_store(
+    runner: LanguageModelSAETrainingRunner, sae: Any, n_batches: int = 4
+) -> dict[str, float]:
+    """SAELens's evals on the multimodal prompts: CE loss recovered, KL, explained variance, L0."""
+    from sae_lens.evals import EvalConfig, run_evals
+    from sae_lens.training.activation_scaler import ActivationScaler
+
+    cfg = EvalConfig(
+        batch_size_prompts=runner.cfg.eval_batch_size_prompts or 2,
+        n_eval_reconstruction_batches=n_batches,
+        n_eval_sparsity_variance_batches=n_batches,
+        compute_ce_loss=True,
+        compute_kl=True,
+        compute_l2_norms=True,
+        compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
+        compute_featurewise_density_statistics=True,
+    )
+    store = runner.evaluator.activations_store
+    store.reset_input_dataset()
+    metrics, feature_metrics = run_evals(
+        sae=sae,
+        activation_store=store,
+        model=runner.model,
+        activation_scaler=ActivationScaler(),
+        eval_config=cfg,
+        exclude_special_tokens=list(runner.cfg.exclude_special_tokens or []),
+    )
+    flat = {f"{group}/{k}": float(v) for group, values in metrics.items() if isinstance(values, dict)
+            for k, v in values.items() if isinstance(v, (int, float))}  # fmt: skip
+    density = feature_metrics.get("feature_density")
+    if density is not None:
+        flat["sparsity/dead_latents_fraction"] = float(
+            (torch.as_tensor(density) == 0).float().mean()
+        )
+    return flat
+
+
+def prompt_store(
+    model: HookedMaira2,
+    dataset: Any,
+    hook: str,
+    context: int,
+    pad_id: int,
+    cfg: LanguageModelSAERunnerConfig,
+) -> ActivationsStore:
+    """An ActivationsStore over whole prompts (virtual image tokens), for evals beside a cache."""
+    return ActivationsStore(
+        model=model,
+        dataset=dataset,
+        streaming=False,
+        hook_name=hook,
+        hook_head_index=None,
+        context_size=context,
+        d_in=model.cfg.d_model,
+        n_batches_in_buffer=2,
+        total_training_tokens=cfg.training_tokens,
+        store_batch_size_prompts=cfg.store_batch_size_prompts,
+        train_batch_size_tokens=cfg.train_batch_size_tokens,
+        prepend_bos=False,
+        normalize_activations="none",
+        device=torch.device(cfg.act_store_device or "cpu"),
+        dtype=cfg.dtype,
+        exclude_special_tokens=torch.tensor([pad_id]),
+    )
+
+
+def max_prompt_length(processor: Maira2Processor, studies: list, with_report: bool = True) -> int:
+    return max(len(processor.encode_study(s, with_report=with_report)) for s in studies)
+
+
+def latest_checkpoint(root: Path | None) -> Path | None:
+    """The newest SAELens checkpoint folder (``<root>/<run id>/<n tokens>``) under ``root``."""
+    if root is None or not root.is_dir():
+        return None
+    found = [p for p in root.glob("*/*") if p.is_dir() and p.name.isdigit()]
+    return max(found, key=lambda p: (p.stat().st_mtime, int(p.name))) if found else None
+
+
+def _wandb_id(checkpoint: Path) -> str | None:
+    return checkpoint.parent.name or None

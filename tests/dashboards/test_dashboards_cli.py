@@ -1,0 +1,49 @@
+"""The `dashboards` and `autointerp` subcommands chained on saved statistics."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sae_lens_maira.cli import main
+from sae_lens_maira.dashboards.commands import parse_features
+from sae_lens_maira.dashboards.schemas import validate_neuronpedia_export, validate_saedashboard_dir
+
+
+def test_cli_chain(tmp_path, capsys):
+    stats = tmp_path / "stats"
+    assert (
+        main(["dashboards", "synthetic", "--out", str(stats), "--n-studies", "48", "--d-sae", "12"])
+        == 0
+    )
+    exp = tmp_path / "exp.jsonl"
+    assert main(["autointerp", "--stats", str(stats), "--out", str(exp), "--features", "0-3"]) == 0
+    rows = [json.loads(line) for line in exp.read_text().splitlines()]
+    assert sorted(r["feature"] for r in rows) == [0, 1, 2, 3]
+    assert '"effusion"' in next(r["text"] for r in rows if r["feature"] == 0)
+    assert main(["dashboards", "export", "--stats", str(stats), "--out", str(tmp_path / "out"),
+                 "--explanations", str(exp)]) == 0  # fmt: skip
+    np_dir = tmp_path / "out" / "exports" / "maira-2-synthetic" / "3-res-syn"
+    assert validate_neuronpedia_export(np_dir)["explanations"] == 4
+    (sd,) = (tmp_path / "out" / "saedashboard").iterdir()
+    assert validate_saedashboard_dir(sd) > 0
+    assert main(["dashboards", "viewer", "--stats", str(stats), "--out", str(tmp_path / "view"),
+                 "--features", "0,1", "--private"]) == 0  # fmt: skip
+    assert sorted(p.name for p in (tmp_path / "view" / "features").iterdir()) == [
+        "0.html",
+        "1.html",
+    ]
+    assert (
+        main(["dashboards", "upload", "--export", str(np_dir), "--dry-run", str(tmp_path / "pl")])
+        == 0
+    )
+    assert "3 payloads written" in capsys.readouterr().out
+
+
+def test_cli_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no feature statistics"):
+        main(["dashboards", "viewer", "--stats", str(tmp_path), "--out", str(tmp_path / "v")])
+    with pytest.raises(ValueError, match="bad feature list"):
+        parse_features("1,x")
+    assert parse_features("0,3,5-7") == [0, 3, 5, 6, 7]

@@ -1,0 +1,76 @@
+"""Compile the Triton kernels ahead of time for real GPUs (sm_80, sm_90) without one.
+
+Run as a script with TRITON_INTERPRET unset (the interpreter skips compilation). It lowers every
+kernel variant the launchers use through Triton's full pipeline to a cubin with the bundled
+ptxas, so typing and lowering errors that the CPU interpreter cannot see fail here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import triton
+import triton.language as tl
+from triton.backends.compiler import GPUTarget
+
+from sae_lens_maira.kernels import triton_ops
+
+BAG_SUM = {
+    "ptr_ptr": "*i64",
+    "idx_ptr": "*i64",
+    "w_ptr": "*{dt}",
+    "table_ptr": "*{dt}",
+    "out_ptr": "*{dt}",
+    "order_ptr": "*i64",
+    "D": "i32",
+    "stride_tn": "i32",
+    "stride_td": "i32",
+    "stride_or": "i32",
+}
+SAMPLED_DOT = {
+    "ptr_ptr": "*i64",
+    "idx_ptr": "*i64",
+    "a_ptr": "*{dt}",
+    "table_ptr": "*{dt}",
+    "bias_ptr": "*{dt}",
+    "out_ptr": "*{dt}",
+    "D": "i32",
+    "stride_ar": "i32",
+    "stride_ad": "i32",
+    "stride_tn": "i32",
+    "stride_td": "i32",
+}
+
+
+def compile_variant(fn, template, dtype, flags, optional_ptr, cap):
+    signature = {name: kind.format(dt=dtype) for name, kind in template.items()}
+    acc = tl.float64 if dtype == "fp64" else tl.float32
+    constexprs = {"ACC": acc, "BLOCK_K": 16, "BLOCK_D": 256, **flags}
+    for name in (*flags, "ACC", "BLOCK_K", "BLOCK_D"):
+        signature[name] = "constexpr"
+    if not next(iter(flags.values())):
+        signature[optional_ptr] = "constexpr"
+        constexprs[optional_ptr] = None
+    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    kernel = triton.compile(src, target=GPUTarget("cuda", cap, 32))
+    assert kernel.asm["cubin"], "empty cubin"
+
+
+def main() -> None:
+    assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), "unset TRITON_INTERPRET"
+    variants = [
+        (90, "bf16", triton_ops._bag_sum_kernel, BAG_SUM, {"HAS_ORDER": True}, "order_ptr"),
+        (90, "bf16", triton_ops._bag_sum_kernel, BAG_SUM, {"HAS_ORDER": False}, "order_ptr"),
+        (90, "bf16", triton_ops._sampled_dot_kernel, SAMPLED_DOT, {"HAS_BIAS": True}, "bias_ptr"),
+        (90, "bf16", triton_ops._sampled_dot_kernel, SAMPLED_DOT, {"HAS_BIAS": False}, "bias_ptr"),
+        (80, "fp32", triton_ops._bag_sum_kernel, BAG_SUM, {"HAS_ORDER": True}, "order_ptr"),
+        (80, "bf16", triton_ops._sampled_dot_kernel, SAMPLED_DOT, {"HAS_BIAS": False}, "bias_ptr"),
+    ]
+    for cap, dtype, fn, template, flags, optional_ptr in variants:
+        compile_variant(fn, template, dtype, flags, optional_ptr, cap)
+        print(f"ok sm_{cap} {dtype} {fn.__name__} {flags}", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

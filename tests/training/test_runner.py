@@ -1,0 +1,128 @@
+"""End-to-end SAE training through SAELens's LanguageModelSAETrainingRunner on multimodal studies."""
+
+import json
+
+import datasets
+import pytest
+import torch
+import yaml
+
+from sae_lens_maira.experiment import Experiment
+from sae_lens_maira.training.runner import latest_checkpoint, train_sae, training_sae_config
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+def _exp(tmp_path, hub_checkpoint, manifest, **train):
+    cfg = {
+        "model": {"checkpoint": str(hub_checkpoint), "device": "cpu"},
+        "data": {"source": "manifest", "path": str(manifest)},
+        "cache": {
+            "hook_name": HOOK,
+            "output_dir": "acts",
+            "context_size": 16,
+            "batch_size": 4,
+            "shard_studies": 8,
+        },
+        "sae": {"architecture": "batchtopk", "expansion_factor": 4, "k": 8},
+        "train": {
+            "training_tokens": 12_000,
+            "train_batch_size_tokens": 128,
+            "lr": 3e-3,
+            "store_batch_size_prompts": 2,
+            "n_batches_in_buffer": 16,
+            "n_checkpoints": 1,
+            "n_eval_batches": 2,
+            "wandb": True,
+            "wandb_log_frequency": 5,
+            "eval_every_n_wandb_logs": 1000,
+            **train,
+        },
+    }
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(cfg))
+    return Experiment.from_yaml(tmp_path / "exp.yaml")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, hub_checkpoint, manifest):
+    import os
+
+    tmp = tmp_path_factory.mktemp("train")
+    os.environ["WANDB_DIR"] = str(tmp)
+    exp = _exp(tmp, hub_checkpoint, manifest)
+    from sae_lens_maira.activations.cache import CacheConfig, cache_activations
+
+    model, processor = exp.load_model(), exp.load_processor()
+    spec = exp.section("cache")
+    spec["output_dir"] = str(exp.path(spec["output_dir"]))
+    cache_activations(
+        model, processor, exp.load_studies(), CacheConfig(**spec), show_progress=False
+    )
+    result = train_sae(exp, model=model, processor=processor)
+    return exp, model, result
+
+
+def test_training_through_the_runner_lowers_loss_and_raises_explained_variance(trained):
+    exp, model, result = trained
+    acts = torch.tensor(datasets.load_from_disk(str(exp.path("acts")))[HOOK][:4]).reshape(
+        -1, model.cfg.d_model
+    )
+    from sae_lens import TrainingSAE
+    from sae_lens.saes.sae import TrainStepInput
+
+    torch.manual_seed(0)
+    fresh = TrainingSAE.from_dict(
+        training_sae_config(exp.section("sae"), model.cfg.d_model, HOOK).to_dict()
+    )
+    trained_sae = TrainingSAE.load_from_disk(str(latest_checkpoint(result.checkpoint_path)))
+
+    def loss_and_ev(sae):
+        with torch.no_grad():
+            out = sae.training_forward_pass(TrainStepInput(acts, {}, None, 0, False))
+        resid = (acts - out.sae_out).pow(2).sum()
+        ev = 1 - resid / (acts - acts.mean(0)).pow(2).sum()
+        return out.loss.item(), ev.item()
+
+    loss0, ev0 = loss_and_ev(fresh)
+    loss1, ev1 = loss_and_ev(trained_sae)
+    assert loss1 < 0.5 * loss0 and ev1 > ev0 + 0.2 and ev1 > 0.5
+    m = result.metrics
+    assert (
+        m["model_performance_preservation/ce_loss_with_sae"] > 0
+        and "model_behavior_preservation/kl_div_with_sae" in m
+    )
+    assert 0 < m["sparsity/l0"] <= 8.5 and 0 <= m["sparsity/dead_latents_fraction"] < 1
+    assert (result.output_path / "cfg.json").is_file() and (
+        result.output_path / "eval_metrics.json"
+    ).is_file()
+    cfg = json.loads((result.output_path / "cfg.json").read_text())
+    assert cfg["metadata"]["hook_name"] == HOOK and cfg["d_in"] == model.cfg.d_model
+
+
+def test_resume_from_checkpoint(trained, tmp_path):
+    exp, model, result = trained
+    ck = latest_checkpoint(result.checkpoint_path)
+    assert ck is not None and (ck / "trainer_state.pt").is_file()
+    again = train_sae(exp, model=model, processor=exp.load_processor(), resume=True)
+    assert (again.output_path / "sae_weights.safetensors").is_file()
+
+
+def test_mismatched_cache_and_missing_cache_are_clear(hub_checkpoint, manifest, tmp_path):
+    exp = _exp(tmp_path, hub_checkpoint, manifest)
+    with pytest.raises(FileNotFoundError, match="no finished activation cache"):
+        train_sae(exp)
+    exp2 = _exp(tmp_path, hub_checkpoint, manifest, hook_name="blocks.0.hook_resid_post")
+    (tmp_path / "acts").mkdir()
+    (tmp_path / "acts" / "cache_info.json").write_text(
+        json.dumps({"hook_name": HOOK, "d_in": 64, "context_size": 8})
+    )
+    with pytest.raises(ValueError, match="rebuild the cache"):
+        train_sae(exp2)
+    exp3 = _exp(tmp_path, hub_checkpoint, manifest)
+    exp3.raw["sae"]["d_sae"] = 32
+    exp3.raw["sae"]["d_in"] = 48
+    with pytest.raises(
+        ValueError,
+        match="the SAE reads d_in=48 but blocks.1.hook_resid_post of this model has width 64",
+    ):
+        train_sae(exp3)
