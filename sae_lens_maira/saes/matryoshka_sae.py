@@ -31,12 +31,12 @@ from sae_lens.util import filter_valid_dataclass_fields, str_to_dtype
 from torch import Tensor, nn
 from typing_extensions import override
 
-from sae_lens_maira.saes import _kernels
-from sae_lens_maira.saes.batch_topk import Selection, batch_topk, dead_topk
+from sae_lens_maira import kernels
+from sae_lens_maira.saes.auxk import auxk_l2
 from sae_lens_maira.saes.config import MatryoshkaSAEConfig, MatryoshkaTrainingSAEConfig
 from sae_lens_maira.saes.decoder_constraint import attach_projection_hook, constrain_decoder
 from sae_lens_maira.saes.geometric_median import geometric_median
-from sae_lens_maira.saes.prefix_loss import auxk_l2, prefix_l2
+from sae_lens_maira.saes.selection import Selection, batch_topk, dead_topk
 
 logger = logging.getLogger(__name__)
 
@@ -308,7 +308,7 @@ class MatryoshkaTrainingSAE(_Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfi
     # ----------------------------------------------------------------------------------------
     # training step
     def _resolve_decoder_impl(self, device: torch.device) -> str:
-        impl = _kernels.resolve_impl(
+        impl = kernels.resolve_impl(
             self.cfg.decoder_impl,
             device=device,
             n_latents=self.cfg.d_sae,
@@ -353,7 +353,7 @@ class MatryoshkaTrainingSAE(_Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfi
         """Activations (with gradient) at the selected (row, latent) pairs only."""
         if post is not None:  # dense encoder: gather from the full activations
             return post[sel.rows(), sel.indices]
-        pre = _kernels.sparse_encode_csr(
+        pre = kernels.sparse_encode_csr(
             centered, self.W_enc, self.b_enc, sel.row_ptr, sel.indices, impl=impl, validate=False
         )
         return pre.relu()
@@ -392,37 +392,42 @@ class MatryoshkaTrainingSAE(_Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfi
         aux_sel = dead_topk(acts, dead, self.cfg.top_k_aux or 0) if n_dead > 0 else None
         del acts
 
-        values = self._encode_selected(impl, centered, post, sel)
-        if step > self.cfg.threshold_start_step:
-            self._update_threshold(values.detach())
-
-        W_dec = self.W_dec
-        partials = _kernels.grouped_sparse_decode_csr(
-            sel.row_ptr,
-            sel.indices,
-            values.to(W_dec.dtype),
-            W_dec,
-            self.cfg.group_ends,
-            impl=impl,
-            validate=False,
-        )
-        weights = torch.tensor(self.cfg.group_weights, dtype=torch.float32, device=x.device)
-        prefix_losses, residual = prefix_l2(x - self.b_dec, partials, weights)
-        mse_loss = prefix_losses.mean()
-
-        if aux_sel is not None and aux_sel.nnz > 0:
-            aux_values = self._encode_selected(impl, centered, post, aux_sel)
-            aux_recon = _kernels.sparse_decode_csr(
-                aux_sel.row_ptr,
-                aux_sel.indices,
-                aux_values.to(W_dec.dtype),
+        # The sparse ops run in the parameters' dtype even under autocast: casting W_dec and
+        # W_enc to bf16 would copy N x D twice per step for a memory-bound gather.
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            values = self._encode_selected(impl, centered, post, sel)
+            if step > self.cfg.threshold_start_step:
+                self._update_threshold(values.detach())
+            W_dec = self.W_dec
+            partials = kernels.grouped_sparse_decode_csr(
+                sel.row_ptr,
+                sel.indices,
+                values.to(W_dec.dtype),
                 W_dec,
+                self.cfg.group_ends,
                 impl=impl,
                 validate=False,
             )
-            auxk_loss = self.cfg.auxk_alpha * auxk_l2(residual, aux_recon)
-        else:
-            auxk_loss = mse_loss.new_zeros(())
+            target = x - self.b_dec
+            weights = torch.tensor(self.cfg.group_weights, dtype=torch.float32, device=x.device)
+            prefix_losses = kernels.matryoshka_prefix_mse(partials, target) * weights
+            mse_loss = prefix_losses.mean()
+            with torch.no_grad():
+                residual = (target - partials.sum(dim=0)).float()
+
+            if aux_sel is not None and aux_sel.nnz > 0:
+                aux_values = self._encode_selected(impl, centered, post, aux_sel)
+                aux_recon = kernels.sparse_decode_csr(
+                    aux_sel.row_ptr,
+                    aux_sel.indices,
+                    aux_values.to(W_dec.dtype),
+                    W_dec,
+                    impl=impl,
+                    validate=False,
+                )
+                auxk_loss = self.cfg.auxk_alpha * auxk_l2(residual, aux_recon)
+            else:
+                auxk_loss = mse_loss.new_zeros(())
 
         with torch.no_grad():
             sae_out = self._scale_out(x - residual.to(x.dtype)).to(step_input.sae_in.dtype)

@@ -72,7 +72,7 @@ def test_init_is_dictionary_learnings() -> None:
     torch.testing.assert_close(scaled.W_enc, 0.1 * scaled.W_dec.T)
 
 
-@pytest.mark.parametrize("decoder_impl", ["auto", "dense"])
+@pytest.mark.parametrize("decoder_impl", ["auto", "embedding_bag", "dense", "triton"])
 def test_loss_and_gradients_match_reference(decoder_impl: str) -> None:
     sae, ref = make_pair(
         decoder_impl=decoder_impl,
@@ -220,3 +220,17 @@ def test_dense_aux_loss_api_matches_sparse_training_pass() -> None:
     torch.testing.assert_close(
         aux["auxk_loss"], out.losses["auxk_loss"].detach(), rtol=1e-5, atol=1e-7
     )
+
+
+def test_bf16_autocast_step_matches_fp32_closely() -> None:
+    sae, _ = make_pair(threshold_start_step=0)
+    sae.training_steps.fill_(2)
+    x = toy_batches(1, 32)[0]
+    state = {k: v.clone() for k, v in sae.state_dict().items()}
+    fp32 = sae.training_forward_pass(TrainStepInput(x, {}, None, 2, False))
+    sae.load_state_dict(state)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        bf16 = sae.training_forward_pass(TrainStepInput(x, {}, None, 2, False))
+    bf16.loss.backward()
+    assert sae.W_dec.grad is not None and sae.W_dec.grad.dtype == torch.float32
+    torch.testing.assert_close(bf16.loss.float(), fp32.loss.float(), rtol=0.05, atol=1e-3)
