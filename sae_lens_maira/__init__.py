@@ -36,6 +36,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["HookedMaira2", "ImageBank", "Maira2Config", "Maira2Processor", "Study", "__version__"]
 
-from sae_lens_maira.registration import register as _register_with_sae_lens  # noqa: E402
+from sae_lens_maira.registration import register_when_sae_lens_loads  # noqa: E402
 
-_register_with_sae_lens()
+register_when_sae_lens_loads()

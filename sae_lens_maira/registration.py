@@ -1,13 +1,24 @@
 """Register the plugin with SAELens: the ``matryoshka`` architecture, its loader, ``maira-2-sae``.
 
-``import sae_lens_maira`` calls :func:`register`; calling it again (or re-importing, or reloading
-the modules) is harmless. A different class already registered as ``matryoshka`` is an error.
+``import sae_lens_maira`` calls :func:`register_when_sae_lens_loads`: registration runs at once if
+SAELens is already imported, else right after it is (a post-import hook, ``wrapt``), so importing
+the plugin (or a light submodule such as ``sae_lens_maira.kernels``) does not import SAELens,
+transformers or triton. When one of our own packages is what imports SAELens, registering from
+the hook would re-enter that half-imported package; the hook then leaves it to the package, which
+calls :func:`register_if_sae_lens_loaded` as its last line. :func:`register` is idempotent
+(re-imports and reloads are harmless); a different class already registered as ``matryoshka`` is
+an error.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
+
+#: Our packages that register things; each sets ``_fully_imported = True`` when done.
+_PACKAGES = ("sae_lens_maira.saes", "sae_lens_maira.loading")
+_registering = False
 
 
 def _register(
@@ -34,8 +45,41 @@ def _register(
         registry[name] = entry  # the same classes again, or a reload of them: refresh
 
 
+def _packages_ready() -> bool:
+    """No package of ours is half-imported (importing it again from a hook would fail)."""
+    for name in _PACKAGES:
+        module = sys.modules.get(name)
+        if module is not None and not getattr(module, "_fully_imported", False):
+            return False
+    return True
+
+
+def register_if_sae_lens_loaded() -> None:
+    """Register if SAELens is imported and our packages can be imported; else do nothing."""
+    if "sae_lens" in sys.modules and _packages_ready():
+        register()
+
+
+def register_when_sae_lens_loads() -> None:
+    """Register now if ``sae_lens`` is imported, else as soon as it is (idempotent)."""
+    import wrapt
+
+    wrapt.register_post_import_hook(lambda _module: register_if_sae_lens_loaded(), "sae_lens")
+
+
 def register() -> None:
     """Register architectures, the dictionary_learning loader and the published releases."""
+    global _registering
+    if _registering:  # importing our packages below calls back in here
+        return
+    _registering = True
+    try:
+        _register_all()
+    finally:
+        _registering = False
+
+
+def _register_all() -> None:
     from sae_lens import register_sae_class, register_sae_training_class
     from sae_lens.loading import pretrained_sae_loaders as loaders
     from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY

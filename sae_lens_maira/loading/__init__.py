@@ -21,3 +21,9 @@ __all__ = [
     "load_dictionary_learning_sae",
     "plugin_releases",
 ]
+
+_fully_imported = True
+
+from sae_lens_maira.registration import register_if_sae_lens_loaded  # noqa: E402
+
+register_if_sae_lens_loaded()

@@ -16,3 +16,9 @@ __all__ = [
     "MatryoshkaTrainingSAEConfig",
     "dictionary_learning_lr",
 ]
+
+_fully_imported = True
+
+from sae_lens_maira.registration import register_if_sae_lens_loaded  # noqa: E402
+
+register_if_sae_lens_loaded()

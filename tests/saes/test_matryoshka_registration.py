@@ -55,9 +55,14 @@ def test_release_is_in_the_pretrained_directory_seen_by_sae_from_pretrained() ->
     assert "gpt2-small-res-jb" in directory  # SAELens's own releases remain
 
 
-def test_import_does_not_parse_the_release_yaml() -> None:
+def test_import_is_light_and_registers_once_sae_lens_loads() -> None:
     code = (
+        "import sys\n"
         "import sae_lens_maira\n"
+        "assert 'sae_lens' not in sys.modules and 'triton' not in sys.modules\n"
+        "from sae_lens import SAE\n"
+        "from sae_lens.registry import SAE_CLASS_REGISTRY\n"
+        "assert SAE_CLASS_REGISTRY['matryoshka'][0].__name__ == 'MatryoshkaSAE'\n"
         "from sae_lens.loading import pretrained_saes_directory as d\n"
         "assert d.get_pretrained_saes_directory.__wrapped__.cache_info().currsize == 0\n"
         "import importlib; importlib.reload(sae_lens_maira)\n"
