@@ -216,7 +216,7 @@ def test_dense_aux_loss_api_matches_sparse_training_pass() -> None:
         aux = sae.calculate_aux_loss(
             TrainStepInput(x, {}, None, 4, False), feature_acts, hidden_pre, sae_out
         )
-    assert float(out.losses["auxk_loss"]) > 0
+    assert float(out.losses["auxk_loss"].detach()) > 0
     torch.testing.assert_close(
         aux["auxk_loss"], out.losses["auxk_loss"].detach(), rtol=1e-5, atol=1e-7
     )
