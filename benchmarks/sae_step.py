@@ -95,22 +95,33 @@ def sync(device: torch.device) -> None:
 # data: sparse non-negative codes over a unit-norm dictionary, Zipf-like frequencies
 
 
-def make_pool(shape: Shape, n_batches: int, device: torch.device, seed: int) -> list[torch.Tensor]:
-    g = torch.Generator(device="cpu").manual_seed(seed)
-    n_true = 2 * shape.d_sae
-    dictionary = torch.randn(n_true, shape.d_in, generator=g)
-    dictionary = (dictionary / dictionary.norm(dim=1, keepdim=True)).to(device)
-    probs = 1.0 / (torch.arange(n_true, dtype=torch.float32) + 10.0) ** 0.7
-    offset = torch.randn(shape.d_in, generator=g).to(device)
-    pool = []
-    for _ in range(n_batches):
-        idx = torch.multinomial(probs, shape.batch * shape.k, replacement=True, generator=g)
+class Synthetic:
+    """One fixed activation distribution (dictionary, frequencies, offset); draws are seeded."""
+
+    def __init__(self, shape: Shape, device: torch.device):
+        fixed = torch.Generator(device="cpu").manual_seed(1234)
+        self.shape, self.device = shape, device
+        n_true = shape.d_sae // 2  # learnable by the SAE, so EV can separate the two
+        dictionary = torch.randn(n_true, shape.d_in, generator=fixed)
+        self.dictionary = (dictionary / dictionary.norm(dim=1, keepdim=True)).to(device)
+        self.probs = 1.0 / (torch.arange(n_true, dtype=torch.float32) + 10.0) ** 0.7
+        self.offset = torch.randn(shape.d_in, generator=fixed).to(device)
+
+    def batch(self, seed: int) -> torch.Tensor:
+        shape, g = self.shape, torch.Generator(device="cpu").manual_seed(seed)
+        idx = torch.multinomial(self.probs, shape.batch * shape.k, replacement=True, generator=g)
         mags = torch.rand(shape.batch, shape.k, generator=g) * 2.0
-        codes_idx = idx.view(shape.batch, shape.k).to(device)
-        x = F.embedding_bag(codes_idx, dictionary, per_sample_weights=mags.to(device), mode="sum")
-        noise = 0.05 * torch.randn(shape.batch, shape.d_in, generator=g).to(device)
-        pool.append((x + noise + offset).contiguous())
-    return pool
+        x = F.embedding_bag(
+            idx.view(shape.batch, shape.k).to(self.device),
+            self.dictionary,
+            per_sample_weights=mags.to(self.device),
+            mode="sum",
+        )
+        noise = 0.05 * torch.randn(shape.batch, shape.d_in, generator=g).to(self.device)
+        return (x + noise + self.offset).contiguous()
+
+    def batches(self, n: int, first_seed: int) -> list[torch.Tensor]:
+        return [self.batch(first_seed + i) for i in range(n)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,7 +275,7 @@ def memory_worker(args: argparse.Namespace) -> None:
     configure_threads(args.threads)
     shape = Shape(args.d_in, args.d_sae[0], args.k, args.batch)
     device = torch.device("cpu")
-    pool = make_pool(shape, 2, device, seed=1)
+    pool = Synthetic(shape, device).batches(2, first_seed=1)
     trainer = build(args.memory_worker, shape, device, args.precision, args.lr, args.decoder_impl)
     for i in range(2):  # Adam state exists after the first step; measure steady steps
         step(trainer, pool[i % 2])
@@ -280,7 +291,8 @@ def run_shape(args: argparse.Namespace, shape: Shape, device: torch.device) -> d
         f"\n== d_in {shape.d_in}, d_sae {shape.d_sae}, k {shape.k}, batch {shape.batch}, "
         f"{args.precision} on {device}"
     )
-    pool = make_pool(shape, args.pool, device, seed=1)
+    data = Synthetic(shape, device)
+    pool = data.batches(args.pool, first_seed=1)
     trainers = {
         side: build(side, shape, device, args.precision, args.lr, args.decoder_impl)
         for side in SIDES
@@ -342,21 +354,22 @@ def run_shape(args: argparse.Namespace, shape: Shape, device: torch.device) -> d
             ours["transient_peak_bytes"] / theirs["transient_peak_bytes"]
         )
     if args.quality_steps > 0:
-        record["quality"] = run_quality(args, shape, device, pool)
+        record["quality"] = run_quality(args, shape, device, data)
     record["targets"] = targets(device, shape, record)
     print_record(record)
     return record
 
 
 def run_quality(
-    args: argparse.Namespace, shape: Shape, device: torch.device, pool: list[torch.Tensor]
+    args: argparse.Namespace, shape: Shape, device: torch.device, data: Synthetic
 ) -> dict[str, Any]:
-    held_out = make_pool(shape, 2, device, seed=2)
+    """Both SAEs from scratch on the same fresh batches; EV on held-out draws."""
+    held_out = data.batches(2, first_seed=10**6)
     out: dict[str, Any] = {"steps": args.quality_steps, "lr": args.lr}
     for side in SIDES:
         trainer = build(side, shape, device, args.precision, args.lr, args.decoder_impl)
         for i in tqdm(range(args.quality_steps), desc=f"quality {side}", leave=False):
-            step(trainer, pool[i % len(pool)])
+            step(trainer, data.batch(10_000 + i))
         out[f"explained_variance_{side}"] = explained_variance(trainer, held_out)
         del trainer
     out["explained_variance_gap"] = (
