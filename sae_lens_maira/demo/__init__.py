@@ -22,6 +22,9 @@ _EXPORTS = {
     "generate_findings": "evaluation",
     "mention_summary": "evaluation",
     "probe_findings": "probes",
+    "evaluate_held_out": "held_out",
+    "DEMO_HOOK": "held_out",
+    "split_validation": "model_cache",
     "plot_training": "plots",
 }
 

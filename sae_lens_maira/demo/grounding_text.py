@@ -16,7 +16,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sae_lens_maira.data.labeller import Status, find_mentions
+from sae_lens_maira.data.labeller import Status, find_mentions, split_sentences
 from sae_lens_maira.data.study import Study
 
 #: A finding's absence is stated in grounding targets only when at least this share of negative
@@ -77,6 +77,17 @@ class GroundingSentences:
             # most common; ties go to the shorter sentence, then alphabetical (deterministic)
             sentences[klass] = min(counter, key=lambda s: (-counter[s], len(s), s))
         return cls(findings, sentences)
+
+    def normalized_report(self, study: Study) -> str:
+        """The study's report with its finding sentences replaced by the grounding target, first.
+
+        Sentences of the report that mention none of the findings follow in their order, so
+        the result reads like a report whose first sentences the image decides.
+        """
+        target = self.target(study)
+        mentioned = {m.sentence for m in find_mentions(study.findings or "", self.findings)}
+        rest = [s for s in split_sentences(study.findings or "") if s not in mentioned]
+        return " ".join([target, *rest]).strip() if target else ""
 
     def target(self, study: Study) -> str:
         """The grounding findings for ``study`` (empty when no class has a sentence)."""

@@ -164,6 +164,7 @@ def run_training(
     score_key: str = "score",
     select_after: int = 0,
     after_step: Callable[[], None] | None = None,
+    ema_decay: float | None = None,
     desc: str = "training",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -173,6 +174,10 @@ def run_training(
     ``evaluate(model, step)`` runs every ``eval_every`` steps and at the end; when its result has
     ``score_key``, the weights of the best-scoring evaluation after step ``select_after`` are
     restored at the end. ``after_step`` runs after every optimizer step (constraints).
+
+    With ``ema_decay``, an exponential moving average of the weights is kept from step
+    ``select_after`` on, and it is what gets evaluated and kept: greedy decoding of a small model
+    flips between templates from one step to the next, the average does not.
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -181,14 +186,39 @@ def run_training(
     history = LMHistory()
     best_score, best_state = -math.inf, None
     start = time.perf_counter()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    ema: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def swap_ema() -> None:
+        """Exchange the live weights and their moving average (twice = no-op)."""
+        assert ema is not None
+        for n, p in named:
+            live = p.detach().clone()
+            p.copy_(ema[n])
+            ema[n].copy_(live)
+        if after_step is not None:
+            after_step()
+
+    @torch.no_grad()
+    def update_ema(step: int) -> None:
+        nonlocal ema
+        if ema_decay is None or step <= select_after:
+            return
+        if ema is None:
+            ema = {n: p.detach().clone() for n, p in named}
+            return
+        for n, p in named:
+            ema[n].lerp_(p.detach(), 1.0 - ema_decay)
 
     def run_eval(step: int) -> None:
         nonlocal best_score, best_state
         if evaluate is None:
             return
         model.eval()
+        if ema is not None:
+            swap_ema()
         result = {"step": step, **evaluate(model, step)}
-        model.train()
         history.evals.append(result)
         score = result.get(score_key)
         if score is not None and step > select_after and score >= best_score:
@@ -197,6 +227,9 @@ def run_training(
                 {k: v for k, v in model.state_dict().items() if not k.startswith("vision_tower.")}
             )
             history.best_step = step
+        if ema is not None:
+            swap_ema()
+        model.train()
         if log:
             log(format_eval(result))
 
@@ -225,6 +258,7 @@ def run_training(
         if after_step is not None:
             after_step()
         step += 1
+        update_ema(step)
         history.steps.append(step)
         history.losses.append(float(loss.detach()))
         history.lrs.append(factor * groups[0]["base_lr"])
@@ -239,10 +273,13 @@ def run_training(
     bar.close()
     if evaluate is not None and (not history.evals or history.evals[-1]["step"] != step):
         run_eval(step)
-    if best_state is not None and history.best_step != step:
+    if best_state is not None:
         model.load_state_dict(best_state, strict=False)
         if log:
-            log(f"restored the weights of step {history.best_step} (best {score_key})")
+            what = "averaged weights" if ema is not None else "weights"
+            log(f"kept the {what} of step {history.best_step} (best {score_key})")
+    elif ema is not None:
+        swap_ema()
     history.seconds = time.perf_counter() - start
     model.eval()
     return history
@@ -293,6 +330,8 @@ def train_findings_generation(
     seed: int = 0,
     grounding_steps: int = 0,
     grounding_mix: float = 0.0,
+    normalized_mix: float = 0.0,
+    ema_decay: float | None = None,
     projector_weight_decay: float = 0.0,
     reference_pixels: torch.Tensor | None = None,
     evaluate: Callable[[HookedMaira2, int], dict] | None = None,
@@ -303,24 +342,33 @@ def train_findings_generation(
     """Train projector + language model (tower frozen) on findings prompts, loss on the report.
 
     The first ``grounding_steps`` steps train on label-driven grounding targets
-    (:mod:`.grounding_text`); afterwards a ``grounding_mix`` share of batches still does, so
-    reading the image is not unlearnt while the model learns the reports' long tail. With
+    (:mod:`.grounding_text`); afterwards a ``grounding_mix`` share of batches still does and a
+    ``normalized_mix`` share trains on normalized reports (the finding sentences first, in the
+    words the grounding targets use), so reading the image is not unlearnt while the model
+    learns the reports' long tail. With
     ``reference_pixels``, image tokens are held at the text embeddings' scale (:class:`ImageScale`).
     Checkpoint selection only considers evaluations after the grounding phase.
     """
     rng = random.Random(seed)
     model.vision_tower.requires_grad_(False)
-    use_grounding = data.n_grounding() > 0
-    queues: dict[bool, list] = {False: [], True: []}
+    queues: dict[str, list] = {"report": [], "grounding": [], "normalized": []}
     step = 0
 
     def next_batch() -> dict[str, torch.Tensor]:
         nonlocal step
-        grounding = use_grounding and (step < grounding_steps or rng.random() < grounding_mix)
+        u = rng.random()
+        if step < grounding_steps or u < grounding_mix:
+            kind = "grounding"
+        elif u < grounding_mix + normalized_mix:
+            kind = "normalized"
+        else:
+            kind = "report"
+        if not data.count(kind):
+            kind = "report"
         step += 1
-        queue = queues[grounding]
+        queue = queues[kind]
         if not queue:
-            queue.extend(data.batches(rng, batch_size, grounding=grounding))
+            queue.extend(data.batches(rng, batch_size, kind=kind))
         return data.collate(queue.pop())
 
     return run_training(
@@ -328,7 +376,7 @@ def train_findings_generation(
         groups=_param_groups(model, lr, projector_lr, weight_decay, projector_weight_decay),
         steps=steps,
         warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, budget_s=budget_s,
-        evaluate=evaluate, eval_every=eval_every, select_after=grounding_steps,
+        evaluate=evaluate, eval_every=eval_every, select_after=grounding_steps, ema_decay=ema_decay,
         after_step=ImageScale(model, reference_pixels) if reference_pixels is not None else None,
         desc="findings generation",
         progress=progress, log=log,

@@ -87,7 +87,7 @@ def ensure_demo_model(
     studies: DemoStudies | None = None,
     config: DemoModelConfig | None = None,
     seed: int = 0,
-    budget_s: float | None = 420.0,
+    budget_s: float | None = 600.0,
     threads: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,

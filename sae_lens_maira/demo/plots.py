@@ -18,22 +18,32 @@ def _smooth(values: list[float], window: int) -> np.ndarray:
 
 
 def plot_training(summary: dict[str, Any], path: str | Path) -> Path:
-    """Three panels from a training summary (``demo_training.json``), written as a PNG."""
+    """Four panels from a training summary (``demo_training.json``), written as a PNG: image
+    tower warm-up, report-text pretraining, findings generation, validation mention rates."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
     vis = summary.get("vision_losses") or []
     ax = axes[0]
     if vis:
         ax.plot(np.arange(1, len(vis) + 1), vis, color="0.75", lw=0.8, label="per step")
         ax.plot(np.arange(1, len(vis) + 1), _smooth(vis, 20), color="C0", label="smoothed")
         ax.legend(frameon=False)
-    ax.set(title="image tower warm-up", xlabel="step", ylabel="BCE loss (what the image shows)")
+    ax.set(title="1. image tower warm-up", xlabel="step", ylabel="BCE loss (what the image shows)")
 
     ax = axes[1]
+    text = summary.get("text_losses") or []
+    if text:
+        ax.plot(np.arange(1, len(text) + 1), text, color="0.75", lw=0.8, label="per step")
+        ax.plot(np.arange(1, len(text) + 1), _smooth(text, 20), color="C0", label="smoothed")
+        ax.legend(frameon=False)
+    ax.set(title="2. language pretraining on report text", xlabel="step",
+           ylabel="next-token loss (nats)")  # fmt: skip
+
+    ax = axes[2]
     steps, losses = summary.get("lm_steps") or [], summary.get("lm_losses") or []
     if losses:
         ax.plot(steps, losses, color="0.75", lw=0.8, label="train (batch)")
@@ -44,10 +54,13 @@ def plot_training(summary: dict[str, Any], path: str | Path) -> Path:
                 label="validation")  # fmt: skip
     if summary.get("best_step"):
         ax.axvline(summary["best_step"], color="0.5", ls=":", lw=1, label="kept")
-    ax.set(title="findings generation", xlabel="step", ylabel="report token loss (nats)")
+    grounding = (summary.get("config") or {}).get("grounding_steps")
+    if grounding:
+        ax.axvspan(0, grounding, color="C2", alpha=0.08, label="grounding warm-up")
+    ax.set(title="3. findings generation", xlabel="step", ylabel="target token loss (nats)")
     ax.legend(frameon=False)
 
-    ax = axes[2]
+    ax = axes[3]
     evals = summary.get("evals") or []
     if evals:
         names = list(evals[-1].get("mentions", {}))

@@ -6,15 +6,20 @@ the image side: 112 px (8 x 8 = 64 patches of 14 px per image instead of 16 x 16
 study at ~300 tokens, which makes training ~2.5x faster on a CPU than 224 px while the synthetic
 findings (heart size, basal fluid, 2 px device lines) stay visible.
 
-Training, in order (all on the training studies):
+Training, in order (all on the training studies; validation studies are only evaluated):
 1. tokenizer: LLaMA-style BPE on the studies' text plus the prompt's fixed text;
-2. image tower warm-up: the tower is pretrained on what each picture shows, then frozen, as
-   MAIRA-2's RAD-DINO is (:mod:`.vision_pretraining`);
-3. projector init at the text embeddings' scale (:func:`.lm_training.init_projector`);
-4. findings generation with teacher forcing, loss on report tokens, positives oversampled with
-   fresh renders and duplicate normal reports thinned (:mod:`.training_data`); every
-   ``eval_every`` steps greedy generations on validation studies are labelled, and the weights
-   with the best (positive - negative) mention-rate gap are kept.
+2. image tower: pretrained on what each picture shows, then frozen, as MAIRA-2's RAD-DINO is
+   (:mod:`.vision_pretraining`);
+3. language model: pretrained on the report text alone, as MAIRA-2 starts from Vicuna
+   (:func:`.lm_training.pretrain_on_reports`);
+4. projector at the text embeddings' scale (:func:`.lm_training.init_projector`), kept there
+   (:class:`.lm_training.ImageScale`);
+5. findings generation with teacher forcing, loss on the report tokens: a short warm-up on
+   label-driven grounding targets, then real reports mixed with normalized reports (finding
+   sentences first, :mod:`.grounding_text`); rare findings' positives get fresh renders so each
+   makes up ~25 % of an epoch, duplicate normal reports are thinned (:mod:`.training_data`).
+   Every ``eval_every`` steps greedy generations on validation studies are labelled, and the
+   weights with the best (positive - negative) mention-rate gap after the warm-up are kept.
 """
 
 from __future__ import annotations
@@ -68,6 +73,8 @@ class DemoModelConfig:
     vision_lr: float = 1e-3
     vision_weight_decay: float = 0.0
     vision_position_std: float = 0.7
+    #: loss weight per VISION_TARGETS entry: effusions (subtle at 112 px) count double
+    vision_target_weights: tuple[float, ...] = (1.0, 2.0, 2.0, 1.0, 1.0, 1.0, 1.0)
     # language pretraining on report text
     text_steps: int = 480
     text_batch_size: int = 2
@@ -75,12 +82,14 @@ class DemoModelConfig:
     text_lr: float = 2e-3
     text_warmup_steps: int = 30
     # data
-    extra_renders_positive: int = 1
-    extra_renders_negative: int = 0
+    positive_share: float = 0.25
+    max_extra_renders: int = 4
     max_copies_per_text: int = 2
     mention_weight: float = 3.0
     grounding_steps: int = 150
-    grounding_mix: float = 0.1
+    grounding_mix: float = 0.0
+    normalized_mix: float = 0.5
+    ema_decay: float = 0.99
     # language model
     lm_steps: int = 700
     batch_size: int = 4
@@ -91,7 +100,7 @@ class DemoModelConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     # validation during training
-    eval_every: int = 100
+    eval_every: int = 175
     eval_per_finding: int = 12
     eval_negatives: int = 12
     eval_max_new_tokens: int = 80
@@ -99,6 +108,7 @@ class DemoModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["findings"] = list(self.findings)
+        d["vision_target_weights"] = list(self.vision_target_weights)
         return d
 
     @classmethod
@@ -163,7 +173,7 @@ def train_small_model(
     out_dir: str | Path,
     *,
     config: DemoModelConfig | None = None,
-    budget_s: float | None = 420.0,
+    budget_s: float | None = 600.0,
     seed: int = 0,
     threads: int | None = None,
     progress: bool = True,
@@ -201,8 +211,8 @@ def train_small_model(
             train_studies,
             processor,
             findings=config.findings,
-            extra_renders_positive=config.extra_renders_positive,
-            extra_renders_negative=config.extra_renders_negative,
+            positive_share=config.positive_share,
+            max_extra_renders=config.max_extra_renders,
             max_copies_per_text=config.max_copies_per_text,
             mention_weight=config.mention_weight,
             seed=seed,
@@ -214,7 +224,8 @@ def train_small_model(
         init_vision_tower(model, seed=seed, position_std=config.vision_position_std)
         vision_losses = pretrain_vision_tower(
             model, data.store, steps=config.vision_steps, batch_size=config.vision_batch_size,
-            lr=config.vision_lr, weight_decay=config.vision_weight_decay, seed=seed,
+            lr=config.vision_lr, weight_decay=config.vision_weight_decay,
+            target_weights=config.vision_target_weights, seed=seed,
             progress=progress, log=say,
         )  # fmt: skip
         timings["vision_s"] = time.perf_counter() - t
@@ -254,6 +265,7 @@ def train_small_model(
             projector_lr=config.projector_lr, warmup_steps=config.warmup_steps,
             min_lr_ratio=config.min_lr_ratio, weight_decay=config.weight_decay, budget_s=lm_budget,
             grounding_steps=config.grounding_steps, grounding_mix=config.grounding_mix,
+            normalized_mix=config.normalized_mix, ema_decay=config.ema_decay,
             projector_weight_decay=config.projector_weight_decay, reference_pixels=sample,
             seed=seed, evaluate=evaluate, eval_every=config.eval_every, progress=progress, log=say,
         )  # fmt: skip

@@ -15,6 +15,7 @@ Why the extra machinery around ``Maira2Processor``:
 
 from __future__ import annotations
 
+import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -124,7 +125,11 @@ class Example:
     variants: list[list[int]]  # each variant: PixelStore indices of the study's images, in order
     positive: bool
     text_key: str
-    grounding: bool = False  # a label-driven grounding target instead of the full report
+    kind: str = "report"  # "report", "grounding" (label-driven target) or "normalized"
+
+    @property
+    def grounding(self) -> bool:
+        return self.kind != "report"
 
 
 def report_token_weights(
@@ -157,6 +162,26 @@ def report_token_weights(
     return weights
 
 
+def extra_render_counts(
+    studies: Sequence[Study], findings: Sequence[str], positive_share: float, max_extra: int
+) -> dict[str, int]:
+    """Fresh renders per study so each finding's positives make up about ``positive_share`` of
+    an epoch's studies: a finding present in a fraction ``r`` of studies gets
+    ``ceil(positive_share / r) - 1`` extra pictures per positive (at most ``max_extra``); a study
+    positive for several findings takes the largest count, negatives get none."""
+    n = max(len(studies), 1)
+    rates = {f: sum(bool(s.labels.get(f)) for s in studies) / n for f in findings}
+    out = {}
+    for s in studies:
+        wanted = [
+            math.ceil(positive_share / rates[f] - 1e-9) - 1
+            for f in findings
+            if s.labels.get(f) and rates[f] > 0
+        ]
+        out[s.study_id] = max(0, min(max_extra, max(wanted, default=0)))
+    return out
+
+
 class DemoTrainingSet:
     """Encoded training studies, their images (canonical + fresh renders) and an epoch sampler."""
 
@@ -166,8 +191,8 @@ class DemoTrainingSet:
         processor: Maira2Processor,
         *,
         findings: Sequence[str],
-        extra_renders_positive: int = 1,
-        extra_renders_negative: int = 0,
+        positive_share: float = 0.0,
+        max_extra_renders: int = 4,
         max_copies_per_text: int = 2,
         mention_weight: float = 1.0,
         grounding_targets: bool = True,
@@ -183,6 +208,7 @@ class DemoTrainingSet:
         self.examples: list[Example] = []
         renderer = SyntheticXrayRenderer(processor.image_processor.crop_size)
         sentences = GroundingSentences.from_studies(studies, self.findings) if grounding_targets else None
+        extra = extra_render_counts(studies, self.findings, positive_share, max_extra_renders)
         bar = tqdm(studies, desc="preparing training studies", disable=not progress)
         for i, study in enumerate(bar):
             if not study.findings:
@@ -192,7 +218,7 @@ class DemoTrainingSet:
             enc = processor.encode_study(study, with_report=True)
             variants = [[self.store.add(im, targets) for im in study.images]]
             positive = is_positive(study, self.findings)
-            n_extra = extra_renders_positive if positive else extra_renders_negative
+            n_extra = extra[study.study_id]
             views = ("frontal", "lateral") if study.lateral is not None else ("frontal",)
             for k in range(n_extra):
                 fresh = renderer.render(spec, stable_seed(f"{study.study_id}:aug{k}", seed), views)
@@ -210,36 +236,45 @@ class DemoTrainingSet:
                     text_key=" ".join(study.findings.lower().split()),
                 )
             )
-            target = sentences.target(study) if sentences is not None else ""
-            if target:
-                genc = processor.encode_study(replace(study, findings=target), with_report=True)
+            if sentences is None:
+                continue
+            for kind, text in (
+                ("grounding", sentences.target(study)),
+                ("normalized", sentences.normalized_report(study)),
+            ):
+                if not text:
+                    continue
+                variant = replace(study, findings=text)
+                genc = processor.encode_study(variant, with_report=True)
                 self.examples.append(
                     Example(
                         study_index=i,
                         input_ids=genc.input_ids,
                         roles=genc.roles,
-                        weights=[1.0 if r == int(Role.REPORT) else 0.0 for r in genc.roles],
+                        weights=report_token_weights(
+                            processor, genc.roles, genc.input_ids, variant, self.findings,
+                            mention_weight if kind == "normalized" else 1.0,
+                        ),  # fmt: skip
                         variants=variants,
                         positive=positive,
-                        text_key=" ".join(target.lower().split()),
-                        grounding=True,
+                        text_key=" ".join(text.lower().split()),
+                        kind=kind,
                     )
                 )
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def n_grounding(self) -> int:
-        return sum(ex.grounding for ex in self.examples)
+    def count(self, kind: str) -> int:
+        return sum(ex.kind == kind for ex in self.examples)
 
-    def epoch(self, rng: random.Random, *, grounding: bool = False) -> list[tuple[int, int]]:
-        """(example, variant) pairs for one epoch of reports (or of grounding targets): every
-        variant of each positive, at most ``max_copies_per_text`` negatives per distinct text,
-        shuffled."""
+    def epoch(self, rng: random.Random, *, kind: str = "report") -> list[tuple[int, int]]:
+        """(example, variant) pairs for one epoch of one kind of target: every variant of each
+        positive, at most ``max_copies_per_text`` negatives per distinct text, shuffled."""
         items: list[tuple[int, int]] = []
         by_text: dict[str, list[int]] = defaultdict(list)
         for i, ex in enumerate(self.examples):
-            if ex.grounding != grounding:
+            if ex.kind != kind:
                 continue
             if ex.positive:
                 items += [(i, v) for v in range(len(ex.variants))]
@@ -256,10 +291,10 @@ class DemoTrainingSet:
         return items
 
     def batches(
-        self, rng: random.Random, batch_size: int, *, grounding: bool = False
+        self, rng: random.Random, batch_size: int, *, kind: str = "report"
     ) -> list[list[tuple[int, int]]]:
         """One epoch cut into batches of similar length (less padding), in random order."""
-        items = self.epoch(rng, grounding=grounding)
+        items = self.epoch(rng, kind=kind)
         window = batch_size * 8
         out = []
         for start in range(0, len(items), window):
@@ -292,7 +327,7 @@ class DemoTrainingSet:
         }
 
     def positive_rate(self) -> float:
-        return float(np.mean([ex.positive for ex in self.examples if not ex.grounding]))
+        return float(np.mean([ex.positive for ex in self.examples if ex.kind == "report"]))
 
 
 class ReportStream:

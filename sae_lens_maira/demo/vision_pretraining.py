@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -63,13 +63,15 @@ def pretrain_vision_tower(
     batch_size: int = 64,
     lr: float = 2e-3,
     weight_decay: float = 0.05,
+    target_weights: Sequence[float] | None = None,
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> list[float]:
     """Train ``model.vision_tower`` on ``store``'s images and targets; returns the loss per step.
 
-    The tower is left frozen (``requires_grad=False``) and in eval mode afterwards.
+    ``target_weights`` scales each target's loss (e.g. more for the subtle effusions). The
+    tower is left frozen (``requires_grad=False``) and in eval mode afterwards.
     """
     if len(store) == 0:
         raise ValueError("no images to pretrain the vision tower on")
@@ -79,6 +81,10 @@ def pretrain_vision_tower(
     # balance rare findings: weight positives by (negatives / positives), capped
     pos = targets.sum(0)
     pos_weight = ((len(store) - pos) / pos.clamp(min=1.0)).clamp(max=20.0)
+    weights = torch.ones(n_targets) if target_weights is None else torch.tensor(target_weights, dtype=torch.float32)
+    if weights.shape != (n_targets,):
+        raise ValueError(f"target_weights needs {n_targets} values, got {tuple(weights.shape)}")
+    weights = weights / weights.mean()
     gen = torch.Generator().manual_seed(seed)
     head = torch.nn.Linear(model.maira_config.d_vision, n_targets)
     torch.nn.init.normal_(head.weight, std=0.02, generator=gen)
@@ -112,7 +118,7 @@ def pretrain_vision_tower(
         reads = torch.stack([feats.mean(1), feats[:, 0], feats[:, -1]], 1)  # [b, 3, d]
         logits = head(reads)
         loss = F.binary_cross_entropy_with_logits(
-            logits, y[:, None].expand_as(logits), pos_weight=pos_weight
+            logits, y[:, None].expand_as(logits), pos_weight=pos_weight, weight=weights
         )
         opt.zero_grad(set_to_none=True)
         loss.backward()

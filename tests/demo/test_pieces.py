@@ -56,7 +56,7 @@ def test_training_set_thins_duplicates_and_oversamples_positives(demo_split):
     cfg = DemoModelConfig.tiny()
     model, processor = build_demo_model(cfg, demo_split.train)
     data = DemoTrainingSet(
-        demo_split.train, processor, findings=DEMO_FINDINGS, extra_renders_positive=2,
+        demo_split.train, processor, findings=DEMO_FINDINGS, positive_share=0.9, max_extra_renders=2,
         max_copies_per_text=1, mention_weight=3.0, progress=False,
     )  # fmt: skip
     epoch = data.epoch(random.Random(0))
@@ -80,11 +80,12 @@ def test_training_set_thins_duplicates_and_oversamples_positives(demo_split):
     roles = torch.tensor(ex.roles)
     assert bool((w[roles != int(Role.REPORT)] == 0).all())
     assert bool((w[roles == int(Role.REPORT)] >= 1).all()) and float(w.max()) == 3.0
-    # grounding targets: same studies and images, short label-driven texts, their own epochs
-    grounding = data.epoch(random.Random(0), grounding=True)
-    assert grounding and all(data.examples[i].grounding for i, _ in grounding)
-    g = next(ex for ex in data.examples if ex.grounding)
-    twin = next(ex for ex in data.examples if not ex.grounding and ex.study_index == g.study_index)
+    # grounding targets and normalized reports: same studies and images, their own epochs
+    for kind in ("grounding", "normalized"):
+        items = data.epoch(random.Random(0), kind=kind)
+        assert items and all(data.examples[i].kind == kind for i, _ in items)
+    g = next(ex for ex in data.examples if ex.kind == "grounding")
+    twin = next(ex for ex in data.examples if ex.kind == "report" and ex.study_index == g.study_index)
     assert g.variants is twin.variants and len(g.input_ids) < len(twin.input_ids)
     batch = data.collate(epoch[:3])
     n_images = sum(len(data.examples[i].variants[v]) for i, v in epoch[:3])
@@ -209,3 +210,30 @@ def test_grounding_sentences_pick_the_most_common_label_consistent_sentence():
     assert g.target(studies[2]) == "Mild cardiomegaly. Small left pleural effusion."
     assert g.target(studies[6]) == "The heart is normal in size. No pleural effusion. Left-sided pacemaker."
     assert g.target(_study("h", "", {}, {})) == "The heart is normal in size. No pleural effusion."
+    # normalized report: the image-decided sentences first, then the rest of the report
+    extra = _study("i", "Lungs are clear. Heart is enlarged. Old rib fracture.", {"cardiomegaly": True})
+    assert g.normalized_report(extra) == (
+        "Mild cardiomegaly. No pleural effusion. Lungs are clear. Old rib fracture."
+    )
+
+
+def test_extra_render_counts_balance_rare_findings():
+    from sae_lens_maira.demo.training_data import extra_render_counts
+
+    labels = [{"a": True}] + [{"b": True}] * 4 + [{}] * 15  # a: 5 %, b: 20 %
+    studies = [_study(str(i), "x", lab) for i, lab in enumerate(labels)]
+    counts = extra_render_counts(studies, ["a", "b"], 0.4, max_extra=5)
+    assert counts["0"] == 5  # ceil(0.4 / 0.05) - 1 = 7, capped at 5
+    assert counts["1"] == 1  # ceil(0.4 / 0.2) - 1
+    assert counts["19"] == 0
+    assert set(extra_render_counts(studies, ["a", "b"], 0.0, 5).values()) == {0}
+
+
+def test_lazy_package_exports():
+    import sae_lens_maira.demo as demo
+
+    for name in demo.__all__:
+        assert getattr(demo, name) is not None, name
+    assert demo.DEMO_HOOK == "blocks.1.hook_resid_post"
+    with pytest.raises(AttributeError):
+        demo.no_such_thing  # noqa: B018
