@@ -1,0 +1,128 @@
+"""The small model's training end to end at a tiny size, its checkpoint, and the model cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sae_lens_maira.demo import model_cache
+from sae_lens_maira.demo.evaluation import evaluation_subset, teacher_forced_loss
+from sae_lens_maira.demo.small_model import DemoModelConfig, train_small_model
+from sae_lens_maira.demo.studies import DEMO_FINDINGS
+from sae_lens_maira.model import HookedMaira2
+from sae_lens_maira.processing import Maira2Processor
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, demo_split):
+    """One tiny training run through ensure_demo_model (shared by the tests below)."""
+    cache = tmp_path_factory.mktemp("models")
+    path = model_cache.ensure_demo_model(
+        cache, studies=demo_split, config=DemoModelConfig.tiny(), budget_s=None, threads=1,
+        progress=False, log=None,
+    )  # fmt: skip
+    return cache, path
+
+
+def test_checkpoint_loads_and_matches_what_was_trained(trained, demo_split):
+    _, path = trained
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json",
+                 "demo_training.json", "loss_curve.png", "cache_key.json"):  # fmt: skip
+        assert (path / name).is_file(), name
+    model = HookedMaira2.from_pretrained(path, device="cpu")
+    processor = Maira2Processor.from_pretrained(path)
+    assert model.n_patches == processor.n_patches == 64  # 112 px, 14 px patches
+    summary = json.loads((path / "demo_training.json").read_text())
+    # the loaded weights are the kept ones: their validation loss is the one recorded then
+    _, val = model_cache.split_validation(demo_split.train)
+    cfg = DemoModelConfig.tiny()
+    val = evaluation_subset(val, DEMO_FINDINGS, per_finding=cfg.eval_per_finding,
+                            negatives=cfg.eval_negatives)  # fmt: skip
+    assert summary["best_step"] > DemoModelConfig.tiny().grounding_steps  # chosen after warm-up
+    kept = next(e for e in summary["evals"] if e["step"] == summary["best_step"])
+    assert teacher_forced_loss(model, processor, val) == pytest.approx(kept["val_loss"], rel=1e-4)
+    # it generates from a held-out study's images
+    batch = processor(demo_split.held_out[:1])
+    out = model.generate(batch.input_ids, pixel_values=batch.pixel_values, max_new_tokens=4,
+                         return_type="str")  # fmt: skip
+    assert isinstance(out, list) and len(out) == 1
+
+
+def test_losses_fall(trained):
+    _, path = trained
+    s = json.loads((path / "demo_training.json").read_text())
+    text, lm, vis = s["text_losses"], s["lm_losses"], s["vision_losses"]
+    assert sum(text[-2:]) / 2 < text[0]
+    assert sum(lm[-5:]) / 5 < sum(lm[:5]) / 5
+    assert sum(vis[-5:]) / 5 < sum(vis[:5]) / 5
+    assert s["timings"]["total_s"] > 0 and s["peak_rss_mb"] > 0
+    assert len(s["lm_steps"]) == DemoModelConfig.tiny().lm_steps
+
+
+def test_cache_is_reused_and_keyed(trained, demo_split, monkeypatch):
+    cache, path = trained
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached model should have been reused")
+
+    monkeypatch.setattr(model_cache, "train_small_model", no_training)
+    again = model_cache.ensure_demo_model(
+        cache, studies=demo_split, config=DemoModelConfig.tiny(), budget_s=None, progress=False,
+        log=None,
+    )  # fmt: skip
+    assert again == path
+
+    class Interrupted(Exception):
+        pass
+
+    calls = []
+
+    def interrupted(train, val, out, **kwargs):
+        calls.append(kwargs["seed"])
+        (out / "model.safetensors").write_bytes(b"half written")
+        raise Interrupted
+
+    monkeypatch.setattr(model_cache, "train_small_model", interrupted)
+    for changed in ({"seed": 1}, {"config": DemoModelConfig.tiny(lm_steps=31)}):
+        kwargs = {"config": DemoModelConfig.tiny(), "seed": 0, **changed}
+        with pytest.raises(Interrupted):
+            model_cache.ensure_demo_model(
+                cache, studies=demo_split, budget_s=None, progress=False, log=None, **kwargs
+            )
+    assert calls == [1, 0]  # a new key means training, not the cached folder
+    # an interrupted training leaves nothing behind that could pass for a cached model
+    models = cache / "models"
+    assert sorted(p.name for p in models.iterdir()) == [path.name]
+
+
+def test_key_covers_data_config_and_code(demo_split):
+    cfg = DemoModelConfig.tiny()
+    key = model_cache.demo_model_key(demo_split.train, cfg)
+    assert key == model_cache.demo_model_key(list(demo_split.train), cfg)
+    assert key["key"] != model_cache.demo_model_key(demo_split.train[1:], cfg)["key"]
+    assert key["config"] != model_cache.demo_model_key(demo_split.train, cfg, seed=3)["config"]
+    assert len(key["code"]) == 64
+
+
+def test_errors(demo_split, tmp_path):
+    with pytest.raises(ValueError, match="validation studies"):
+        train_small_model(demo_split.train, [], tmp_path, config=DemoModelConfig.tiny(), log=None)
+    with pytest.raises(ValueError, match="training studies"):
+        train_small_model([], demo_split.held_out, tmp_path, log=None)
+    with pytest.raises(ValueError, match="rendered at 112 px"):
+        model_cache.ensure_demo_model(
+            tmp_path, studies=demo_split, config=DemoModelConfig.tiny(image_size=224), log=None
+        )
+    with pytest.raises(ValueError, match="too few"):
+        model_cache.split_validation(demo_split.train[:2])
+
+
+def test_threads_restored(trained):
+    before = torch.get_num_threads()
+    from sae_lens_maira.demo.small_model import torch_threads
+
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
