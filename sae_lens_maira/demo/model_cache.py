@@ -24,6 +24,8 @@ from sae_lens_maira.demo.studies import DemoStudies, demo_studies, studies_finge
 
 #: Code whose changes must retrain the model (relative to the package root).
 _CODE_DIRS = ("demo", "model", "processing")
+#: Files in those folders that only use a trained model (editing them must not retrain it).
+_NOT_TRAINING = {"demo/pipeline.py", "demo/summary.py", "demo/held_out.py", "demo/probes.py"}
 _KEY_FILE = "cache_key.json"
 #: Validation studies are carved out of the training split (never trained on).
 VALIDATION_FRACTION = 0.08
@@ -36,6 +38,8 @@ def code_fingerprint() -> str:
     h = hashlib.sha256()
     for sub in _CODE_DIRS:
         for path in sorted((root / sub).rglob("*.py")):
+            if path.relative_to(root).as_posix() in _NOT_TRAINING:
+                continue
             h.update(str(path.relative_to(root)).encode())
             h.update(path.read_bytes())
     return h.hexdigest()

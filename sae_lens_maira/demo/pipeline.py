@@ -20,13 +20,15 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from sae_lens_maira.demo.small_model import DemoModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -95,11 +97,15 @@ def run_demo(
     config: dict[str, Any] | None = None,
     cache_dir: str | Path | None = None,
     wheel: str | Path | None = None,
-    max_reports: int | None = None,
-    model_fn: Callable[..., Path] | None = None,
+    max_studies: int | None = None,
+    model_config: DemoModelConfig | None = None,
+    model_budget_s: float | None = 900.0,
 ) -> Path:
-    """Run the demo; returns the summary's path. ``max_reports`` / ``model_fn`` shrink it for tests."""
-    from sae_lens_maira import data as sources
+    """Run the demo; returns the summary's path.
+
+    ``max_studies`` (training studies; a third as many held out) and ``model_config`` (e.g.
+    ``DemoModelConfig.tiny()``) shrink it for tests; ``model_budget_s`` bounds model training.
+    """
     from sae_lens_maira.experiment import Experiment
 
     cfg = config or default_config()
@@ -118,32 +124,52 @@ def run_demo(
     os.environ.setdefault("WANDB_SILENT", "true")
 
     with run.step("1/8 data: Open-I reports + synthetic radiographs"):
-        wheel_path = Path(wheel) if wheel else sources.ensure_openi_wheel(cache / "openi")
-        reports = sources.load_openi_reports(wheel_path)
-        if max_reports:
-            reports = reports[:max_reports]
-        size = int(demo.get("image_size", 224))
-        renderer = sources.SyntheticXrayRenderer(size)
-        studies = sources.openi_studies(reports, renderer, image_dir=cache / "images")
-        train, held_out = sources.split_studies(studies, float(demo.get("held_out_fraction", 0.15)))
+        from sae_lens_maira.demo.studies import demo_studies
+
+        studies = demo_studies(
+            cache, wheel=wheel, image_size=int(demo.get("image_size", 112)),
+            held_out_fraction=float(demo.get("held_out_fraction", 0.2)),
+            workers=min(2, os.cpu_count() or 1), progress=True,
+        )  # fmt: skip
+        if max_studies:  # a reduced run: the first studies of each split, findings kept in
+            studies.train = _subset(studies.train, max_studies, findings)
+            studies.held_out = _subset(studies.held_out, max(8, max_studies // 3), findings)
+        train, held_out = studies.train, studies.held_out
         train_manifest = write_manifest(train, out / "data" / "openi_train.jsonl")
         held_manifest = write_manifest(held_out, out / "data" / "openi_held_out.jsonl")
+        counts = studies.counts()
         run.facts["data"] = {
-            "reports": len(reports),
-            "studies": len(studies),
+            "studies": len(train) + len(held_out),
             "train": len(train),
             "held_out": len(held_out),
-            "labels": {f: sum(s.labels.get(f, False) for s in studies) for f in findings},
-            "wheel": wheel_path.name,
+            "labels": {f: sum(counts[k][f] for k in counts) for f in findings},
+            "counts": counts,
+            "wheel": Path(studies.source).name,
         }
-        print(f"   {len(studies)} studies with findings ({len(train)} train, {len(held_out)} held out); "
+        print(f"   {len(train) + len(held_out)} studies with findings ({len(train)} train, "
+              f"{len(held_out)} held out); "
               + ", ".join(f"{f}: {n}" for f, n in run.facts["data"]["labels"].items()))  # fmt: skip
 
     with run.step("2/8 model: small MAIRA-2 trained on the training reports (cached)"):
-        if model_fn is None:
-            from sae_lens_maira.demo.small_model import ensure_demo_model as model_fn
-        checkpoint = model_fn(train, held_out, cache_dir=cache / "models")
-        run.facts["model"] = {"checkpoint": str(checkpoint)}
+        from sae_lens_maira.demo.held_out import evaluate_held_out
+        from sae_lens_maira.demo.model_cache import ensure_demo_model
+
+        checkpoint = ensure_demo_model(
+            cache, studies=studies, config=model_config, budget_s=model_budget_s, progress=True
+        )
+        report = evaluate_held_out(
+            checkpoint, studies, findings=findings, hooks=(cfg["cache"]["hook_name"],),
+            n_negatives=int(demo.get("held_out_negatives", 200)), progress=True,
+        )  # fmt: skip
+        run.facts["model"] = {
+            "checkpoint": str(checkpoint),
+            "generated": report["generated"],
+            "reference": report["reference"],
+            "probes": report["probes"],
+            "distinct_generations": report["distinct_generations"],
+            "n_generated": report["n_generated"],
+            "samples": report["samples"][:3],
+        }
 
     cfg = json.loads(json.dumps(cfg))  # our own copy
     cfg["model"]["checkpoint"] = str(checkpoint)
@@ -199,6 +225,15 @@ def run_demo(
         summary = write_summary(run)
         print(f"   {summary}")
     return summary
+
+
+def _subset(studies: list, n: int, findings: tuple[str, ...]) -> list:
+    """``n`` studies with every finding's positives represented (first come, deterministic)."""
+    chosen: list = []
+    for f in findings:
+        chosen += [s for s in studies if s.labels.get(f) and s not in chosen][: max(2, n // 8)]
+    chosen += [s for s in studies if s not in chosen][: max(0, n - len(chosen))]
+    return chosen[:n] if len(chosen) > n else chosen
 
 
 def checkpoint_curve(exp, checkpoints: Path | None) -> list[dict[str, float]]:

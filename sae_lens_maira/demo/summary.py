@@ -55,11 +55,11 @@ def write_summary(run: Any) -> Path:
         "",
         "## Data",
         "",
-        "| reports | studies with findings | train | held out | "
+        "| studies with findings | train | held out | "
         + " | ".join(f["data"]["labels"])
         + " |",
-        "|---|---|---|---|" + "---|" * len(f["data"]["labels"]),
-        f"| {f['data']['reports']} | {f['data']['studies']} | {f['data']['train']} | {f['data']['held_out']} | "
+        "|---|---|---|" + "---|" * len(f["data"]["labels"]),
+        f"| {f['data']['studies']} | {f['data']['train']} | {f['data']['held_out']} | "
         + " | ".join(str(v) for v in f["data"]["labels"].values())
         + " |",
         "",
@@ -69,19 +69,37 @@ def write_summary(run: Any) -> Path:
         "",
     ]
     model_dir = Path(f["model"]["checkpoint"])
-    report = model_dir / "training_report.json"
-    if report.is_file():
-        info = json.loads(report.read_text())
-        rates = info.get("held_out_mention_rates") or {}
-        if rates:
-            lines += ["Held-out studies: how often generated reports mention a finding, for studies with and "
-                      "without it (reference reports in brackets).", "",
-                      "| finding | generated, positives | generated, negatives | reference, positives |",
-                      "|---|---|---|---|"]  # fmt: skip
-            for name, r in rates.items():
-                lines.append(f"| {name} | {r.get('generated_pos', float('nan')):.0%} | "
-                             f"{r.get('generated_neg', float('nan')):.0%} | {r.get('reference_pos', float('nan')):.0%} |")  # fmt: skip
-            lines.append("")
+    gen, ref = f["model"].get("generated", {}), f["model"].get("reference", {})
+    if gen:
+        lines += [
+            "Held-out studies: how often the model's greedy findings mention each finding, for studies "
+            "with it (positives) and without it (negatives); the reference reports' rates for comparison. "
+            f"{f['model']['distinct_generations']} distinct reports out of {f['model']['n_generated']}.",
+            "",
+            "| finding | positives | generated, positives | generated, negatives "
+            "| reference, positives | reference, negatives |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, g in gen.items():
+            r = ref.get(name, {})
+            lines.append(
+                f"| {name} | {g['n_positives']} | {g['positives']:.0%} | {g['negatives']:.0%} "
+                f"| {r.get('positives', float('nan')):.0%} | {r.get('negatives', float('nan')):.0%} |"
+            )
+        lines.append("")
+    probes = f["model"].get("probes") or {}
+    for hook, groups in probes.items():
+        names = list(next(iter(groups.values())))
+        lines += [
+            f"Linear probes on `{hook}` (balanced accuracy on held-out studies, by position group): "
+            "what the SAE can find there.",
+            "",
+            "| positions | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+            *[f"| {g} | " + " | ".join(f"{row[n]:.2f}" for n in names) + " |"
+              for g, row in groups.items()],
+            "",
+        ]  # fmt: skip
     for png in sorted(model_dir.glob("*.png")):
         lines += [f"![{png.stem}]({_rel(png, out)})", ""]
 
