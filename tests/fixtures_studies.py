@@ -20,8 +20,12 @@ def manifest(tmp_path_factory):
     for i in range(9):
         frontal = root / f"f{i}.png"
         Image.fromarray(rng.integers(0, 255, (64, 60), dtype=np.uint8)).save(frontal)
-        rec = {"study_id": f"s{i}", "frontal": frontal.name, "indication": f"Cough for {i} days.",
-               "findings": REPORTS[i % 3]}
+        rec = {
+            "study_id": f"s{i}",
+            "frontal": frontal.name,
+            "indication": f"Cough for {i} days.",
+            "findings": REPORTS[i % 3],
+        }
         if i % 2:
             lateral = root / f"l{i}.png"
             Image.fromarray(rng.integers(0, 255, (60, 64), dtype=np.uint8)).save(lateral)
@@ -40,8 +44,14 @@ def experiment_yaml(tmp_path_factory, hub_checkpoint, manifest):
         cfg = {
             "model": {"checkpoint": str(hub_checkpoint), "device": "cpu", "dtype": "float32"},
             "data": {"source": "manifest", "path": str(manifest)},
-            "cache": {"hook_name": "blocks.1.hook_resid_post", "output_dir": out_name, "context_size": 16,
-                      "batch_size": 2, "shard_studies": 3, **cache},
+            "cache": {
+                "hook_name": "blocks.1.hook_resid_post",
+                "output_dir": out_name,
+                "context_size": 16,
+                "batch_size": 2,
+                "shard_studies": 3,
+                **cache,
+            },
         }
         import yaml
 

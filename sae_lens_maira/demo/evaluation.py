@@ -48,7 +48,11 @@ def generate_findings(
 
 @torch.no_grad()
 def teacher_forced_loss(
-    model: HookedMaira2, processor: Maira2Processor, studies: Sequence[Study], *, batch_size: int = 16
+    model: HookedMaira2,
+    processor: Maira2Processor,
+    studies: Sequence[Study],
+    *,
+    batch_size: int = 16,
 ) -> float:
     """Mean next-token loss over the report tokens of ``studies`` (EOS included)."""
     total, count = 0.0, 0
@@ -135,8 +139,12 @@ def evaluate_generation(
         "distinct": len(set(texts)),
         "n_studies": len(studies),
         "samples": [
-            {"study_id": s.study_id, "labels": {f: bool(s.labels.get(f)) for f in findings},
-             "generated": t, "reference": s.findings}
+            {
+                "study_id": s.study_id,
+                "labels": {f: bool(s.labels.get(f)) for f in findings},
+                "generated": t,
+                "reference": s.findings,
+            }
             for s, t in zip(studies, texts)
         ],  # fmt: skip
     }

@@ -102,8 +102,12 @@ def evaluate_held_out(
         "probes": probes,
         "timings": {"generation_s": gen_s, "probes_s": probe_s},
         "samples": [
-            {"study_id": s.study_id, "labels": {f: bool(s.labels.get(f)) for f in findings},
-             "generated": g, "reference": s.findings}
+            {
+                "study_id": s.study_id,
+                "labels": {f: bool(s.labels.get(f)) for f in findings},
+                "generated": g,
+                "reference": s.findings,
+            }
             for s, g in zip(gen_set, texts)
         ],  # fmt: skip
     }

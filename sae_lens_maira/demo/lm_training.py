@@ -83,7 +83,9 @@ class ImageScale:
         self.model = model
         with torch.no_grad():
             self.features = tower_patch_features(model, pixels)
-        self.last = [m for m in model.multi_modal_projector.layers if isinstance(m, torch.nn.Linear)][-1]
+        self.last = [
+            m for m in model.multi_modal_projector.layers if isinstance(m, torch.nn.Linear)
+        ][-1]
 
     @torch.no_grad()
     def __call__(self) -> float:
@@ -134,8 +136,12 @@ def _param_groups(
         {"params": no_decay, "lr": lr, "base_lr": lr, "weight_decay": 0.0},
         # decayed: image-token scale is free under RMSNorm, and unchecked it drifts far above
         # the text embeddings (which would swamp an SAE's reconstruction loss)
-        {"params": projector, "lr": projector_lr, "base_lr": projector_lr,
-         "weight_decay": projector_weight_decay},  # fmt: skip
+        {
+            "params": projector,
+            "lr": projector_lr,
+            "base_lr": projector_lr,
+            "weight_decay": projector_weight_decay,
+        },  # fmt: skip
     ]
 
 
@@ -391,4 +397,6 @@ def format_eval(result: dict) -> str:
         parts.append(f"{name} {rates['positives']:.0%}/{rates['negatives']:.0%}")
     if "distinct" in result:
         parts.append(f"{result['distinct']} distinct reports")
-    return "; ".join(parts) + (" (mention rate on positives/negatives)" if result.get("mentions") else "")
+    return "; ".join(parts) + (
+        " (mention rate on positives/negatives)" if result.get("mentions") else ""
+    )

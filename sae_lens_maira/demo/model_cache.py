@@ -78,7 +78,9 @@ def split_validation(
         ranked = sorted(train, key=lambda s: _hash_rank(s.study_id))
         val = ranked[:minimum]
     chosen = {s.study_id for s in val}
-    return [s for s in train if s.study_id not in chosen], [s for s in train if s.study_id in chosen]
+    return [s for s in train if s.study_id not in chosen], [
+        s for s in train if s.study_id in chosen
+    ]
 
 
 def _hash_rank(study_id: str) -> bytes:
@@ -128,8 +130,12 @@ def ensure_demo_model(
         )  # fmt: skip
         (tmp / _KEY_FILE).write_text(
             json.dumps(
-                {**key, "n_fit": len(fit), "n_validation": len(val),
-                 "held_out_ids": [s.study_id for s in studies.held_out]},
+                {
+                    **key,
+                    "n_fit": len(fit),
+                    "n_validation": len(val),
+                    "held_out_ids": [s.study_id for s in studies.held_out],
+                },
                 indent=2,
             )  # fmt: skip
         )

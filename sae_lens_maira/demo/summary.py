@@ -55,9 +55,7 @@ def write_summary(run: Any) -> Path:
         "",
         "## Data",
         "",
-        "| studies with findings | train | held out | "
-        + " | ".join(f["data"]["labels"])
-        + " |",
+        "| studies with findings | train | held out | " + " | ".join(f["data"]["labels"]) + " |",
         "|---|---|---|" + "---|" * len(f["data"]["labels"]),
         f"| {f['data']['studies']} | {f['data']['train']} | {f['data']['held_out']} | "
         + " | ".join(str(v) for v in f["data"]["labels"].values())

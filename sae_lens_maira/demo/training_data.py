@@ -207,7 +207,9 @@ class DemoTrainingSet:
         self.store = PixelStore(processor.image_processor)
         self.examples: list[Example] = []
         renderer = SyntheticXrayRenderer(processor.image_processor.crop_size)
-        sentences = GroundingSentences.from_studies(studies, self.findings) if grounding_targets else None
+        sentences = (
+            GroundingSentences.from_studies(studies, self.findings) if grounding_targets else None
+        )
         extra = extra_render_counts(studies, self.findings, positive_share, max_extra_renders)
         bar = tqdm(studies, desc="preparing training studies", disable=not progress)
         for i, study in enumerate(bar):
@@ -252,7 +254,11 @@ class DemoTrainingSet:
                         input_ids=genc.input_ids,
                         roles=genc.roles,
                         weights=report_token_weights(
-                            processor, genc.roles, genc.input_ids, variant, self.findings,
+                            processor,
+                            genc.roles,
+                            genc.input_ids,
+                            variant,
+                            self.findings,
                             mention_weight if kind == "normalized" else 1.0,
                         ),  # fmt: skip
                         variants=variants,
@@ -281,8 +287,10 @@ class DemoTrainingSet:
             else:
                 by_text[ex.text_key].append(i)
         for group in by_text.values():
-            chosen = group if len(group) <= self.max_copies_per_text else rng.sample(
-                group, self.max_copies_per_text
+            chosen = (
+                group
+                if len(group) <= self.max_copies_per_text
+                else rng.sample(group, self.max_copies_per_text)
             )
             for i in chosen:
                 ex = self.examples[i]
@@ -298,7 +306,9 @@ class DemoTrainingSet:
         window = batch_size * 8
         out = []
         for start in range(0, len(items), window):
-            chunk = sorted(items[start : start + window], key=lambda it: len(self.examples[it[0]].input_ids))
+            chunk = sorted(
+                items[start : start + window], key=lambda it: len(self.examples[it[0]].input_ids)
+            )
             out += [chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size)]
         rng.shuffle(out)
         return out

@@ -81,7 +81,11 @@ def pretrain_vision_tower(
     # balance rare findings: weight positives by (negatives / positives), capped
     pos = targets.sum(0)
     pos_weight = ((len(store) - pos) / pos.clamp(min=1.0)).clamp(max=20.0)
-    weights = torch.ones(n_targets) if target_weights is None else torch.tensor(target_weights, dtype=torch.float32)
+    weights = (
+        torch.ones(n_targets)
+        if target_weights is None
+        else torch.tensor(target_weights, dtype=torch.float32)
+    )
     if weights.shape != (n_targets,):
         raise ValueError(f"target_weights needs {n_targets} values, got {tuple(weights.shape)}")
     weights = weights / weights.mean()

@@ -1,7 +1,11 @@
 import pytest
 import torch
 
-from sae_lens_maira.analysis.finding_features import balanced_accuracy, best_thresholds, finding_detectors
+from sae_lens_maira.analysis.finding_features import (
+    balanced_accuracy,
+    best_thresholds,
+    finding_detectors,
+)
 
 
 def _brute(x, y):
@@ -36,9 +40,15 @@ def test_finding_detectors_pick_and_score_the_planted_feature():
     test = torch.rand(100, 32, generator=g)
     train[:, 7] += 2 * train_y
     test[:, 7] += 2 * test_y
-    det = finding_detectors(train, {"effusion": train_y.tolist()}, test, {"effusion": test_y.tolist()}, top=2)
+    det = finding_detectors(
+        train, {"effusion": train_y.tolist()}, test, {"effusion": test_y.tolist()}, top=2
+    )
     best = det["effusion"][0]
-    assert best.feature == 7 and best.train_balanced_accuracy == 1.0 and best.held_out_balanced_accuracy == 1.0
+    assert (
+        best.feature == 7
+        and best.train_balanced_accuracy == 1.0
+        and best.held_out_balanced_accuracy == 1.0
+    )
     assert best.held_out_positives == int(test_y.sum())
     with pytest.raises(ValueError, match="need positive and negative"):
         best_thresholds(train, torch.zeros(200, dtype=torch.bool))

@@ -85,7 +85,9 @@ def test_training_set_thins_duplicates_and_oversamples_positives(demo_split):
         items = data.epoch(random.Random(0), kind=kind)
         assert items and all(data.examples[i].kind == kind for i, _ in items)
     g = next(ex for ex in data.examples if ex.kind == "grounding")
-    twin = next(ex for ex in data.examples if ex.kind == "report" and ex.study_index == g.study_index)
+    twin = next(
+        ex for ex in data.examples if ex.kind == "report" and ex.study_index == g.study_index
+    )
     assert g.variants is twin.variants and len(g.input_ids) < len(twin.input_ids)
     batch = data.collate(epoch[:3])
     n_images = sum(len(data.examples[i].variants[v]) for i, v in epoch[:3])
@@ -133,7 +135,10 @@ def test_fit_logistic_matches_scipy():
 
     def objective(theta):
         z = xn @ theta[:-1] + theta[-1]
-        return float((weights * np.logaddexp(0, -(2 * yn - 1) * z)).sum() + 0.5 * l2 * theta[:-1] @ theta[:-1])
+        return float(
+            (weights * np.logaddexp(0, -(2 * yn - 1) * z)).sum()
+            + 0.5 * l2 * theta[:-1] @ theta[:-1]
+        )
 
     ref = minimize(objective, np.zeros(6), method="BFGS", options={"gtol": 1e-10}).x
     np.testing.assert_allclose(w.numpy(), ref[:-1], atol=1e-4)
@@ -180,7 +185,9 @@ def test_fingerprint_follows_texts_labels_and_size(demo_split):
 
 
 def _study(sid, findings, labels, render=None):
-    return Study(sid, np.zeros((4, 4)), findings=findings, labels=labels, meta={"render": render or {}})
+    return Study(
+        sid, np.zeros((4, 4)), findings=findings, labels=labels, meta={"render": render or {}}
+    )
 
 
 def test_grounding_sentences_pick_the_most_common_label_consistent_sentence():
@@ -208,10 +215,15 @@ def test_grounding_sentences_pick_the_most_common_label_consistent_sentence():
     assert "devices:absent" not in g.sentences  # nobody writes "no devices"
     # the same picture always gets the same words, whatever its own report said
     assert g.target(studies[2]) == "Mild cardiomegaly. Small left pleural effusion."
-    assert g.target(studies[6]) == "The heart is normal in size. No pleural effusion. Left-sided pacemaker."
+    assert (
+        g.target(studies[6])
+        == "The heart is normal in size. No pleural effusion. Left-sided pacemaker."
+    )
     assert g.target(_study("h", "", {}, {})) == "The heart is normal in size. No pleural effusion."
     # normalized report: the image-decided sentences first, then the rest of the report
-    extra = _study("i", "Lungs are clear. Heart is enlarged. Old rib fracture.", {"cardiomegaly": True})
+    extra = _study(
+        "i", "Lungs are clear. Heart is enlarged. Old rib fracture.", {"cardiomegaly": True}
+    )
     assert g.normalized_report(extra) == (
         "Mild cardiomegaly. No pleural effusion. Lungs are clear. Old rib fracture."
     )

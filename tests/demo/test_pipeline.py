@@ -49,7 +49,10 @@ def test_every_step_leaves_its_output(demo_out):
     from sae_lens import SAE
 
     sae = SAE.load_from_disk(facts["sae"]["path"])
-    assert type(sae).__name__ == "MatryoshkaSAE" and sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+    assert (
+        type(sae).__name__ == "MatryoshkaSAE"
+        and sae.cfg.metadata.hook_name == "blocks.1.hook_resid_post"
+    )
     assert facts["sae_curve"] and all(0 < c["l0"] for c in facts["sae_curve"])
     # dashboards: Neuronpedia export, viewer pages, explanations scored
     dash = facts["dashboards"]

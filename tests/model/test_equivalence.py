@@ -147,8 +147,12 @@ def test_fused_attention_equals_transformerlens_eager_attention(model, tokenizer
     """Hooking the pattern switches to TransformerLens's eager code; both give the same outputs."""
     ids, mask, pixels, _ = _batch(tokenizer)
     with torch.no_grad():
-        fused, c1 = model.run_with_cache(ids, attention_mask=mask, pixel_values=pixels,
-                                         names_filter=lambda n: n.endswith("hook_z"))
+        fused, c1 = model.run_with_cache(
+            ids,
+            attention_mask=mask,
+            pixel_values=pixels,
+            names_filter=lambda n: n.endswith("hook_z"),
+        )
         eager, c2 = model.run_with_cache(ids, attention_mask=mask, pixel_values=pixels)
     assert "blocks.0.attn.hook_pattern" in c2 and "blocks.0.attn.hook_pattern" not in c1
     real = mask.bool()

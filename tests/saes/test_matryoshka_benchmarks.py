@@ -57,7 +57,12 @@ def test_synthetic_quality_benchmark_reports_every_metric(tmp_path: Path) -> Non
     )  # fmt: skip
     record = json.loads(out.read_text())
     metrics = record["runs"][0]["metrics"]
-    assert set(metrics) == {"ours", "ours_library_defaults", "saelens_matryoshka", "saelens_batchtopk"}
+    assert set(metrics) == {
+        "ours",
+        "ours_library_defaults",
+        "saelens_matryoshka",
+        "saelens_batchtopk",
+    }
     for values in metrics.values():
         for key in ("explained_variance", "l0", "dead_latents", "mcc", "parent_miss_with_child"):
             assert key in values
