@@ -69,7 +69,10 @@ def default_config() -> dict[str, Any]:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("SAE_LENS_MAIRA_CACHE", Path.home() / ".cache" / "sae-lens-maira"))
+    """The project's cache root (wheel, renders, models): the parent of the Open-I wheel's folder."""
+    from sae_lens_maira.data.openi import default_cache_dir as openi_dir
+
+    return openi_dir().parent
 
 
 def write_manifest(studies, path: Path) -> Path:

@@ -286,6 +286,25 @@ class MatryoshkaTrainingSAE(_Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfi
         return self.reshape_fn_out(sae_out, self.d_head)
 
     @override
+    @override
+    def log_histograms(self) -> dict[str, Any]:
+        """Weight-norm histograms for wandb, minus any that are constant.
+
+        Decoder rows are unit norm by construction (and encoder columns start that way); wandb's
+        64-bin histogram of values equal to within float rounding raises ``Too many bins``
+        mid-training, so only histograms with a real spread are logged.
+        """
+        norms = {
+            "weights/W_dec_norms": self.W_dec.detach().float().norm(dim=1),
+            "weights/W_enc_norms": self.W_enc.detach().float().norm(dim=0),
+        }
+        out = {}
+        for name, v in norms.items():
+            spread = float(v.max() - v.min())
+            if spread > 1e-3 * max(float(v.abs().max()), 1e-12):
+                out[name] = v.cpu().numpy()
+        return out
+
     def calculate_aux_loss(
         self,
         step_input: TrainStepInput,

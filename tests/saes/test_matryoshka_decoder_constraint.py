@@ -61,3 +61,19 @@ def test_hook_follows_parameters_replaced_by_saelens_loaders(tmp_path) -> None:
     assert (loaded.W_dec.grad * loaded.W_dec).sum(1).abs().max() < 1e-5
     opt.step()
     torch.testing.assert_close(loaded.W_dec.norm(dim=1), torch.ones(32))
+
+
+def test_weight_histograms_for_wandb_skip_constant_norms() -> None:
+    """SAETrainer hands log_histograms() to wandb.Histogram, which raises on unit-norm rows."""
+    import wandb
+
+    sae = _sae()
+    hists = sae.log_histograms()
+    assert "weights/W_dec_norms" not in hists  # unit norm: constant up to rounding
+    for value in hists.values():
+        wandb.Histogram(value)
+    with torch.no_grad():
+        sae.W_enc.mul_(torch.linspace(0.5, 2.0, 32))
+    hists = sae.log_histograms()
+    assert set(hists) == {"weights/W_enc_norms"}
+    wandb.Histogram(hists["weights/W_enc_norms"])

@@ -24,7 +24,13 @@ def _exp(tmp_path, hub_checkpoint, manifest, **train):
             "batch_size": 4,
             "shard_studies": 8,
         },
-        "sae": {"architecture": "batchtopk", "expansion_factor": 4, "k": 8},
+        "sae": {
+            "architecture": "matryoshka",
+            "expansion_factor": 4,
+            "k": 8,
+            "group_fractions": [0.125, 0.375, 0.5],
+            "threshold_start_step": 10,
+        },
         "train": {
             "training_tokens": 12_000,
             "train_batch_size_tokens": 128,
