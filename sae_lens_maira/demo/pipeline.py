@@ -115,7 +115,7 @@ def run_demo(
     demo = cfg.get("demo", {})
     findings = tuple(demo.get("findings", FINDINGS))
     out = Path(out_dir).resolve()
-    for stale in ("activations", "checkpoints", "sae", "dashboards", "steering", "wandb"):
+    for stale in ("activations", "checkpoints", "sae", "dashboards", "steering", "wandb", "model"):
         shutil.rmtree(
             out / stale, ignore_errors=True
         )  # a rerun starts clean (the model stays cached)
@@ -164,8 +164,13 @@ def run_demo(
             checkpoint, studies, findings=findings, hooks=(cfg["cache"]["hook_name"],),
             n_negatives=int(demo.get("held_out_negatives", 200)), progress=True,
         )  # fmt: skip
+        model_dir = out / "model"  # the model's own plots, copied so the summary stays portable
+        model_dir.mkdir(exist_ok=True)
+        for png in Path(checkpoint).glob("*.png"):
+            shutil.copy2(png, model_dir / png.name)
         run.facts["model"] = {
             "checkpoint": str(checkpoint),
+            "plots": [str(p) for p in sorted(model_dir.glob("*.png"))],
             "generated": report["generated"],
             "reference": report["reference"],
             "probes": report["probes"],
@@ -307,7 +312,7 @@ def dashboards_and_autointerp(held_exp, run: DemoRun, n_explain: int) -> dict[st
     from sae_lens_maira.dashboards.commands import collect, export, viewer
 
     stats_dir = collect(held_exp, run.out / "dashboards" / "stats")
-    finding_feats = sorted({rows[0]["feature"] for rows in run.facts["detectors"].values()})
+    finding_feats = sorted({r["feature"] for rows in run.facts["detectors"].values() for r in rows})
     from sae_lens_maira.dashboards.stats_store import FeatureStats
 
     stats = FeatureStats.load(stats_dir)
@@ -356,4 +361,12 @@ def steer_effusion(held_exp, run: DemoRun, held_out) -> dict[str, Any]:
     for coef, rate in rates:
         print(f"   coefficient {coef:g}: {rate:.0%} of reports mention pleural effusion")
     return {"feature": best, "rates": rates, "plot": str(folder / "steering.png"), "folder": str(folder),
-            "examples": {p.coefficient: p.reports[:3] for p in result.points}}  # fmt: skip
+            "examples": {p.coefficient: _examples(p.reports, "pleural_effusion") for p in result.points}}  # fmt: skip
+
+
+def _examples(reports: list[str], finding: str, n: int = 2) -> list[str]:
+    """Up to ``n`` reports, those that mention ``finding`` (positively) first."""
+    from sae_lens_maira.data.labeller import Status, label_report
+
+    positive = [r for r in reports if label_report(r, [finding])[finding] is Status.POSITIVE]
+    return (positive + [r for r in reports if r not in positive])[:n]

@@ -66,7 +66,6 @@ def write_summary(run: Any) -> Path:
         f"Checkpoint (hub layout, loads with `HookedMaira2.from_pretrained`): `{f['model']['checkpoint']}`",
         "",
     ]
-    model_dir = Path(f["model"]["checkpoint"])
     gen, ref = f["model"].get("generated", {}), f["model"].get("reference", {})
     if gen:
         lines += [
@@ -98,7 +97,7 @@ def write_summary(run: Any) -> Path:
               for g, row in groups.items()],
             "",
         ]  # fmt: skip
-    for png in sorted(model_dir.glob("*.png")):
+    for png in map(Path, f["model"].get("plots", [])):
         lines += [f"![{png.stem}]({_rel(png, out)})", ""]
 
     m = f["sae"]["metrics"]
@@ -119,7 +118,9 @@ def write_summary(run: Any) -> Path:
         f"| {metric('explained_variance')} | {metric('/l0')} | {metric('ce_loss_score')} | {metric('kl_div_score')} "
         f"| {metric('dead_latents_fraction')} |",
         "",
-        "(evaluated with the SAE spliced into the model on whole multimodal prompts)",
+        "(SAELens's evals with the SAE spliced into the model on whole multimodal prompts. Its CE loss "
+        "averages over every position, most of which predict image or prompt tokens the model was never "
+        "trained to predict, so the KL score is the informative one here.)",
         "",
     ]
     if curve_png:
@@ -167,7 +168,7 @@ def write_summary(run: Any) -> Path:
         "",
     ]
     for coef, reports in st["examples"].items():
-        lines.append(f"- coefficient {coef:g}: " + " / ".join(f"“{r[:160]}”" for r in reports[:2]))
+        lines.append(f"- coefficient {coef:g}: " + " / ".join(f"“{r[:300]}”" for r in reports[:2]))
     lines.append("")
     path = out / "summary.md"
     path.write_text("\n".join(lines))
