@@ -444,17 +444,6 @@ def main(argv: list[str] | None = None) -> None:
         if method not in METHODS:
             raise SystemExit(f"--lr: unknown method {method!r}; one of {METHODS}")
         setup.lr[method] = float(value)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        if not hasattr(setup, key):
-            raise SystemExit(f"--set: Setup has no field {key!r}")
-        parsed = json.loads(value)
-        setattr(setup, key, tuple(parsed) if isinstance(parsed, list) else parsed)
-    for item in args.lr:
-        method, _, value = item.partition("=")
-        if method not in METHODS:
-            raise SystemExit(f"--lr: unknown method {method!r}; one of {METHODS}")
-        setup.lr[method] = float(value)
     for item in args.ours:
         key, _, value = item.partition("=")
         if key == "lr":

@@ -138,16 +138,23 @@ def evaluate_generation(
         "score": mention_score(summary),
         "distinct": len(set(texts)),
         "n_studies": len(studies),
-        "samples": [
-            {
-                "study_id": s.study_id,
-                "labels": {f: bool(s.labels.get(f)) for f in findings},
-                "generated": t,
-                "reference": s.findings,
-            }
-            for s, t in zip(studies, texts)
-        ],  # fmt: skip
+        "samples": sample_records(studies, texts, findings),
     }
     if with_loss:
         result["val_loss"] = teacher_forced_loss(model, processor, studies, batch_size=batch_size)
     return result
+
+
+def sample_records(
+    studies: Sequence[Study], texts: Sequence[str], findings: Sequence[str]
+) -> list[dict]:
+    """One JSON record per study: its labels, the generated report and the reference."""
+    return [
+        {
+            "study_id": s.study_id,
+            "labels": {f: bool(s.labels.get(f)) for f in findings},
+            "generated": t,
+            "reference": s.findings,
+        }
+        for s, t in zip(studies, texts, strict=True)
+    ]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from sae_lens_maira.data.study import Study
-from sae_lens_maira.demo.evaluation import generate_findings, mention_summary
+from sae_lens_maira.demo.evaluation import generate_findings, mention_summary, sample_records
 from sae_lens_maira.demo.probes import probe_findings
 from sae_lens_maira.demo.studies import DEMO_FINDINGS, DemoStudies
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
@@ -101,15 +101,7 @@ def evaluate_held_out(
         "n_generated": len(texts),
         "probes": probes,
         "timings": {"generation_s": gen_s, "probes_s": probe_s},
-        "samples": [
-            {
-                "study_id": s.study_id,
-                "labels": {f: bool(s.labels.get(f)) for f in findings},
-                "generated": g,
-                "reference": s.findings,
-            }
-            for s, g in zip(gen_set, texts)
-        ],  # fmt: skip
+        "samples": sample_records(gen_set, texts, findings),
     }
     path.write_text(json.dumps(result, indent=2))
     if log:
