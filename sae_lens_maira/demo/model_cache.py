@@ -121,13 +121,33 @@ def ensure_demo_model(
             log(f"using the cached small model {final}")
         return final
     root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=root))
+    fit, val = split_validation(studies.train)
+    tmp: Path | None = None
     try:
-        fit, val = split_validation(studies.train)
-        train_small_model(
-            fit, val, tmp, config=config, budget_s=budget_s, seed=seed, threads=threads,
-            progress=progress, log=log,
-        )  # fmt: skip
+        # small models trained on CPU land differently from run to run; a run that does not
+        # learn to write every finding is retried with the next seed and the better one kept
+        for attempt in range(max(1, config.max_attempts)):
+            run_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=root))
+            train_small_model(
+                fit, val, run_dir, config=config, budget_s=budget_s, seed=seed + attempt,
+                threads=threads, progress=progress, log=log,
+            )  # fmt: skip
+            if tmp is None or mention_gap(run_dir) > mention_gap(tmp):
+                if tmp is not None:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                tmp = run_dir
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            gap = mention_gap(tmp)
+            if gap >= config.min_mention_gap:
+                break
+            if log and attempt + 1 < config.max_attempts:
+                log(
+                    f"the kept weights mention some finding for only {gap:.0%} more validation "
+                    f"positives than negatives (< {config.min_mention_gap:.0%}); retraining with "
+                    f"seed {seed + attempt + 1}"
+                )
+        assert tmp is not None
         (tmp / _KEY_FILE).write_text(
             json.dumps(
                 {
@@ -143,9 +163,27 @@ def ensure_demo_model(
             shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        for partial in root.glob(f".{final.name}.*.partial"):
+            shutil.rmtree(partial, ignore_errors=True)
         raise
     return final
+
+
+def mention_gap(model_dir: Path) -> float:
+    """The kept weights' smallest (positives - negatives) validation mention rate over findings.
+
+    -inf when the run recorded no validation of the kept step.
+    """
+    summary = json.loads((Path(model_dir) / SUMMARY_NAME).read_text())
+    kept = [e for e in summary.get("evals", []) if e.get("step") == summary.get("best_step")]
+    if not kept:
+        return float("-inf")
+    gaps = [
+        m["positives"] - m["negatives"]
+        for m in kept[-1].get("mentions", {}).values()
+        if m.get("n_positives") and m.get("n_negatives")
+    ]
+    return min(gaps) if gaps else float("-inf")
 
 
 def _models_dir(cache_dir: str | Path | None) -> Path:

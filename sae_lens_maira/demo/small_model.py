@@ -104,6 +104,10 @@ class DemoModelConfig:
     eval_per_finding: int = 12
     eval_negatives: int = 12
     eval_max_new_tokens: int = 80
+    # a run whose kept weights mention some finding for < min_mention_gap more positives than
+    # negatives (validation) is retrained with the next seed, up to max_attempts runs in all
+    min_mention_gap: float = 0.5
+    max_attempts: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -118,7 +122,7 @@ class DemoModelConfig:
             image_size=112, vocab_size=400, vision_steps=20, vision_batch_size=16, text_steps=5,
             text_warmup_steps=2, text_seq_len=64, lm_steps=30, grounding_steps=10,
             batch_size=4, warmup_steps=3, eval_every=15, eval_per_finding=2, eval_negatives=2,
-            eval_max_new_tokens=12,
+            eval_max_new_tokens=12, max_attempts=1,
             model_overrides={
                 "vision_hidden_size": 32, "vision_num_hidden_layers": 1,
                 "vision_num_attention_heads": 2, "text_hidden_size": 64,

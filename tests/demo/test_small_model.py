@@ -126,3 +126,44 @@ def test_threads_restored(trained):
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def _fake_run(gaps_by_seed):
+    """A stand-in for train_small_model that records a kept-step validation per seed."""
+
+    def train(fit, val, out, *, config, seed, **_):
+        gap = gaps_by_seed[seed]
+        mentions = {
+            f: {"positives": gap, "negatives": 0.0, "n_positives": 4, "n_negatives": 4}
+            for f in DEMO_FINDINGS
+        }
+        summary = {"seed": seed, "best_step": 10, "evals": [{"step": 10, "mentions": mentions}]}
+        (out / "demo_training.json").write_text(json.dumps(summary))
+        return out
+
+    return train
+
+
+@pytest.mark.parametrize(
+    ("gaps", "attempts", "kept_seed", "runs"),
+    [({0: 0.9, 1: 0.1}, 2, 0, 1), ({0: 0.1, 1: 0.8}, 2, 1, 2), ({0: 0.3, 1: 0.1}, 2, 0, 2)],
+)
+def test_a_run_that_misses_a_finding_is_retrained_with_the_next_seed(
+    tmp_path, monkeypatch, demo_split, gaps, attempts, kept_seed, runs
+):
+    calls = []
+    fake = _fake_run(gaps)
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs["seed"])
+        return fake(*args, **kwargs)
+
+    monkeypatch.setattr(model_cache, "train_small_model", counting)
+    config = DemoModelConfig.tiny(max_attempts=attempts, min_mention_gap=0.5)
+    path = model_cache.ensure_demo_model(
+        tmp_path, studies=demo_split, config=config, progress=False, log=None
+    )
+    assert len(calls) == runs
+    assert json.loads((path / "demo_training.json").read_text())["seed"] == kept_seed
+    assert model_cache.mention_gap(path) == pytest.approx(max(gaps[s] for s in calls))
+    assert not list((tmp_path / "models").glob(".*.partial"))  # losers are cleaned up
