@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -126,6 +127,7 @@ def ensure_demo_model(
     try:
         # small models trained on CPU land differently from run to run; a run that does not
         # learn to write every finding is retried with the next seed and the better one kept
+        started = time.perf_counter()
         for attempt in range(max(1, config.max_attempts)):
             run_dir = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=root))
             train_small_model(
@@ -140,6 +142,13 @@ def ensure_demo_model(
                 shutil.rmtree(run_dir, ignore_errors=True)
             gap = mention_gap(tmp)
             if gap >= config.min_mention_gap:
+                break
+            spent = time.perf_counter() - started
+            if budget_s is not None and spent * (attempt + 2) / (attempt + 1) > budget_s:
+                if log:
+                    log(
+                        f"kept the best of {attempt + 1} run(s): another would exceed {budget_s:.0f} s"
+                    )
                 break
             if log and attempt + 1 < config.max_attempts:
                 log(
