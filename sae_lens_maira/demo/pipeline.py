@@ -225,7 +225,7 @@ def run_demo(
         )
 
     with run.step("7/8 steer: the effusion feature's direction on studies without effusion"):
-        run.facts["steering"] = steer_effusion(held_exp, run, held_out)
+        run.facts["steering"] = steer_effusion(held_exp, run, held_out, exp, train)
 
     with run.step("8/8 summary"):
         from sae_lens_maira.demo.summary import write_summary
@@ -346,22 +346,86 @@ def dashboards_and_autointerp(held_exp, run: DemoRun, n_explain: int) -> dict[st
     }
 
 
-def steer_effusion(held_exp, run: DemoRun, held_out) -> dict[str, Any]:
+def steer_effusion(held_exp, run: DemoRun, held_out, train_exp=None, train=None) -> dict[str, Any]:
+    """Sweep the effusion feature's direction on held-out studies without effusion.
+
+    Which feature: the effusion detectors on image/prompt positions and on report positions are
+    candidates (a feature that reads effusion off the image need not be one that writes it);
+    a short sweep on training studies without effusion picks the one that raises mentions most.
+    """
+    from sae_lens_maira.experiment import Experiment
     from sae_lens_maira.steering.commands import steer
 
-    best = run.facts["detectors"]["pleural_effusion"][0]["feature"]
+    candidates = [d["feature"] for d in run.facts["detectors"]["pleural_effusion"]]
+    screening: dict[int, float] = {}
+    if train_exp is not None and train:
+        candidates += [
+            f for f in report_detectors(train_exp, "pleural_effusion") if f not in candidates
+        ]
+        screening = screen_steering(
+            train_exp, candidates, [s for s in train if not s.labels.get("pleural_effusion")]
+        )
+    best = max(candidates, key=lambda f: screening.get(f, 0.0)) if screening else candidates[0]
     negatives = [s for s in held_out if not s.labels.get("pleural_effusion")]
     n = int(held_exp.section("steer").get("n_studies", 48))
     path = write_manifest(negatives[:n], run.out / "data" / "steer.jsonl")
-    from sae_lens_maira.experiment import Experiment
-
     steer_exp = Experiment.from_yaml(run.out / "experiment.yaml", {"data.path": str(path)})
     result, folder = steer(steer_exp, [best], "pleural_effusion")
     rates = result.mention_rate()
     for coef, rate in rates:
         print(f"   coefficient {coef:g}: {rate:.0%} of reports mention pleural effusion")
     return {"feature": best, "rates": rates, "plot": str(folder / "steering.png"), "folder": str(folder),
+            "candidates": candidates, "screening": screening,
             "examples": {p.coefficient: _examples(p.reports, "pleural_effusion") for p in result.points}}  # fmt: skip
+
+
+def report_detectors(exp, finding: str, top: int = 3) -> list[int]:
+    """Features whose maximum over the *report* positions of training studies detects ``finding``."""
+    import datasets
+    from sae_lens import SAE
+
+    from sae_lens_maira.analysis.finding_features import (
+        finding_detectors,
+        labels_of,
+        study_maxima_from_cache,
+    )
+    from sae_lens_maira.processing.roles import Role
+
+    hook = exp.section("cache")["hook_name"]
+    studies = exp.load_studies()
+    sae = SAE.load_from_disk(str(exp.path(exp.section("train").get("output_dir", "sae"))))
+    scores = study_maxima_from_cache(
+        datasets.load_from_disk(str(exp.path("activations/train"))), sae, hook, len(studies),
+        roles=(Role.REPORT,),
+    )  # fmt: skip
+    rows = finding_detectors(scores, labels_of(studies, [finding]), top=top)[finding]
+    return [r.feature for r in rows]
+
+
+def screen_steering(exp, features: list[int], studies, n_studies: int = 12) -> dict[int, float]:
+    """Each feature's best effusion-mention rate over the sweep's non-zero coefficients on a few
+    training studies (the held-out sweep is then run with the winner only)."""
+    from sae_lens import SAE
+
+    from sae_lens_maira.steering.hooks import feature_directions
+    from sae_lens_maira.steering.sweep import steering_sweep
+
+    spec = exp.section("steer")
+    model, processor = exp.load_model(), exp.load_processor()
+    sae = SAE.load_from_disk(str(exp.path(exp.section("train").get("output_dir", "sae"))))
+    coefficients = [c for c in spec.get("coefficients", [10, 20, 30]) if c]
+    out = {}
+    for f in features:
+        result = steering_sweep(
+            model, processor, studies[:n_studies], direction=feature_directions(sae.W_dec, f),
+            hook_name=spec.get("hook_name") or exp.section("cache")["hook_name"],
+            coefficients=coefficients, finding="pleural_effusion", features=[f],
+            positions=spec.get("positions", "generated"), batch_size=int(spec.get("batch_size", 4)),
+            max_new_tokens=int(spec.get("max_new_tokens", 48)),
+        )  # fmt: skip
+        out[f] = max(rate for _, rate in result.mention_rate())
+        print(f"   screening feature {f} on training studies: up to {out[f]:.0%} mention effusion")
+    return out
 
 
 def _examples(reports: list[str], finding: str, n: int = 2) -> list[str]:

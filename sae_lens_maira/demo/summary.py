@@ -157,8 +157,14 @@ def write_summary(run: Any) -> Path:
     lines += [
         "## Steering",
         "",
-        f"Feature {st['feature']} (best effusion detector) added along its decoder direction at generated "
-        "positions, on held-out studies without effusion; reports labelled by the rule-based labeller.",
+        f"Feature {st['feature']} added along its decoder direction at generated positions, on held-out "
+        "studies without effusion; reports labelled by the rule-based labeller. The feature was chosen "
+        "among the effusion detectors (image/prompt positions and report positions: "
+        + ", ".join(
+            f"{c} ({st['screening'][c]:.0%})" if c in st.get("screening", {}) else str(c)
+            for c in st.get("candidates", [st["feature"]])
+        )
+        + ") by the highest mention rate a short sweep reached on training studies without effusion.",
         "",
         "| coefficient | reports mentioning pleural effusion |",
         "|---|---|",

@@ -76,6 +76,10 @@ def test_summary_reports_detectors_model_card_and_steering(demo_out):
     assert model["probes"]["blocks.1.hook_resid_post"]
     steering = facts["steering"]
     assert [c for c, _ in steering["rates"]] == [0, 8]
+    # the steered feature is the candidate whose screening sweep on training studies did best
+    screening = {int(k): v for k, v in steering["screening"].items()}
+    assert set(screening) == set(steering["candidates"]) and steering["feature"] in screening
+    assert screening[steering["feature"]] == max(screening.values())
     assert (root / "out" / "steering").rglob("steering.png")
     text = summary.read_text()
     for heading in ("## Data", "## Model", "## SAE", "## Features that detect each finding",
