@@ -359,8 +359,11 @@ def steer_effusion(held_exp, run: DemoRun, held_out, train_exp=None, train=None)
     candidates = [d["feature"] for d in run.facts["detectors"]["pleural_effusion"]]
     screening: dict[int, float] = {}
     if train_exp is not None and train:
+        n_report = int(train_exp.section("demo", required=False).get("steer_report_candidates", 8))
         candidates += [
-            f for f in report_detectors(train_exp, "pleural_effusion") if f not in candidates
+            f
+            for f in report_detectors(train_exp, "pleural_effusion", top=n_report)
+            if f not in candidates
         ]
         screening = screen_steering(
             train_exp, candidates, [s for s in train if not s.labels.get("pleural_effusion")]

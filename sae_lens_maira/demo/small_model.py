@@ -91,8 +91,7 @@ class DemoModelConfig:
     normalized_mix: float = 0.5
     ema_decay: float = 0.99
     # language model
-    lm_steps: int = 700  # ~half the runs miss a finding: see max_attempts (1400 always wrote
-    # every finding but was no longer steerable at layer 1)
+    lm_steps: int = 1400  # 700 left about half the runs writing a normal heart for every study
     batch_size: int = 4
     lr: float = 1e-3
     projector_lr: float = 1e-3
@@ -101,7 +100,7 @@ class DemoModelConfig:
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.01
     # validation during training
-    eval_every: int = 175
+    eval_every: int = 280
     eval_per_finding: int = 12
     eval_negatives: int = 12
     eval_max_new_tokens: int = 80

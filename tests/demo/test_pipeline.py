@@ -21,7 +21,10 @@ def reduced_config() -> dict:
     cfg["cache"].update(batch_size=4, shard_studies=16)
     cfg["steer"].update(coefficients=[0, 8], n_studies=3, max_new_tokens=6)
     cfg["dashboards"].update(limit=16)
-    cfg["demo"].update(held_out_negatives=4, autointerp_top_features=4, top_features_per_finding=2)
+    cfg["demo"].update(
+        held_out_negatives=4, autointerp_top_features=4, top_features_per_finding=2,
+        steer_report_candidates=2,
+    )  # fmt: skip
     return cfg
 
 
