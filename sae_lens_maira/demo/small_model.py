@@ -106,7 +106,7 @@ class DemoModelConfig:
     eval_max_new_tokens: int = 80
     # a run whose kept weights mention some finding for < min_mention_gap more positives than
     # negatives (validation) is retrained with the next seed, up to max_attempts runs in all
-    min_mention_gap: float = 0.5
+    min_mention_gap: float = 0.6
     max_attempts: int = 2
 
     def to_dict(self) -> dict[str, Any]:
