@@ -7,11 +7,11 @@ latents exist per active one (N / k small).
 * CPU, measured (1 thread, B 1024, D 512, decode forward + backward, embedding_bag vs dense):
   N/k = 128: 22-31x, 32: 10x, 16: 4.7x, 8: 2.4-2.8x, 4: 1.5x, 2: 0.56x. Break-even near
   N/k = 3, so dense from N/k < 4; no absolute cap on k (k = 1024 of 8192 was still 2.4x).
-* CUDA, not measured here: the performance model (H100 bf16 ~790 TFLOP/s over ~3 TB/s) puts the
-  decoder-only break-even near N/k ~ 300 with pessimistic gather bandwidth; L2 reuse of frequent
-  latents, the sparse encoder backward and the one-pass Matryoshka decode move it lower, so the
-  rule switches to dense below N/k = 128. Calibrate with ``benchmarks/sparse_decode.py --device
-  cuda`` and adjust ``MIN_LATENTS_PER_ACTIVE``.
+* CUDA, measured on an H100 (bf16, B 4096, D 4096, k 64, ``benchmarks/results/sparse_decode_cuda.json``):
+  the Triton kernels are correct but lose to cuBLAS at N/k = 256 (decode 0.3x, encode 0.3x,
+  grouped Matryoshka decode 0.5x) and mostly at N/k = 1024 (decode 0.6x, encode 0.5x, grouped
+  1.1x), while using 0.3-0.8x the memory. So ``auto`` stays dense below N/k = 2048 on CUDA
+  until the kernels are tuned; ask for ``triton`` explicitly where memory matters more.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ DecoderImpl = Literal["auto", "triton", "embedding_bag", "dense"]
 IMPLS: tuple[str, ...] = get_args(DecoderImpl)
 
 #: ``auto`` runs dense when ``n_latents / k`` falls below this (per device type; see above).
-MIN_LATENTS_PER_ACTIVE: dict[str, float] = {"cpu": 4.0, "cuda": 128.0}
+MIN_LATENTS_PER_ACTIVE: dict[str, float] = {"cpu": 4.0, "cuda": 2048.0}
 #: For other device types (e.g. ``mps``), a middle-of-the-road guess.
 DEFAULT_MIN_LATENTS_PER_ACTIVE = 8.0
 
