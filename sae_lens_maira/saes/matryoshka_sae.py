@@ -45,6 +45,17 @@ TRAINING_ONLY_BUFFERS = ("num_tokens_since_fired", "norm_factor", "training_step
 _FP32_BUFFERS = ("threshold", "norm_factor")
 
 
+class _GlobalThresholdFolds:
+    """Folds shared by the training and inference classes: the decoder is unit norm already, and
+    an input scale folds into the biases and the global threshold."""
+
+    def fold_W_dec_norm(self) -> None:
+        _check_unit_norm_fold(self)
+
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        _fold_input_scale(self, scaling_factor)
+
+
 class _Fp32Buffers(nn.Module):
     """Keep scalar EMA state in float32 when the SAE moves to bf16/fp16 (as dictionary_learning)."""
 
@@ -122,7 +133,7 @@ def _fold_training_state(state_dict: dict[str, Any]) -> None:
             state_dict["threshold"] = state_dict["threshold"] * nf
 
 
-class MatryoshkaSAE(_Fp32Buffers, SAE[MatryoshkaSAEConfig]):
+class MatryoshkaSAE(_GlobalThresholdFolds, _Fp32Buffers, SAE[MatryoshkaSAEConfig]):
     """Inference Matryoshka BatchTopK SAE with a global activation threshold and nested groups."""
 
     b_enc: nn.Parameter
@@ -196,14 +207,6 @@ class MatryoshkaSAE(_Fp32Buffers, SAE[MatryoshkaSAEConfig]):
         return sae.to(device=device, dtype=str_to_dtype(cfg.dtype))
 
     @override
-    def fold_W_dec_norm(self) -> None:
-        _check_unit_norm_fold(self)
-
-    @override
-    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
-        _fold_input_scale(self, scaling_factor)
-
-    @override
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
         # Training checkpoints carry counters and the input norm factor: fold and drop them.
         _fold_training_state(state_dict)
@@ -211,7 +214,9 @@ class MatryoshkaSAE(_Fp32Buffers, SAE[MatryoshkaSAEConfig]):
             state_dict["threshold"] = state_dict["threshold"].float().reshape(())
 
 
-class MatryoshkaTrainingSAE(_Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfig]):
+class MatryoshkaTrainingSAE(
+    _GlobalThresholdFolds, _Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfig]
+):
     """Training twin: dictionary_learning's MatryoshkaBatchTopK loss with sparse kernels.
 
     Training state kept in the state dict (so checkpoints resume): ``threshold`` (EMA),
@@ -509,14 +514,6 @@ class MatryoshkaTrainingSAE(_Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfi
         )
         for name in _FP32_BUFFERS:
             state_dict[name] = state_dict[name].float().reshape(())
-
-    @override
-    def fold_W_dec_norm(self) -> None:
-        _check_unit_norm_fold(self)
-
-    @override
-    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
-        _fold_input_scale(self, scaling_factor)
 
     def to_inference_sae(self) -> MatryoshkaSAE:
         """The inference SAE this training SAE would save as (input scaling folded in)."""
