@@ -10,6 +10,7 @@ Order (descending value) is imposed once, in :meth:`sorted_state`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,52 +22,162 @@ PAD_ROLE = 10
 
 @dataclass
 class BatchView:
-    """What the buffers need from one batch, prepared once per batch on the collector's device."""
+    """What the buffers need from one batch, prepared once per batch on the collector's device.
 
-    acts: torch.Tensor  # [B, T, F] the batch's activations as given (read through `act_at`)
+    Activations are held only as the batch's counted positive entries (``nz_*``, O(nnz)); every
+    lookup is a scatter of those entries into the few slots that need them, never a gather from a
+    dense ``[B, T, F]`` array, so dense and sparse inputs cost the same after :meth:`_prepare`.
+    """
+
+    d_sae: int
     counted: torch.Tensor  # [B, T] bool positions that count (real, role not ignored)
     display_ids: torch.Tensor  # [B, T] int32 display ids (NO_TOKEN on padding)
     roles: torch.Tensor  # [B, T] int8
     is_image: torch.Tensor  # [B, T] bool
+    image_index: torch.Tensor  # [B, T] long image slot (-1 text)
+    patch_index: torch.Tensor  # [B, T] long patch within its image (-1 text)
     seq_max: torch.Tensor  # [B, F] float32 per-sequence max activation
     seq_argmax: torch.Tensor  # [B, F] long position of that max
     text_ctx_pos: torch.Tensor  # [B, C] long positions of the last C variable-text tokens (-1 none)
-    pos_map: torch.Tensor  # [B, n_images, P] long position of each patch (-1 none)
     grid_image: (
         torch.Tensor
     )  # [B, F] long image holding the feature's max image activation (-1 none)
     seq_offset: int  # global index of the batch's first sequence
-    nz_feat: torch.Tensor  # [nnz] feature of each counted positive activation
+    window_ids: torch.Tensor  # [B * T, W] int32 display ids of the window around each position
+    window_roles: torch.Tensor  # [B * T, W] int8 roles of that window
+    nz_row: torch.Tensor  # [nnz] flat position b * T + t of each counted positive activation
+    nz_key: torch.Tensor  # [nnz] b * F + feature: the (sequence, feature) pair it belongs to
+    nz_feat: torch.Tensor  # [nnz] its feature
     nz_vals: torch.Tensor  # [nnz] float32 its value
 
-    def act_at(
-        self, b: torch.Tensor, p: torch.Tensor, f: torch.Tensor | None = None
+    @property
+    def n_seq(self) -> int:
+        return self.counted.shape[0]
+
+    @property
+    def seq_len(self) -> int:
+        return self.counted.shape[1]
+
+    def feature_values(
+        self,
+        b: torch.Tensor,
+        f: torch.Tensor,
+        width: int,
+        column: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     ) -> torch.Tensor:
-        """Counted activations (float32, negatives as 0) at ``acts[b, p, f]`` (``f`` None: all features)."""
-        t, n_f = self.acts.shape[1], self.acts.shape[2]
-        row = b * t + p
-        keep = self.counted.reshape(-1).take(row)
-        if f is None:
-            return self.acts.reshape(-1, n_f)[row].float().clamp_min(0) * keep[..., None]
-        return self.acts.reshape(-1).take(row * n_f + f).float().clamp_min(0) * keep
+        """``[M, width]`` activations of feature ``f[m]`` in sequence ``b[m]`` (pairs unique), each
+        entry placed at ``column(m, row)`` (out of ``[0, width)``: dropped); zeros elsewhere."""
+        out = torch.zeros((b.numel(), width), device=self.nz_vals.device)
+        if not b.numel() or not self.nz_vals.numel():
+            return out
+        table = torch.full((self.n_seq * self.d_sae,), -1, dtype=torch.long, device=b.device)
+        table[b * self.d_sae + f] = torch.arange(b.numel(), device=b.device)
+        owner = table[self.nz_key]
+        sel = torch.nonzero(owner >= 0).squeeze(1)
+        owner = owner[sel]
+        col = column(owner, self.nz_row[sel])
+        ok = torch.nonzero((col >= 0) & (col < width)).squeeze(1)
+        out.view(-1)[owner[ok] * width + col[ok]] = self.nz_vals[sel[ok]]
+        return out
+
+    def window_values(
+        self, b: torch.Tensor, f: torch.Tensor, start: torch.Tensor, width: int
+    ) -> torch.Tensor:
+        """Activations of feature ``f[m]`` at positions ``start[m] .. start[m] + width - 1`` of ``b[m]``."""
+        t = self.seq_len
+        return self.feature_values(b, f, width, lambda m, row: row % t - start[m])
+
+    def rows_max(self, slot_of_row: torch.Tensor, n_slots: int) -> torch.Tensor:
+        """``[n_slots, F]`` max activation of every feature over the positions mapped to each slot
+        (``slot_of_row [B * T]``, -1 for positions outside every slot)."""
+        out = torch.zeros((n_slots, self.d_sae), device=self.nz_vals.device)
+        slot = slot_of_row[self.nz_row]
+        ok = slot >= 0
+        out.view(-1).scatter_reduce_(
+            0, slot[ok] * self.d_sae + self.nz_feat[ok], self.nz_vals[ok], "amax"
+        )
+        return out
 
 
 def gather_positions(
-    view: BatchView, b: torch.Tensor, f: torch.Tensor, pos: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Display ids, activations (float32) and roles at ``pos [M, W]`` of sequences ``b`` for features ``f``.
-
-    Positions < 0 or beyond the sequence give ``NO_TOKEN``, 0 and the PAD role.
-    """
-    t = view.acts.shape[1]
+    view: BatchView, b: torch.Tensor, pos: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Display ids and roles at ``pos [M, W]`` of sequences ``b`` (outside: ``NO_TOKEN``, PAD role)."""
+    t = view.seq_len
     ok = (pos >= 0) & (pos < t)
-    p = pos.clamp(0, t - 1)
-    bb = b[:, None].expand_as(p)
-    ids = torch.where(ok, view.display_ids[bb, p], torch.full_like(p, NO_TOKEN, dtype=torch.int32))
-    vals = view.act_at(bb, p, f[:, None].expand_as(p))
-    vals = torch.where(ok & (ids != NO_TOKEN), vals, torch.zeros_like(vals))
-    roles = torch.where(ok, view.roles[bb, p], torch.full_like(p, PAD_ROLE, dtype=torch.int8))
-    return ids.to(torch.int32), vals, roles.to(torch.int8)
+    row = b[:, None] * t + pos.clamp(0, t - 1)
+    ids = view.display_ids.reshape(-1).take(row)
+    ids = torch.where(ok, ids, torch.full((), NO_TOKEN, dtype=ids.dtype, device=ids.device))
+    roles = view.roles.reshape(-1).take(row)
+    roles = torch.where(ok, roles, torch.full((), PAD_ROLE, dtype=roles.dtype, device=roles.device))
+    return ids.to(torch.int32), roles.to(torch.int8)
+
+
+@dataclass
+class WindowRows:
+    """Context windows of (feature, sequence) pairs, extracted once per batch for every buffer."""
+
+    table: torch.Tensor  # [F * B] long row of pair f * B + b (-1 none)
+    n_seq: int
+    win_ids: torch.Tensor  # [M, W] int32
+    win_roles: torch.Tensor  # [M, W] int8
+    win_vals: torch.Tensor  # [M, W] float32
+    ctx_row: torch.Tensor  # [M] long row in the ctx_* arrays (-1: max not on an image, no context)
+    ctx_pos: torch.Tensor  # [K, C] int32 the prompt's last text positions (examples on an image)
+    ctx_ids: torch.Tensor  # [K, C] int32
+    ctx_roles: torch.Tensor  # [K, C] int8
+    ctx_vals: torch.Tensor  # [K, C] float32
+
+    def rows_of(self, f: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        rows = self.table[f * self.n_seq + b]
+        if bool((rows < 0).any()):
+            raise ValueError("WindowRows holds no window for some (feature, sequence) pairs")
+        return rows
+
+
+def extract_windows(
+    view: BatchView,
+    f: torch.Tensor,
+    b: torch.Tensor,
+    ctx_left: int,
+    ctx_right: int,
+    text_context: int,
+) -> WindowRows:
+    """Windows around the max token of feature ``f[m]`` in sequence ``b[m]`` (pairs unique), and the
+    prompt's last text tokens for examples whose max is an image patch."""
+    t, dev = view.seq_len, b.device
+    pos = view.seq_argmax[b, f]
+    row = b * t + pos
+    width = ctx_left + ctx_right + 1
+    m, c = b.numel(), text_context
+    table = torch.full((view.d_sae * view.n_seq,), -1, dtype=torch.long, device=dev)
+    table[f * view.n_seq + b] = torch.arange(m, device=dev)
+    out = WindowRows(
+        table=table,
+        n_seq=view.n_seq,
+        win_ids=view.window_ids.index_select(0, row),
+        win_roles=view.window_roles.index_select(0, row),
+        win_vals=view.window_values(b, f, pos - ctx_left, width),
+        ctx_row=torch.full((m,), -1, dtype=torch.long, device=dev),
+        ctx_pos=torch.empty((0, c), dtype=torch.int32, device=dev),
+        ctx_ids=torch.empty((0, c), dtype=torch.int32, device=dev),
+        ctx_roles=torch.empty((0, c), dtype=torch.int8, device=dev),
+        ctx_vals=torch.empty((0, c), device=dev),
+    )
+    # the prompt's last text tokens are shown only for examples whose max is an image patch
+    on_img = torch.nonzero(view.is_image.reshape(-1).take(row)).squeeze(1)
+    if c and on_img.numel():
+        bc, fc = b[on_img], f[on_img]
+        cpos = view.text_ctx_pos[bc]
+        col_of = torch.full((view.n_seq * t,), -1, dtype=torch.long, device=dev)
+        has = view.text_ctx_pos >= 0
+        rows = torch.arange(view.n_seq, device=dev)[:, None] * t + view.text_ctx_pos
+        col_of[rows[has]] = torch.arange(c, device=dev).expand_as(rows)[has]
+        out.ctx_row[on_img] = torch.arange(on_img.numel(), device=dev)
+        out.ctx_pos = cpos.to(torch.int32)
+        out.ctx_ids, out.ctx_roles = gather_positions(view, bc, cpos)
+        out.ctx_vals = view.feature_values(bc, fc, c, lambda i, r: col_of[r])
+    return out
 
 
 class ExampleBuffer:
@@ -100,6 +211,7 @@ class ExampleBuffer:
             self.ctx_ids = torch.full((f, s, c), NO_TOKEN, dtype=torch.int32, device=device)
             self.ctx_vals = torch.zeros((f, s, c), device=device)
             self.ctx_roles = torch.full((f, s, c), PAD_ROLE, dtype=torch.int8, device=device)
+            self.has_ctx = torch.zeros((f, s), dtype=torch.bool, device=device)
         if self.grids:
             self.grid_image = torch.full((f, s), -1, dtype=torch.int8, device=device)
             self.grid_vals = torch.zeros((f, s, n_patches), dtype=torch.float16, device=device)
@@ -122,9 +234,14 @@ class ExampleBuffer:
         return names
 
     def merge(
-        self, keep: torch.Tensor, view: BatchView, new_keys: torch.Tensor | None = None
+        self,
+        keep: torch.Tensor,
+        view: BatchView,
+        new_keys: torch.Tensor | None = None,
+        windows: WindowRows | None = None,
     ) -> None:
-        """Apply ``keep [F, S + B]``: drop old slots not kept, write kept batch sequences into free slots."""
+        """Apply ``keep [F, S + B]``: drop old slots not kept, write kept batch sequences into free
+        slots. ``windows`` holds the new winners' windows when several buffers share one extraction."""
         s = self.n_slots
         old_keep, new_keep = keep[:, :s], keep[:, s:]
         free = ~old_keep
@@ -139,38 +256,47 @@ class ExampleBuffer:
         free_order = torch.argsort((~free).to(torch.int8), dim=1, stable=True)  # free slots first
         si = free_order[fi, rank]
         pos = view.seq_argmax[bi, fi]
-        self.value[fi, si] = view.seq_max[bi, fi]
-        self.seq[fi, si] = bi + view.seq_offset
-        self.pos[fi, si] = pos.to(torch.int32)
+        slot = fi * s + si  # flat slot: one 1-D index_copy_ per field instead of 2-D index_put
+        self._put("value", slot, view.seq_max[bi, fi])
+        self._put("seq", slot, bi + view.seq_offset)
+        self._put("pos", slot, pos.to(torch.int32))
         if new_keys is not None:
-            self.key[fi, si] = new_keys[fi, bi]
+            self._put("key", slot, new_keys[fi, bi])
         if self.windows:
-            offs = torch.arange(-self.ctx_left, self.ctx_right + 1, device=pos.device)
-            ids, vals, roles = gather_positions(view, bi, fi, pos[:, None] + offs)
-            self.win_ids[fi, si], self.win_vals[fi, si], self.win_roles[fi, si] = ids, vals, roles
-            # the prompt's last text tokens are shown only for examples whose max is an image patch
-            img_c = view.is_image[bi, pos]
-            self.ctx_pos[fi, si] = -1
-            self.ctx_ids[fi, si] = NO_TOKEN
-            if self.ctx_ids.shape[2] and bool(img_c.any()):
-                fc, sc, bc = fi[img_c], si[img_c], bi[img_c]
-                cpos = view.text_ctx_pos[bc]
-                ids, vals, roles = gather_positions(view, bc, fc, cpos)
-                self.ctx_pos[fc, sc] = cpos.to(torch.int32)
-                self.ctx_ids[fc, sc], self.ctx_vals[fc, sc], self.ctx_roles[fc, sc] = (
-                    ids,
-                    vals,
-                    roles,
-                )
+            if windows is None:
+                windows = extract_windows(view, fi, bi, self.ctx_left, self.ctx_right,
+                                          self.ctx_ids.shape[2])  # fmt: skip
+            r = windows.rows_of(fi, bi)
+            for name in ("win_ids", "win_roles", "win_vals"):
+                self._put(name, slot, getattr(windows, name).index_select(0, r))
+            c_row = windows.ctx_row.index_select(0, r)
+            self._put("has_ctx", slot, c_row >= 0)  # ctx_* of slots without it: emptied on read
+            with_ctx = torch.nonzero(c_row >= 0).squeeze(1)
+            if with_ctx.numel():
+                c_row, c_slot = c_row[with_ctx], slot[with_ctx]
+                for name in ("ctx_pos", "ctx_ids", "ctx_roles", "ctx_vals"):
+                    self._put(name, c_slot, getattr(windows, name).index_select(0, c_row))
         if self.grids:
             img = view.grid_image[bi, fi]
-            ppos = view.pos_map[bi, img.clamp(min=0)]  # [M, P]
-            gvals = view.act_at(
-                bi[:, None].expand_as(ppos), ppos.clamp(min=0), fi[:, None].expand_as(ppos)
-            )
-            gvals = torch.where((ppos >= 0) & (img >= 0)[:, None], gvals, torch.zeros_like(gvals))
-            self.grid_image[fi, si] = img.to(torch.int8)
-            self.grid_vals[fi, si] = gvals.to(torch.float16)
+            n_p = self.grid_vals.shape[2]
+            img_flat, patch_flat = view.image_index.reshape(-1), view.patch_index.reshape(-1)
+
+            def patch_column(m: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+                on = (img_flat[row] == img[m]) & (img[m] >= 0)
+                return torch.where(on, patch_flat[row], torch.full_like(row, -1))
+
+            gvals = view.feature_values(bi, fi, n_p, patch_column)
+            self._put("grid_image", slot, img.to(torch.int8))
+            self._put("grid_vals", slot, gvals.to(torch.float16))
+
+    def _put(self, name: str, slot: torch.Tensor, values: torch.Tensor | int) -> None:
+        """Write ``values`` (one per flat slot ``feature * S + slot``, or a scalar) into field ``name``."""
+        arr = getattr(self, name)
+        flat = arr.view(-1, *arr.shape[2:])
+        if isinstance(values, int):
+            flat.index_fill_(0, slot, values)
+        else:
+            flat.index_copy_(0, slot, values.to(arr.dtype))
 
     def sorted_state(self, prefix: str) -> dict[str, torch.Tensor]:
         """Every field with slots in descending value order (empty slots last), keys ``prefix.name``."""
@@ -182,6 +308,11 @@ class ExampleBuffer:
             arr = getattr(self, name)
             idx = order.view(*order.shape, *([1] * (arr.ndim - 2))).expand(-1, -1, *arr.shape[2:])
             out[f"{prefix}.{name}"] = arr.gather(1, idx)
+        if self.windows:  # context only where the slot's example has one (see merge)
+            no_ctx = ~self.has_ctx.gather(1, order)[..., None]
+            for name, fill in (("ctx_pos", -1), ("ctx_ids", NO_TOKEN), ("ctx_roles", PAD_ROLE),
+                               ("ctx_vals", 0)):  # fmt: skip
+                out[f"{prefix}.{name}"] = out[f"{prefix}.{name}"].masked_fill(no_ctx, fill)
         empty = out[f"{prefix}.value"] < 0
         out[f"{prefix}.value"] = out[f"{prefix}.value"].masked_fill(empty, -1.0)
         out[f"{prefix}.seq"] = out[f"{prefix}.seq"].masked_fill(empty, -1)

@@ -21,7 +21,13 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from sae_lens_maira.dashboards.example_buffer import BatchView, ExampleBuffer, gather_positions
+from sae_lens_maira.dashboards.example_buffer import (
+    PAD_ROLE,
+    BatchView,
+    ExampleBuffer,
+    extract_windows,
+    gather_positions,
+)
 from sae_lens_maira.dashboards.records import (
     NO_TOKEN,
     DashboardMeta,
@@ -36,6 +42,9 @@ VARIABLE_TEXT_ROLES = (
     Role.INDICATION, Role.TECHNIQUE, Role.COMPARISON, Role.PRIOR_REPORT, Role.PHRASE, Role.REPORT,
 )  # fmt: skip
 _UNSET = -(2**30)
+_SCAN_CHUNK = 1 << 20
+_POS_BITS = 24
+_POS_LIMIT = 1 << _POS_BITS
 
 
 @dataclass
@@ -162,8 +171,7 @@ class FeatureStatsCollector:
         batch = batch.to(self.device)
         view = self._prepare(batch)
         self._update_counts(view, batch)
-        self._update_top(view)
-        self._update_quantiles(view)
+        self._update_examples(view)
         self._update_random_contexts(view, batch)
         self._update_corr(view, batch)
         self._update_thumbnails(batch, view.seq_offset)
@@ -177,18 +185,17 @@ class FeatureStatsCollector:
         return batch.mask & ~torch.isin(batch.roles, ignore)
 
     def _prepare(self, batch: SequenceBatch) -> BatchView:
-        """One dense pass finds the counted positive activations; every reduction then runs on those
-        (SAE codes are sparse), so the cost is O(B*T*F) once plus O(nnz)."""
+        """The counted positive activations (one scan of dense input, none for sparse input); every
+        reduction and lookup then runs on those (SAE codes are sparse), so a batch costs O(nnz)."""
         cfg = self.cfg
         counted = self._counted(batch)
-        raw = batch.feature_acts
-        b, t, f = raw.shape
-        flat = raw.reshape(-1, f)
-        pos, feat = torch.nonzero(flat > 0, as_tuple=True)
-        ok = counted.reshape(-1)[pos]
-        pos, feat = pos[ok], feat[ok]
-        vals = flat[pos, feat].float()
-        bi, ti = pos // t, pos % t
+        b, t, f = batch.feature_acts.shape
+        row, feat, vals = _positive_entries(batch.feature_acts)
+        ok = counted.reshape(-1).take(row)
+        if not bool(ok.all()):
+            keep = torch.nonzero(ok).squeeze(1)
+            row, feat, vals = row[keep], feat[keep], vals[keep]
+        bi, ti = row // t, row % t
         key = bi * f + feat
         seq_max, seq_argmax = _segment_max(key, vals, ti, b * f)
         is_img = batch.image_index >= 0
@@ -218,25 +225,29 @@ class FeatureStatsCollector:
                 f"image_index holds slot {int(batch.image_index.max())} but the collector was built "
                 f"with max_images={n_img}"
             )
-        pos_map = torch.full((b, n_img, self.n_patches), -1, dtype=torch.long, device=self.device)
-        pb, pt = torch.nonzero(is_img, as_tuple=True)
-        pos_map[pb, batch.image_index[pb, pt], batch.patch_index[pb, pt]] = pt
-        on_img = is_img[bi, ti]
+        on_img = is_img.reshape(-1).take(row)
         img_max, img_arg = _segment_max(key[on_img], vals[on_img], ti[on_img], b * f)
         img_of = batch.image_index.gather(1, img_arg.view(b, f))
         grid_image = torch.where(img_max.view(b, f) > 0, img_of, torch.full_like(img_of, -1))
         return BatchView(
-            acts=raw,
+            d_sae=f,
             counted=counted,
             display_ids=display,
             roles=batch.roles.to(torch.int8),
             is_image=is_img,
+            image_index=batch.image_index,
+            patch_index=batch.patch_index,
             seq_max=seq_max.view(b, f),
             seq_argmax=seq_argmax.view(b, f),
             text_ctx_pos=text_ctx_pos,
-            pos_map=pos_map,
             grid_image=grid_image,
             seq_offset=self.n_sequences,
+            window_ids=_windows(display, cfg.ctx_left, cfg.ctx_right, NO_TOKEN),
+            window_roles=_windows(
+                batch.roles.to(torch.int8), cfg.ctx_left, cfg.ctx_right, PAD_ROLE
+            ),
+            nz_row=row,
+            nz_key=key,
             nz_feat=feat,
             nz_vals=vals,
         )
@@ -259,10 +270,9 @@ class FeatureStatsCollector:
 
     def _bin(self, values: torch.Tensor, features: torch.Tensor, n_bins: int) -> torch.Tensor:
         """Bin index of each value under its feature's current range [0, 2**exp)."""
-        exp = self.exp[features]
-        exp = torch.where(exp == _UNSET, torch.zeros_like(exp), exp)
-        scale = torch.exp2(-exp.to(torch.float64)).to(torch.float32)
-        return (values.float() * scale * n_bins).long().clamp(0, n_bins - 1)
+        exp = torch.where(self.exp == _UNSET, torch.zeros_like(self.exp), self.exp)
+        scale = torch.exp2(-exp.to(torch.float64)).mul(n_bins).to(torch.float32)  # exact: 2**-e * n
+        return (values.float() * scale[features]).long().clamp(0, n_bins - 1)
 
     def _update_counts(self, view: BatchView, batch: SequenceBatch) -> None:
         self.n_tokens += int(view.counted.sum())
@@ -274,16 +284,26 @@ class FeatureStatsCollector:
         flat = feat * n + self._bin(vals, feat, n)
         self.hist += torch.bincount(flat, minlength=self.d_sae * n).view(self.d_sae, n)
 
-    def _update_top(self, view: BatchView) -> None:
-        for buf in (self.top, self.heat):
-            if buf is None:
-                continue
-            cand = torch.cat([buf.value, view.seq_max.T], dim=1)  # [F, S + B]
-            vals, idx = cand.topk(buf.n_slots, dim=1)
-            keep = torch.zeros_like(cand, dtype=torch.bool).scatter_(1, idx, vals > 0)
-            buf.merge(keep, view)
+    def _update_examples(self, view: BatchView) -> None:
+        """Top, heatmap and quantile buffers; windows of winners in both top and quantile buffers
+        are extracted once."""
+        keeps = [(buf, *self._top_keep(buf, view)) for buf in (self.top, self.heat) if buf]
+        keeps.append((self.quant, *self._quantile_keep(view)))
+        s_top, s_q = self.top.n_slots, self.quant.n_slots
+        pairs = torch.cat([keeps[0][1][:, s_top:], keeps[-1][1][:, s_q:]], dim=1)
+        b = view.n_seq
+        fi, bi = torch.nonzero(pairs[:, :b] | pairs[:, b:], as_tuple=True)
+        windows = extract_windows(view, fi, bi, self.cfg.ctx_left, self.cfg.ctx_right,
+                                  self.cfg.text_context)  # fmt: skip
+        for buf, keep, new_keys in keeps:
+            buf.merge(keep, view, new_keys=new_keys, windows=windows if buf.windows else None)
 
-    def _update_quantiles(self, view: BatchView) -> None:
+    def _top_keep(self, buf: ExampleBuffer, view: BatchView) -> tuple[torch.Tensor, None]:
+        cand = torch.cat([buf.value, view.seq_max.T], dim=1)  # [F, S + B]
+        vals, idx = cand.topk(buf.n_slots, dim=1)
+        return torch.zeros_like(cand, dtype=torch.bool).scatter_(1, idx, vals > 0), None
+
+    def _quantile_keep(self, view: BatchView) -> tuple[torch.Tensor, torch.Tensor]:
         """Bottom-k sketch per (feature, activation bin): keep the highest random priorities."""
         q, per = self.cfg.n_quantile_bins, self.cfg.n_per_quantile_bin
         buf, s = self.quant, self.quant.n_slots
@@ -310,8 +330,7 @@ class FeatureStatsCollector:
         first = torch.where(starts, ar, torch.zeros_like(ar)).cummax(dim=1).values
         rank = ar - first
         keep_sorted = svalid & (rank < per)
-        keep = torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted)
-        buf.merge(keep, view, new_keys=new_keys)
+        return torch.zeros_like(keep_sorted).scatter_(1, order, keep_sorted), new_keys
 
     def _update_random_contexts(self, view: BatchView, batch: SequenceBatch) -> None:
         """One random counted position per sequence enters a global reservoir of context windows."""
@@ -324,33 +343,27 @@ class FeatureStatsCollector:
         pos = torch.where(counted, noise, torch.full_like(noise, -1.0)).argmax(dim=1)
         keys = torch.rand(has.shape, generator=self.gen, device=self.device)
         keys = torch.where(has, keys, torch.full_like(keys, -1.0))
-        cand = torch.cat([self.rand_key, keys])
-        top, idx = cand.topk(n)
-        new = (idx >= n) & (top >= 0)
-        slots = torch.nonzero(new).flatten()
-        keep = idx.clamp(max=n - 1)
-        for name in ("rand_seq", "rand_pos", "rand_ids", "rand_roles", "rand_ctx_pos",
-                     "rand_ctx_ids", "rand_ctx_roles", "rand_max"):  # fmt: skip
-            setattr(self, name, getattr(self, name)[keep].clone())
-        self.rand_key = torch.where(top >= 0, top, torch.full_like(top, -1.0))
+        slots, b = _reservoir_update(self.rand_key, keys)
         if not slots.numel():
             return
-        b = idx[slots] - n
         p = pos[b]
         offs = torch.arange(-self.cfg.ctx_left, self.cfg.ctx_right + 1, device=self.device)
         wpos = p[:, None] + offs
-        zero_f = torch.zeros_like(b)
-        ids, _, roles = gather_positions(view, b, zero_f, wpos)
+        ids = view.window_ids.index_select(0, b * view.seq_len + p)
+        roles = view.window_roles.index_select(0, b * view.seq_len + p)
         cpos = view.text_ctx_pos[b]
-        cids, _, croles = gather_positions(view, b, zero_f, cpos)
+        cids, croles = gather_positions(view, b, cpos)
         show_ctx = view.is_image[b, p]  # the text context is shown only under image windows
         allpos = torch.cat(
             [wpos, torch.where(show_ctx[:, None], cpos, torch.full_like(cpos, -1))], 1
         )
-        ok = (allpos >= 0) & (allpos < view.acts.shape[1])
-        rows = view.act_at(b[:, None].expand_as(allpos), allpos.clamp(0, view.acts.shape[1] - 1))
-        rows = rows * ok[..., None]  # [M, W+C, F]
-        self.rand_max[slots] = rows.amax(dim=1)
+        t = view.seq_len
+        ok = (allpos >= 0) & (allpos < t)
+        slot_of_row = torch.full((view.n_seq * t,), -1, dtype=torch.long, device=self.device)
+        slot_of_row[(b[:, None] * t + allpos)[ok]] = torch.arange(b.numel(), device=self.device)[
+            :, None
+        ].expand_as(allpos)[ok]  # one slot per sequence, so no position is shared
+        self.rand_max[slots] = view.rows_max(slot_of_row, b.numel())
         self.rand_seq[slots] = b + view.seq_offset
         self.rand_pos[slots] = p.to(torch.int32)
         self.rand_ids[slots], self.rand_roles[slots] = ids, roles
@@ -364,15 +377,11 @@ class FeatureStatsCollector:
         counted = view.counted.reshape(-1)
         keys = torch.rand(counted.shape, generator=self.gen, device=self.device)
         keys = torch.where(counted, keys, torch.full_like(keys, -1.0))
-        top, idx = torch.cat([self.corr_key, keys]).topk(n)
-        keep = idx.clamp(max=n - 1)
-        self.corr_acts = self.corr_acts[keep]
-        new = torch.nonzero((idx >= n) & (top >= 0)).flatten()
-        if new.numel():
-            flat = idx[new] - n
-            t = view.acts.shape[1]
-            self.corr_acts[new] = view.act_at(flat // t, flat % t)
-        self.corr_key = top
+        slots, rows = _reservoir_update(self.corr_key, keys)
+        if slots.numel():
+            slot_of_row = torch.full_like(counted, -1, dtype=torch.long)
+            slot_of_row[rows] = torch.arange(rows.numel(), device=self.device)
+            self.corr_acts[slots] = view.rows_max(slot_of_row, rows.numel())
 
     def _update_thumbnails(self, batch: SequenceBatch, offset: int) -> None:
         """Keep thumbnails only of sequences that some heatmap slot still refers to."""
@@ -511,15 +520,72 @@ def collect_feature_stats(
     return collector.finalize(namer, meta, W_dec=W_dec, W_U=W_U)
 
 
+def _positive_entries(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Flat position ``b * T + t``, feature and float32 value of every positive entry of ``acts``
+    ``[B, T, F]``, dense (one scan) or sparse COO (read as is, as a top-k SAE's codes are)."""
+    b, t, f = acts.shape
+    if acts.layout == torch.sparse_coo:
+        acts = acts.coalesce()
+        idx, vals = acts.indices(), acts.values().float()
+        ok = vals > 0
+        return (idx[0] * t + idx[1])[ok], idx[2][ok], vals[ok]
+    flat = acts.reshape(-1)
+    # chunks keep the boolean mask and the values cached (one [B*T*F] mask costs page faults)
+    idx, vals = [], []
+    for i, chunk in enumerate(flat.split(_SCAN_CHUNK)):
+        local = torch.nonzero(chunk > 0).squeeze(1)
+        idx.append(local + i * _SCAN_CHUNK)
+        vals.append(chunk.take(local))
+    nz = torch.cat(idx)
+    row = nz // f
+    return row, nz - row * f, torch.cat(vals).float()
+
+
+def _reservoir_update(
+    keys: torch.Tensor, new_keys: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the ``n`` highest of ``keys`` (in place, unordered; < 0 is empty) and ``new_keys``:
+    returns ``(slots, winners)``, new entry ``winners[i]`` now owning slot ``slots[i]``. Only the
+    changed slots are written, so a reservoir of full activation rows costs O(winners) per batch."""
+    n = keys.numel()
+    top, idx = torch.cat([keys, new_keys]).topk(n)
+    winners = idx[(idx >= n) & (top >= 0)] - n
+    kept = torch.zeros(n, dtype=torch.bool, device=keys.device)
+    kept[idx[idx < n]] = True
+    free = torch.nonzero(~(kept & (keys >= 0))).squeeze(1)  # evicted or empty: enough for winners
+    slots = free[: winners.numel()]
+    keys[free] = -1.0
+    keys[slots] = new_keys[winners]
+    return slots, winners
+
+
+def _windows(x: torch.Tensor, left: int, right: int, fill: int) -> torch.Tensor:
+    """``[B * T, left + 1 + right]``: the window of ``x [B, T]`` around every position (``fill`` outside)."""
+    padded = torch.nn.functional.pad(x, (left, right), value=fill)
+    return padded.unfold(1, left + 1 + right, 1).reshape(-1, left + 1 + right)
+
+
 def _segment_max(
     key: torch.Tensor, vals: torch.Tensor, pos: torch.Tensor, n: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Max of ``vals`` per segment ``key`` in [0, n) and the first position holding it (0 if empty)."""
-    best = torch.zeros(n, device=vals.device).scatter_reduce_(0, key, vals, "amax")
-    at_max = vals == best[key]
-    first = torch.full((n,), torch.iinfo(torch.long).max, dtype=torch.long, device=vals.device)
-    first.scatter_reduce_(0, key[at_max], pos[at_max], "amin")
-    return best, torch.where(best > 0, first, torch.zeros_like(first))
+    """Max of ``vals`` (positive float32) per segment ``key`` in [0, n) and the first position holding
+    it (0 if empty), in one ``amax``: positive floats order like their bit patterns, so the value's
+    bits above the negated position make one sortable integer."""
+    if not vals.numel():
+        return torch.zeros(n, device=vals.device), torch.zeros(
+            n, dtype=torch.long, device=vals.device
+        )
+    if int(pos.max()) >= _POS_LIMIT:
+        raise ValueError(f"sequences longer than {_POS_LIMIT} tokens are not supported")
+    packed = (vals.view(torch.int32).long() << _POS_BITS) | (_POS_LIMIT - 1 - pos)
+    best = torch.zeros(n, dtype=torch.long, device=vals.device).scatter_reduce_(
+        0, key, packed, "amax"
+    )
+    value = (best >> _POS_BITS).to(torch.int32).view(torch.float32)
+    first = torch.where(
+        best > 0, _POS_LIMIT - 1 - (best & (_POS_LIMIT - 1)), torch.zeros_like(best)
+    )
+    return value, first
 
 
 def _thumbnail(image: Image.Image | None, size: int) -> Image.Image | None:

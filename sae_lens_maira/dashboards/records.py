@@ -28,13 +28,34 @@ def image_display_id(image: torch.Tensor | int, patch: torch.Tensor | int, n_pat
     return -2 - (image * n_patches + patch)
 
 
+def topk_feature_acts(indices: torch.Tensor, values: torch.Tensor, d_sae: int) -> torch.Tensor:
+    """Sparse COO ``[B, T, d_sae]`` feature activations from a top-k SAE's ``indices`` and ``values``
+    ``[B, T, k]`` (as ``torch.topk`` gives them), for :class:`SequenceBatch` without a dense copy."""
+    if indices.shape != values.shape or indices.ndim != 3:
+        raise ValueError(
+            f"indices and values must both be [batch, tokens, k], got {tuple(indices.shape)} "
+            f"and {tuple(values.shape)}"
+        )
+    if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= d_sae):
+        raise ValueError(f"indices must lie in [0, d_sae={d_sae})")
+    b, t, k = indices.shape
+    dev = indices.device
+    bi = torch.arange(b, device=dev).view(b, 1, 1).expand(b, t, k)
+    ti = torch.arange(t, device=dev).view(1, t, 1).expand(b, t, k)
+    coords = torch.stack([bi.reshape(-1), ti.reshape(-1), indices.reshape(-1).long()])
+    coo = torch.sparse_coo_tensor(coords, values.reshape(-1), (b, t, d_sae), check_invariants=False)
+    return coo.coalesce()  # indices were checked above
+
+
 @dataclass
 class SequenceBatch:
     """One batch of prompts with their SAE feature activations (shapes in the field comments)."""
 
     study_ids: list[str]  # [B]
     token_ids: torch.Tensor  # [B, T] long; image patch positions hold the image token id
-    feature_acts: torch.Tensor  # [B, T, d_sae] dense, any float dtype (bf16 on GPU is fine)
+    # [B, T, d_sae] any float dtype (bf16 on GPU is fine), dense or sparse COO (a top-k SAE's codes,
+    # see :func:`topk_feature_acts`; the statistics pass then skips its one dense scan)
+    feature_acts: torch.Tensor
     mask: torch.Tensor  # [B, T] bool, real (non-pad) positions
     roles: torch.Tensor  # [B, T] long, Role values
     image_index: torch.Tensor  # [B, T] long, image slot in prompt order, -1 for text
@@ -53,6 +74,11 @@ class SequenceBatch:
                 f"feature_acts must be [batch, tokens, d_sae], got shape {tuple(self.feature_acts.shape)}"
             )
         b, t, f = self.feature_acts.shape
+        if self.feature_acts.layout not in (torch.strided, torch.sparse_coo):
+            raise ValueError(
+                f"feature_acts must be dense or sparse COO, got layout {self.feature_acts.layout}; "
+                "convert it with .to_sparse_coo()"
+            )
         if not self.feature_acts.is_floating_point():
             raise ValueError(f"feature_acts must be a float tensor, got {self.feature_acts.dtype}")
         if d_sae is not None and f != d_sae:

@@ -261,3 +261,66 @@ def test_privacy_hides_study_text(stats):
     assert ex.study_id.startswith("study-")
     img = stats.top_examples(REGION_FEATURE, 1, private=True)[0]
     assert img.thumbnail is None and img.heatmap is not None
+
+
+def test_window_values_and_random_context_maxima_match_reference(synthetic, stats):
+    """Every stored window value is the counted activation at that position (zero outside)."""
+    acts, *_ = _reference(synthetic)
+    t = acts.shape[1]
+    left = stats.config["ctx_left"]
+    for prefix in ("top", "quant"):
+        seq, pos = stats.tensors[f"{prefix}.seq"], stats.tensors[f"{prefix}.pos"]
+        vals = stats.tensors[f"{prefix}.win_vals"]
+        for f in range(synthetic.d_sae):
+            for s in torch.nonzero(seq[f] >= 0).flatten().tolist():
+                p = torch.arange(vals.shape[2]) + int(pos[f, s]) - left
+                ok = (p >= 0) & (p < t)
+                ref = torch.zeros(vals.shape[2])
+                ref[ok] = acts[int(seq[f, s]), p[ok], f]
+                torch.testing.assert_close(vals[f, s], ref)
+    # non-activating examples are chosen by each feature's max over the shown window (+ context)
+    rseq, rpos = stats.tensors["rand_seq"], stats.tensors["rand_pos"]
+    for r in torch.nonzero(rseq >= 0).flatten().tolist():
+        lo = max(int(rpos[r]) - left, 0)
+        hi = int(rpos[r]) + stats.config["ctx_right"] + 1
+        window_max = acts[int(rseq[r]), lo:hi].amax(dim=0)
+        assert (stats.tensors["rand_max"][r] >= window_max).all()
+
+
+def test_sparse_input_gives_identical_statistics(synthetic, decoder):
+    """Sparse COO codes (a top-k SAE's output) and the same activations dense agree exactly."""
+    from sae_lens_maira.dashboards.records import topk_feature_acts
+
+    cfg = FeatureStatsConfig(n_top=6, ctx_left=4, ctx_right=2, text_context=5, n_random_contexts=20)
+    out = []
+    for sparse in (False, True):
+        c = FeatureStatsCollector(synthetic.d_sae, synthetic.grid, cfg)
+        for b in synthetic.batches:
+            acts = b.feature_acts
+            if sparse:  # as a top-k SAE hands them over: k largest per token, zeros included
+                v, i = acts.topk(8, dim=-1)
+                acts = topk_feature_acts(i, v, synthetic.d_sae)
+            c.update(SequenceBatch(b.study_ids, b.token_ids, acts, b.mask, b.roles, b.image_index,
+                                   b.patch_index, b.grid, b.images))  # fmt: skip
+        out.append(c.finalize(synthetic.namer, W_dec=decoder[0], W_U=decoder[1]))
+    assert max(int((b.feature_acts > 0).sum(-1).max()) for b in synthetic.batches) <= 8
+    dense, sparse = out
+    assert dense.tensors.keys() == sparse.tensors.keys()
+    for k, v in dense.tensors.items():
+        torch.testing.assert_close(sparse.tensors[k], v, msg=k, equal_nan=True)
+
+
+def test_topk_feature_acts_rejects_bad_codes():
+    from sae_lens_maira.dashboards.records import topk_feature_acts
+
+    i = torch.zeros(2, 3, 4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"\[batch, tokens, k\]"):
+        topk_feature_acts(i, torch.zeros(2, 3, 5), 10)
+    with pytest.raises(ValueError, match="d_sae=10"):
+        topk_feature_acts(i + 10, torch.zeros(2, 3, 4), 10)
+    b = SequenceBatch(["a"], torch.zeros(1, 3, dtype=torch.long),
+                      torch.zeros(1, 3, 10).to_sparse_csr(dense_dim=1), torch.ones(1, 3, dtype=torch.bool),
+                      torch.full((1, 3), int(Role.REPORT)), torch.full((1, 3), -1), torch.full((1, 3), -1),
+                      (2, 2))  # fmt: skip
+    with pytest.raises(ValueError, match="sparse COO"):
+        b.validate(10)
