@@ -72,9 +72,9 @@ def evaluate_held_out(
                 return cached
         except (OSError, json.JSONDecodeError):
             pass
-    from sae_lens_maira.demo.small_model import torch_threads
+    from sae_lens_maira.demo.small_model import reproducible_torch
 
-    with torch_threads(threads):
+    with reproducible_torch(threads):
         model = HookedMaira2.from_pretrained(model_dir, device="cpu")
         processor = Maira2Processor.from_pretrained(model_dir)
         t = time.perf_counter()

@@ -109,8 +109,6 @@ def run_demo(
     ``max_studies`` (training studies; a third as many held out) and ``model_config`` (e.g.
     ``DemoModelConfig.tiny()``) shrink it for tests; ``model_budget_s`` bounds model training.
     """
-    from sae_lens_maira.experiment import Experiment
-
     cfg = config or default_config()
     demo = cfg.get("demo", {})
     findings = tuple(demo.get("findings", FINDINGS))
@@ -121,6 +119,27 @@ def run_demo(
         )  # a rerun starts clean (the model stays cached)
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
+    from sae_lens_maira.demo.small_model import reproducible_torch
+
+    threads = demo.get("threads", 2)
+    with reproducible_torch(int(threads) if threads else None):
+        return _run_steps(out, cfg, demo, findings, cache, wheel, max_studies, model_config,
+                          model_budget_s)  # fmt: skip
+
+
+def _run_steps(
+    out: Path,
+    cfg: dict[str, Any],
+    demo: dict[str, Any],
+    findings: tuple[str, ...],
+    cache: Path,
+    wheel: str | Path | None,
+    max_studies: int | None,
+    model_config: DemoModelConfig | None,
+    model_budget_s: float | None,
+) -> Path:
+    from sae_lens_maira.experiment import Experiment
+
     run = DemoRun(out)
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_DIR", str(out))

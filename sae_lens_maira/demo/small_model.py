@@ -108,6 +108,9 @@ class DemoModelConfig:
     # negatives (validation) is retrained with the next seed, up to max_attempts runs in all
     min_mention_gap: float = 0.6
     max_attempts: int = 2
+    #: training threads, fixed so the model repeats bit for bit on another machine of the same
+    #: kind (the thread count changes reduction order); None: torch's default
+    threads: int | None = 2
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -135,15 +138,25 @@ class DemoModelConfig:
 
 
 @contextmanager
-def torch_threads(threads: int | None):
-    """Run with ``threads`` intra-op threads (None: leave torch's setting alone)."""
+def reproducible_torch(threads: int | None):
+    """Run with ``threads`` intra-op threads and deterministic algorithms, restoring both after.
+
+    Some CPU kernels split reductions across threads in a varying order; over a thousand steps
+    of training those last-bit differences grow into different models. With a fixed thread count
+    and deterministic algorithms a run repeats bit for bit on the same hardware and torch build.
+    ``threads=None`` leaves torch's thread setting alone.
+    """
     previous = torch.get_num_threads()
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     if threads:
         torch.set_num_threads(int(threads))
+    torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
         torch.set_num_threads(previous)
+        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
 
 
 def build_demo_model(
@@ -202,7 +215,8 @@ def train_small_model(
     say = log or (lambda _msg: None)
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
-    with torch_threads(threads), torch.random.fork_rng():
+    threads = config.threads if threads is None else threads
+    with reproducible_torch(threads), torch.random.fork_rng():
         torch.manual_seed(seed)
         model, processor = build_demo_model(config, train_studies, seed=seed)
         n_params = sum(p.numel() for p in model.parameters())

@@ -163,6 +163,7 @@ def train_sae(
     )
     if cfg.logger.log_to_wandb and resume_from is not None:
         cfg.logger.wandb_id = _wandb_id(resume_from)
+    torch.manual_seed(cfg.seed)  # SAELens does not seed: `seed` makes init and shuffling repeat
     runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model)
     if use_cache:
         runner.evaluator = LLMSaeEvaluator(

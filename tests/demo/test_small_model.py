@@ -119,13 +119,30 @@ def test_errors(demo_split, tmp_path):
         model_cache.split_validation(demo_split.train[:2])
 
 
-def test_threads_restored(trained):
-    before = torch.get_num_threads()
-    from sae_lens_maira.demo.small_model import torch_threads
+def test_settings_restored_after_a_reproducible_block():
+    from sae_lens_maira.demo.small_model import reproducible_torch
 
-    with torch_threads(1):
-        assert torch.get_num_threads() == 1
-    assert torch.get_num_threads() == before
+    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    with reproducible_torch(1):
+        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
+    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
+
+
+def test_training_repeats_bit_for_bit_with_two_threads(demo_split, tmp_path):
+    """Two threads without deterministic algorithms gave weights differing by ~5e-7 here, which
+    a thousand steps grow into a different model; the cached model must not depend on luck."""
+    from safetensors.torch import load_file
+
+    fit, val = model_cache.split_validation(demo_split.train)
+    cfg = DemoModelConfig.tiny(lm_steps=20, threads=2)
+    weights = []
+    for run in range(2):
+        out = train_small_model(fit, val, tmp_path / str(run), config=cfg, budget_s=None,
+                                progress=False, log=None)  # fmt: skip
+        weights.append(load_file(str(out / "model.safetensors")))
+    assert weights[0].keys() == weights[1].keys()
+    for name, w in weights[0].items():
+        assert torch.equal(w, weights[1][name]), name
 
 
 def _fake_run(gaps_by_seed):
