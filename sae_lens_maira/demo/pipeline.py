@@ -177,8 +177,9 @@ def _run_steps(
         from sae_lens_maira.demo.model_cache import ensure_demo_model
 
         checkpoint = ensure_demo_model(
-            cache, studies=studies, config=model_config, budget_s=model_budget_s, progress=True
-        )
+            cache, studies=studies, config=model_config, budget_s=model_budget_s,
+            seed=int(demo.get("model_seed", 0)), progress=True,
+        )  # fmt: skip
         report = evaluate_held_out(
             checkpoint, studies, findings=findings, hooks=(cfg["cache"]["hook_name"],),
             n_negatives=int(demo.get("held_out_negatives", 200)), progress=True,
@@ -230,12 +231,16 @@ def _run_steps(
         from sae_lens_maira.training.runner import train_sae
 
         result = train_sae(exp)
+        from sae_lens import SAE
+
+        # what users load: the inference SAE (global threshold), not the training object
+        sae = SAE.load_from_disk(str(result.output_path))
         run.facts["sae"] = {"path": str(result.output_path), "metrics": result.metrics}
         run.facts["sae_curve"] = checkpoint_curve(exp, result.checkpoint_path)
 
     with run.step("5/8 features that detect each finding (held-out studies)"):
         run.facts["detectors"] = detect_findings(
-            exp, held_exp, result.sae, findings, int(demo.get("top_features_per_finding", 3))
+            exp, held_exp, sae, findings, int(demo.get("top_features_per_finding", 3))
         )
 
     with run.step("6/8 dashboards, viewer and automated interpretability"):
@@ -244,7 +249,7 @@ def _run_steps(
         )
 
     with run.step("7/8 steer: the effusion feature's direction on studies without effusion"):
-        run.facts["steering"] = steer_effusion(held_exp, run, held_out, exp, train)
+        run.facts["steering"] = steer_effusion(held_exp, run, held_out, exp, train, sae)
 
     with run.step("8/8 summary"):
         from sae_lens_maira.demo.summary import write_summary
@@ -365,28 +370,46 @@ def dashboards_and_autointerp(held_exp, run: DemoRun, n_explain: int) -> dict[st
     }
 
 
-def steer_effusion(held_exp, run: DemoRun, held_out, train_exp=None, train=None) -> dict[str, Any]:
+def steer_effusion(
+    held_exp, run: DemoRun, held_out, train_exp=None, train=None, sae=None
+) -> dict[str, Any]:
     """Sweep the effusion feature's direction on held-out studies without effusion.
 
-    Which feature: the effusion detectors on image/prompt positions and on report positions are
-    candidates (a feature that reads effusion off the image need not be one that writes it);
-    a short sweep on training studies without effusion picks the one that raises mentions most.
+    Which feature: candidates are the effusion detectors on image/prompt positions and on report
+    positions (features that read effusion) and the features whose decoder direction raises the
+    effusion words' logits (features that write it: a reader need not be a writer); a short
+    sweep on training studies without effusion picks the one with the highest mean mention rate.
     """
     from sae_lens_maira.experiment import Experiment
+    from sae_lens_maira.steering.candidates import finding_token_ids, writer_features
     from sae_lens_maira.steering.commands import steer
 
     candidates = [d["feature"] for d in run.facts["detectors"]["pleural_effusion"]]
     screening: dict[int, float] = {}
-    if train_exp is not None and train:
-        n_report = int(train_exp.section("demo", required=False).get("steer_report_candidates", 8))
-        candidates += [
-            f
-            for f in report_detectors(train_exp, "pleural_effusion", top=n_report)
-            if f not in candidates
-        ]
-        screening = screen_steering(
-            train_exp, candidates, [s for s in train if not s.labels.get("pleural_effusion")]
+    kinds = dict.fromkeys(candidates, "image/prompt detector")
+    if train_exp is not None and train and sae is not None:
+        spec = train_exp.section("demo", required=False)
+        model, processor = train_exp.load_model(), train_exp.load_processor()
+        report = report_detectors(train_exp, sae, "pleural_effusion",
+                                  top=int(spec.get("steer_report_candidates", 8)))  # fmt: skip
+        try:
+            words = finding_token_ids(processor.tokenizer, "pleural_effusion")
+        except ValueError as err:  # a tiny vocabulary may not spell the finding in one token
+            print(f"   no writer candidates: {err}")
+            words = []
+        writers = (
+            writer_features(
+                sae.W_dec, model.W_U, words, top=int(spec.get("steer_writer_candidates", 5))
+            )  # fmt: skip
+            if words
+            else []
         )
+        for kind, feats in (("report detector", report), ("writes effusion", writers)):
+            for f in feats:
+                kinds.setdefault(f, kind)
+        candidates = list(kinds)
+        negatives = [s for s in train if not s.labels.get("pleural_effusion")]
+        screening = screen_steering(train_exp, model, processor, sae, candidates, negatives)
     best = max(candidates, key=lambda f: screening.get(f, 0.0)) if screening else candidates[0]
     negatives = [s for s in held_out if not s.labels.get("pleural_effusion")]
     n = int(held_exp.section("steer").get("n_studies", 48))
@@ -396,15 +419,15 @@ def steer_effusion(held_exp, run: DemoRun, held_out, train_exp=None, train=None)
     rates = result.mention_rate()
     for coef, rate in rates:
         print(f"   coefficient {coef:g}: {rate:.0%} of reports mention pleural effusion")
-    return {"feature": best, "rates": rates, "plot": str(folder / "steering.png"), "folder": str(folder),
-            "candidates": candidates, "screening": screening,
+    return {"feature": best, "kind": kinds.get(best, "image/prompt detector"), "rates": rates,
+            "plot": str(folder / "steering.png"), "folder": str(folder),
+            "candidates": candidates, "kinds": kinds, "screening": screening,
             "examples": {p.coefficient: _examples(p.reports, "pleural_effusion") for p in result.points}}  # fmt: skip
 
 
-def report_detectors(exp, finding: str, top: int = 3) -> list[int]:
+def report_detectors(exp, sae, finding: str, top: int = 3) -> list[int]:
     """Features whose maximum over the *report* positions of training studies detects ``finding``."""
     import datasets
-    from sae_lens import SAE
 
     from sae_lens_maira.analysis.finding_features import (
         finding_detectors,
@@ -415,7 +438,6 @@ def report_detectors(exp, finding: str, top: int = 3) -> list[int]:
 
     hook = exp.section("cache")["hook_name"]
     studies = exp.load_studies()
-    sae = SAE.load_from_disk(str(exp.path(exp.section("train").get("output_dir", "sae"))))
     scores = study_maxima_from_cache(
         datasets.load_from_disk(str(exp.path("activations/train"))), sae, hook, len(studies),
         roles=(Role.REPORT,),
@@ -424,17 +446,16 @@ def report_detectors(exp, finding: str, top: int = 3) -> list[int]:
     return [r.feature for r in rows]
 
 
-def screen_steering(exp, features: list[int], studies, n_studies: int = 12) -> dict[int, float]:
-    """Each feature's best effusion-mention rate over the sweep's non-zero coefficients on a few
-    training studies (the held-out sweep is then run with the winner only)."""
-    from sae_lens import SAE
-
+def screen_steering(
+    exp, model, processor, sae, features: list[int], studies, n_studies: int = 12
+) -> dict[int, float]:
+    """Each feature's mean effusion-mention rate over the sweep's non-zero coefficients on a few
+    training studies (the mean favours features that work before the text degrades); the
+    held-out sweep is then run with the winner only."""
     from sae_lens_maira.steering.hooks import feature_directions
     from sae_lens_maira.steering.sweep import steering_sweep
 
     spec = exp.section("steer")
-    model, processor = exp.load_model(), exp.load_processor()
-    sae = SAE.load_from_disk(str(exp.path(exp.section("train").get("output_dir", "sae"))))
     coefficients = [c for c in spec.get("coefficients", [10, 20, 30]) if c]
     out = {}
     for f in features:
@@ -445,8 +466,10 @@ def screen_steering(exp, features: list[int], studies, n_studies: int = 12) -> d
             positions=spec.get("positions", "generated"), batch_size=int(spec.get("batch_size", 4)),
             max_new_tokens=int(spec.get("max_new_tokens", 48)),
         )  # fmt: skip
-        out[f] = max(rate for _, rate in result.mention_rate())
-        print(f"   screening feature {f} on training studies: up to {out[f]:.0%} mention effusion")
+        rates = [rate for _, rate in result.mention_rate()]
+        out[f] = sum(rates) / len(rates)
+        print(f"   screening feature {f} on training studies: effusion mentioned in "
+              f"{' / '.join(f'{r:.0%}' for r in rates)} of reports")  # fmt: skip
     return out
 
 

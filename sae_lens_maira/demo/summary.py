@@ -157,14 +157,21 @@ def write_summary(run: Any) -> Path:
     lines += [
         "## Steering",
         "",
-        f"Feature {st['feature']} added along its decoder direction at generated positions, on held-out "
-        "studies without effusion; reports labelled by the rule-based labeller. The feature was chosen "
-        "among the effusion detectors (image/prompt positions and report positions: "
-        + ", ".join(
-            f"{c} ({st['screening'][c]:.0%})" if c in st.get("screening", {}) else str(c)
+        f"Feature {st['feature']} ({st.get('kind', 'detector')}) added along its decoder direction at "
+        "generated positions, on held-out studies without effusion; reports labelled by the rule-based "
+        "labeller. Candidates: features that read effusion (detectors on image/prompt positions and on "
+        "report positions) and features whose direction raises the effusion words' logits (writers); "
+        "the one with the highest mean mention rate in a short sweep on training studies without "
+        "effusion was kept.",
+        "",
+        "| candidate | kind | mean mention rate (screening) |",
+        "|---|---|---|",
+        *[
+            f"| {c} | {st.get('kinds', {}).get(c, 'detector')} | "
+            + (f"{st['screening'][c]:.0%}" if c in st.get("screening", {}) else "not screened")
+            + " |"
             for c in st.get("candidates", [st["feature"]])
-        )
-        + ") by the highest mention rate a short sweep reached on training studies without effusion.",
+        ],  # fmt: skip
         "",
         "| coefficient | reports mentioning pleural effusion |",
         "|---|---|",

@@ -113,3 +113,27 @@ def test_sweep_reports_rates_and_plot(setup, tmp_path):
         feature_directions(W_dec, 99)
     with pytest.raises(ValueError, match="positions must be"):
         SteeringHook(W_dec[0], 1.0, 0, positions="everywhere")
+
+
+def test_writer_features_find_the_features_that_raise_a_findings_words(tokenizer):
+    """Plant two features that push effusion tokens up through W_U; they come out on top."""
+    from sae_lens_maira.steering.candidates import finding_token_ids, writer_features
+
+    ids = finding_token_ids(tokenizer, "pleural_effusion")
+    names = [tokenizer.convert_tokens_to_string([t]).strip().lower()
+             for t in tokenizer.convert_ids_to_tokens(ids)]  # fmt: skip
+    assert names and all("effusion" in n or "fluid" in n or "hydrothorax" in n for n in names)
+    d_model, vocab = 16, len(tokenizer)
+    g = torch.Generator().manual_seed(0)
+    W_U = torch.randn(d_model, vocab, generator=g)
+    W_dec = torch.randn(32, d_model, generator=g)
+    target = W_U[:, ids[0]] / W_U[:, ids[0]].norm()
+    W_dec[7] = 5 * target + 0.1 * W_dec[7]
+    W_dec[21] = 3 * target + 0.5 * W_dec[21]
+    assert writer_features(W_dec, W_U, ids, top=2) == [7, 21]
+    with pytest.raises(ValueError, match="W_U must be"):
+        writer_features(W_dec, W_U.T, ids)
+    from sae_lens_maira.data.labeller import FindingRule
+
+    with pytest.raises(ValueError, match="spells a mention"):
+        finding_token_ids(tokenizer, FindingRule("rare", mentions=(r"\bxyzzyq\b",)))
