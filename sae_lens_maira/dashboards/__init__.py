@@ -8,6 +8,7 @@ from typing import Any
 
 _LAZY = {
     "SequenceBatch": "records",
+    "topk_feature_acts": "records",
     "TokenNamer": "records",
     "DashboardMeta": "records",
     "FeatureStatsConfig": "feature_stats",
