@@ -70,15 +70,20 @@ class BatchView:
         out = torch.zeros((b.numel(), width), device=self.nz_vals.device)
         if not b.numel() or not self.nz_vals.numel():
             return out
-        table = torch.full((self.n_seq * self.d_sae,), -1, dtype=torch.long, device=b.device)
-        table[b * self.d_sae + f] = torch.arange(b.numel(), device=b.device)
-        owner = table[self.nz_key]
+        owner = self.pair_rows(b, f)[self.nz_key]
         sel = torch.nonzero(owner >= 0).squeeze(1)
         owner = owner[sel]
         col = column(owner, self.nz_row[sel])
         ok = torch.nonzero((col >= 0) & (col < width)).squeeze(1)
         out.view(-1)[owner[ok] * width + col[ok]] = self.nz_vals[sel[ok]]
         return out
+
+    def pair_rows(self, b: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+        """``[B * F]`` table (indexed like ``nz_key``: ``b * F + f``) of each unique pair's row in
+        ``b, f``; -1 for pairs not asked for."""
+        table = torch.full((self.n_seq * self.d_sae,), -1, dtype=torch.long, device=b.device)
+        table[b * self.d_sae + f] = torch.arange(b.numel(), device=b.device)
+        return table
 
     def window_values(
         self, b: torch.Tensor, f: torch.Tensor, start: torch.Tensor, width: int
@@ -87,10 +92,13 @@ class BatchView:
         t = self.seq_len
         return self.feature_values(b, f, width, lambda m, row: row % t - start[m])
 
-    def rows_max(self, slot_of_row: torch.Tensor, n_slots: int) -> torch.Tensor:
-        """``[n_slots, F]`` max activation of every feature over the positions mapped to each slot
-        (``slot_of_row [B * T]``, -1 for positions outside every slot)."""
+    def rows_max(self, rows: torch.Tensor, slots: torch.Tensor, n_slots: int) -> torch.Tensor:
+        """``[n_slots, F]`` max activation of every feature over the flat positions ``rows``
+        (``b * T + t``, each in at most one slot) that belong to each slot ``slots``."""
         out = torch.zeros((n_slots, self.d_sae), device=self.nz_vals.device)
+        slot_of_row = torch.full((self.n_seq * self.seq_len,), -1, dtype=torch.long,
+                                 device=rows.device)  # fmt: skip
+        slot_of_row[rows] = slots
         slot = slot_of_row[self.nz_row]
         ok = slot >= 0
         out.view(-1).scatter_reduce_(
@@ -117,8 +125,8 @@ def gather_positions(
 class WindowRows:
     """Context windows of (feature, sequence) pairs, extracted once per batch for every buffer."""
 
-    table: torch.Tensor  # [F * B] long row of pair f * B + b (-1 none)
-    n_seq: int
+    table: torch.Tensor  # [B * F] row of pair (b, f) at b * F + f (-1 none): BatchView.pair_rows
+    d_sae: int
     win_ids: torch.Tensor  # [M, W] int32
     win_roles: torch.Tensor  # [M, W] int8
     win_vals: torch.Tensor  # [M, W] float32
@@ -129,7 +137,7 @@ class WindowRows:
     ctx_vals: torch.Tensor  # [K, C] float32
 
     def rows_of(self, f: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        rows = self.table[f * self.n_seq + b]
+        rows = self.table[b * self.d_sae + f]
         if bool((rows < 0).any()):
             raise ValueError("WindowRows holds no window for some (feature, sequence) pairs")
         return rows
@@ -150,11 +158,9 @@ def extract_windows(
     row = b * t + pos
     width = ctx_left + ctx_right + 1
     m, c = b.numel(), text_context
-    table = torch.full((view.d_sae * view.n_seq,), -1, dtype=torch.long, device=dev)
-    table[f * view.n_seq + b] = torch.arange(m, device=dev)
     out = WindowRows(
-        table=table,
-        n_seq=view.n_seq,
+        table=view.pair_rows(b, f),
+        d_sae=view.d_sae,
         win_ids=view.window_ids.index_select(0, row),
         win_roles=view.window_roles.index_select(0, row),
         win_vals=view.window_values(b, f, pos - ctx_left, width),

@@ -287,12 +287,13 @@ class FeatureStatsCollector:
     def _update_examples(self, view: BatchView) -> None:
         """Top, heatmap and quantile buffers; windows of winners in both top and quantile buffers
         are extracted once."""
-        keeps = [(buf, *self._top_keep(buf, view)) for buf in (self.top, self.heat) if buf]
-        keeps.append((self.quant, *self._quantile_keep(view)))
-        s_top, s_q = self.top.n_slots, self.quant.n_slots
-        pairs = torch.cat([keeps[0][1][:, s_top:], keeps[-1][1][:, s_q:]], dim=1)
-        b = view.n_seq
-        fi, bi = torch.nonzero(pairs[:, :b] | pairs[:, b:], as_tuple=True)
+        top_keep, _ = self._top_keep(self.top, view)
+        quant_keep, quant_keys = self._quantile_keep(view)
+        keeps = [(self.top, top_keep, None), (self.quant, quant_keep, quant_keys)]
+        if self.heat is not None:
+            keeps.append((self.heat, *self._top_keep(self.heat, view)))
+        new_pairs = top_keep[:, self.top.n_slots :] | quant_keep[:, self.quant.n_slots :]
+        fi, bi = torch.nonzero(new_pairs, as_tuple=True)
         windows = extract_windows(view, fi, bi, self.cfg.ctx_left, self.cfg.ctx_right,
                                   self.cfg.text_context)  # fmt: skip
         for buf, keep, new_keys in keeps:
@@ -359,11 +360,9 @@ class FeatureStatsCollector:
         )
         t = view.seq_len
         ok = (allpos >= 0) & (allpos < t)
-        slot_of_row = torch.full((view.n_seq * t,), -1, dtype=torch.long, device=self.device)
-        slot_of_row[(b[:, None] * t + allpos)[ok]] = torch.arange(b.numel(), device=self.device)[
-            :, None
-        ].expand_as(allpos)[ok]  # one slot per sequence, so no position is shared
-        self.rand_max[slots] = view.rows_max(slot_of_row, b.numel())
+        owner = torch.arange(b.numel(), device=self.device)[:, None].expand_as(allpos)
+        # one slot per sequence, so no position belongs to two slots
+        self.rand_max[slots] = view.rows_max((b[:, None] * t + allpos)[ok], owner[ok], b.numel())
         self.rand_seq[slots] = b + view.seq_offset
         self.rand_pos[slots] = p.to(torch.int32)
         self.rand_ids[slots], self.rand_roles[slots] = ids, roles
@@ -379,9 +378,8 @@ class FeatureStatsCollector:
         keys = torch.where(counted, keys, torch.full_like(keys, -1.0))
         slots, rows = _reservoir_update(self.corr_key, keys)
         if slots.numel():
-            slot_of_row = torch.full_like(counted, -1, dtype=torch.long)
-            slot_of_row[rows] = torch.arange(rows.numel(), device=self.device)
-            self.corr_acts[slots] = view.rows_max(slot_of_row, rows.numel())
+            owner = torch.arange(rows.numel(), device=self.device)
+            self.corr_acts[slots] = view.rows_max(rows, owner, rows.numel())
 
     def _update_thumbnails(self, batch: SequenceBatch, offset: int) -> None:
         """Keep thumbnails only of sequences that some heatmap slot still refers to."""
