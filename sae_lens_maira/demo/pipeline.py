@@ -419,7 +419,7 @@ def steer_effusion(
     rates = result.mention_rate()
     for coef, rate in rates:
         print(f"   coefficient {coef:g}: {rate:.0%} of reports mention pleural effusion")
-    return {"feature": best, "kind": kinds.get(best, "image/prompt detector"), "rates": rates,
+    return {"feature": best, "kind": kinds[best], "rates": rates,
             "plot": str(folder / "steering.png"), "folder": str(folder),
             "candidates": candidates, "kinds": kinds, "screening": screening,
             "examples": {p.coefficient: _examples(p.reports, "pleural_effusion") for p in result.points}}  # fmt: skip
