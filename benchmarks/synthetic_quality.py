@@ -15,6 +15,10 @@ its inference form (ours: global threshold; SAELens's: the JumpReLU it saves as)
 
     python benchmarks/synthetic_quality.py                  # 3 seeds, 6000 steps x 1024
     python benchmarks/synthetic_quality.py --seeds 0 --steps 2000
+    # seeds in parallel processes, then one summary:
+    python benchmarks/synthetic_quality.py --seeds 0 1 2 --out a.json &
+    python benchmarks/synthetic_quality.py --seeds 3 4 --out b.json; wait
+    python benchmarks/synthetic_quality.py --combine a.json b.json --out all.json
 
 Writes ``benchmarks/results/synthetic_quality.json`` and ``synthetic_quality.png``.
 """
@@ -99,11 +103,15 @@ class Setup:
     # Ours, for this benchmark; MatryoshkaTrainingSAEConfig's defaults stay dictionary_learning's
     # (run as "ours_library_defaults"). 6M training tokens never reach the recipe's 10M-token
     # dead-latent window, so it is scaled to the run length; inner prefixes weigh more (the
-    # recipe's own group_weights knob) to keep frequent parents in their own latents.
+    # recipe's own group_weights knob) to keep frequent parents in their own latents. k anneals
+    # from 4k to k over the first half: with k below the true L0 from the start, the most
+    # frequent parent was often learnt as one merged "parent + child" latent per child.
     ours: dict[str, Any] = field(
         default_factory=lambda: {
             "dead_feature_threshold": 200_000,
             "group_weights": [0.8, 0.15, 0.05],
+            "k_anneal_start": 24,
+            "k_anneal_steps": 3000,
         }
     )
 
@@ -428,7 +436,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--out", type=Path, default=ROOT / "benchmarks" / "results" / "synthetic_quality.json"
     )
+    p.add_argument(
+        "--combine",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="JSON",
+        help="only merge the runs of earlier result files (same setup, distinct seeds)",
+    )
     args = p.parse_args(argv)
+    if args.combine:
+        write_record(combine(args.combine), args.out)
+        return
 
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)
@@ -478,11 +497,32 @@ def main(argv: list[str] | None = None) -> None:
         "setup": {k: v for k, v in vars(setup).items()},
         "runs": runs,
     }
-    if set(args.methods) == set(METHODS):
+    write_record(record, args.out)
+
+
+def combine(paths: list[Path]) -> dict[str, Any]:
+    """One record from result files of the same setup run on different seeds."""
+    records = [json.loads(p.read_text()) for p in paths]
+    setups = {json.dumps(r["setup"], sort_keys=True) for r in records}
+    if len(setups) != 1:
+        raise SystemExit(f"--combine: {', '.join(map(str, paths))} were run with different setups")
+    runs = [run for r in records for run in r["runs"]]
+    seeds = [run["seed"] for run in runs]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--combine: seeds {sorted(seeds)} repeat; each seed must appear once")
+    return {**records[0], "runs": sorted(runs, key=lambda run: run["seed"])}
+
+
+def write_record(record: dict[str, Any], out: Path) -> None:
+    """Summary, targets and plot when every method ran; then the JSON."""
+    runs = record["runs"]
+    record.pop("summary", None)
+    record.pop("targets", None)
+    if all(set(run["metrics"]) == set(METHODS) for run in runs):
         summary = summarise(runs)
         record["summary"] = summary
         record["targets"] = check_targets(summary)
-        print("\nmean over seeds:")
+        print(f"\nmean over seeds {[run['seed'] for run in runs]}:")
         for method in METHODS:
             s = summary[method]
             print(
@@ -494,10 +534,10 @@ def main(argv: list[str] | None = None) -> None:
             )
         for name, t in record["targets"].items():
             print(f"  {name}: {'met' if t['met'] else 'NOT met'}")
-        plot(summary, args.out.with_suffix(".png"))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2, default=str))
-    print(f"wrote {args.out}")
+        plot(summary, out.with_suffix(".png"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=2, default=str))
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -86,6 +86,11 @@ class MatryoshkaTrainingSAEConfig(TrainingSAEConfig):
         encoder_init_scale: ``W_enc = encoder_init_scale * W_dec^T`` at init (library: 1.0).
         decoder_impl: ``auto`` picks Triton on CUDA, embedding_bag on CPU, dense for large k.
         decoder_init_norm: decoder rows are unit norm by construction; must stay 1.0.
+        k_anneal_start / k_anneal_steps: optional k annealing (not in dictionary_learning; off by
+            default). BatchTopK keeps ``k_anneal_start`` per token at step 0, falling linearly to
+            ``k`` at ``k_anneal_steps``. Without the early L0 squeeze, frequent parents are
+            learnt as their own latents instead of as one merged "parent + child" latent per child
+            (benchmarks/synthetic_quality.py). The threshold EMA waits for the final k.
     """
 
     k: int
@@ -103,6 +108,8 @@ class MatryoshkaTrainingSAEConfig(TrainingSAEConfig):
     b_dec_init: Literal["geometric_median", "zeros"] = "geometric_median"
     encoder_init_scale: float = 1.0
     decoder_init_norm: float | None = 1.0
+    k_anneal_start: int | None = None
+    k_anneal_steps: int = 0
 
     @override
     @classmethod
@@ -173,10 +180,42 @@ class MatryoshkaTrainingSAEConfig(TrainingSAEConfig):
             )
         if not self.encoder_init_scale > 0:
             raise ValueError(f"encoder_init_scale must be positive, got {self.encoder_init_scale}.")
+        self._validate_k_anneal()
         if self.b_dec_init not in ("geometric_median", "zeros"):
             raise ValueError(
                 f"b_dec_init must be 'geometric_median' or 'zeros', got {self.b_dec_init!r}."
             )
+
+    def _validate_k_anneal(self) -> None:
+        steps, start = self.k_anneal_steps, self.k_anneal_start
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"k_anneal_steps must be a non-negative integer, got {steps!r}.")
+        if steps > 0 and start is None:
+            raise ValueError(
+                f"k_anneal_steps={steps} needs k_anneal_start (k per token at step 0, >= k={self.k})."
+            )
+        if start is not None and (
+            isinstance(start, bool)
+            or not isinstance(start, int)
+            or not self.k <= start <= self.d_sae
+        ):
+            raise ValueError(
+                f"k_anneal_start must be an integer between k={self.k} and d_sae={self.d_sae}, "
+                f"got {start!r}."
+            )
+
+    def k_at_step(self, step: int) -> int:
+        """BatchTopK's k per token on training step ``step`` (0-based): linear k annealing."""
+        if self.k_anneal_start is None or self.k_anneal_steps <= 0 or step >= self.k_anneal_steps:
+            return self.k
+        remaining = 1.0 - step / self.k_anneal_steps
+        return self.k + round((self.k_anneal_start - self.k) * remaining)
+
+    @property
+    def threshold_update_start(self) -> int:
+        """Steps after which the threshold EMA runs: after ``threshold_start_step`` and after
+        k annealing ends, so the threshold estimates the cut-off of the final k."""
+        return max(self.threshold_start_step, self.k_anneal_steps - 1)
 
     @property
     def group_ends(self) -> list[int]:

@@ -266,6 +266,11 @@ class MatryoshkaTrainingSAE(
             # dictionary_learning: norm_factor = sqrt(mean ||x||^2)
             self.norm_factor.fill_(float(x.float().pow(2).sum(dim=-1).mean().sqrt()))
 
+    @property
+    def current_k(self) -> int:
+        """BatchTopK's k for the next training step (``k`` once any k annealing is over)."""
+        return self.cfg.k_at_step(int(self.training_steps))
+
     # ----------------------------------------------------------------------------------------
     # dense API (SAELens contract; TrainingSAE.encode uses BatchTopK like training)
     @override
@@ -277,7 +282,7 @@ class MatryoshkaTrainingSAE(
         hidden_pre = self.hook_sae_acts_pre(centered @ self.W_enc + self.b_enc)
         post = hidden_pre.relu()
         flat = post.reshape(-1, self.cfg.d_sae)
-        sel = batch_topk(flat.detach(), self.cfg.k)
+        sel = batch_topk(flat.detach(), self.current_k)
         mask = torch.zeros_like(flat, dtype=torch.bool)
         mask[sel.rows(), sel.indices] = True
         feature_acts = (flat * mask).reshape(post.shape)
@@ -387,7 +392,8 @@ class MatryoshkaTrainingSAE(
         """One dictionary_learning MatryoshkaBatchTopK loss evaluation (plus state updates).
 
         Order as ``MatryoshkaBatchTopKTrainer.loss``: b_dec <- geometric median on step 0;
-        BatchTopK; threshold EMA on steps > threshold_start_step; prefix losses
+        BatchTopK (k from ``cfg.k_at_step``); threshold EMA on steps > threshold_start_step
+        (and past any k annealing); prefix losses
         ``mean_i(w_i * mean_b ||x - xhat_i||^2)``; dead-token counters; AuxK.
         """
         attach_projection_hook(self)
@@ -410,7 +416,8 @@ class MatryoshkaTrainingSAE(
         else:
             with torch.no_grad():
                 acts = (centered @ self.W_enc + self.b_enc).relu_()
-        sel = batch_topk(acts, self.cfg.k)
+        k = self.cfg.k_at_step(step)
+        sel = batch_topk(acts, k)
         dead = self._update_dead_counters(sel, batch)
         n_dead = int(dead.sum())
         aux_sel = dead_topk(acts, dead, self.cfg.top_k_aux or 0) if n_dead > 0 else None
@@ -420,7 +427,7 @@ class MatryoshkaTrainingSAE(
         # W_enc to bf16 would copy N x D twice per step for a memory-bound gather.
         with torch.autocast(device_type=x.device.type, enabled=False):
             values = self._encode_selected(impl, centered, post, sel)
-            if step > self.cfg.threshold_start_step:
+            if step > self.cfg.threshold_update_start:
                 self._update_threshold(values.detach())
             W_dec = self.W_dec
             partials = kernels.grouped_sparse_decode_csr(
@@ -459,6 +466,7 @@ class MatryoshkaTrainingSAE(
         metrics: dict[str, Any] = {
             "topk_threshold": self.threshold.detach().clone(),
             "dead_latents": n_dead,
+            "k": k,
         }
         for end, loss_i in zip(self.cfg.group_ends, prefix_losses.detach(), strict=True):
             metrics[f"prefix_l2_{end}"] = loss_i
@@ -491,8 +499,8 @@ class MatryoshkaTrainingSAE(
         if float(state_dict["threshold"]) < 0:
             warnings.warn(
                 "Saving a matryoshka SAE whose activation threshold was never estimated "
-                f"(training stopped at or before threshold_start_step="
-                f"{self.cfg.threshold_start_step}); inference will keep every positive "
+                f"(training stopped at or before step {self.cfg.threshold_update_start}: "
+                "threshold_start_step or the end of k annealing); inference will keep every positive "
                 "activation.",
                 UserWarning,
                 stacklevel=2,
@@ -510,7 +518,7 @@ class MatryoshkaTrainingSAE(
         # a trained SAE: keep its b_dec and keep updating its threshold
         state_dict.setdefault(
             "training_steps",
-            torch.tensor(self.cfg.threshold_start_step + 1, dtype=torch.long, device=device),
+            torch.tensor(self.cfg.threshold_update_start + 1, dtype=torch.long, device=device),
         )
         for name in _FP32_BUFFERS:
             state_dict[name] = state_dict[name].float().reshape(())

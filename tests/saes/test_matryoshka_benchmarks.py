@@ -52,10 +52,12 @@ def test_synthetic_quality_benchmark_reports_every_metric(tmp_path: Path) -> Non
         [
             "--seeds", "0", "--steps", "30", "--batch", "64", "--eval-samples", "2000",
             "--set", "n_features=64", "n_parents=4", "children_per_parent=2", "d_in=16",
-            "d_sae=64", "k=2", "widths=[8,16,64]", "--out", str(out),
+            "d_sae=64", "k=2", "widths=[8,16,64]", "--ours", "k_anneal_start=8",
+            "k_anneal_steps=10", "--out", str(out),
         ]
     )  # fmt: skip
     record = json.loads(out.read_text())
+    assert record["setup"]["ours"]["k_anneal_steps"] == 10
     metrics = record["runs"][0]["metrics"]
     assert set(metrics) == {
         "ours",
@@ -80,3 +82,27 @@ def test_synthetic_quality_benchmark_reports_every_metric(tmp_path: Path) -> Non
 def test_synthetic_quality_rejects_unknown_overrides(flag: list[str]) -> None:
     with pytest.raises(SystemExit):
         load("synthetic_quality").main(["--seeds", "0", *flag])
+
+
+def test_synthetic_quality_combines_runs_of_separate_processes(tmp_path: Path) -> None:
+    bench = load("synthetic_quality")
+    common = [
+        "--steps", "20", "--batch", "32", "--eval-samples", "1000", "--set", "n_features=64",
+        "n_parents=4", "children_per_parent=2", "d_in=16", "d_sae=64", "k=2", "widths=[8,16,64]",
+        "--ours", "k_anneal_start=4", "k_anneal_steps=5",
+    ]  # fmt: skip
+    for seed in (0, 1):
+        bench.main(["--seeds", str(seed), *common, "--out", str(tmp_path / f"s{seed}.json")])
+    both = tmp_path / "both.json"
+    bench.main(
+        ["--combine", str(tmp_path / "s1.json"), str(tmp_path / "s0.json"), "--out", str(both)]
+    )
+    record = json.loads(both.read_text())
+    assert [run["seed"] for run in record["runs"]] == [0, 1]
+    single = json.loads((tmp_path / "s0.json").read_text())
+    assert record["runs"][0] == single["runs"][0]
+    mean = record["summary"]["ours"]["mcc"]["mean"]
+    assert mean == pytest.approx(sum(r["metrics"]["ours"]["mcc"] for r in record["runs"]) / 2)
+    assert "targets" in record
+    with pytest.raises(SystemExit, match="repeat"):
+        bench.main(["--combine", str(tmp_path / "s0.json"), str(both), "--out", str(both)])

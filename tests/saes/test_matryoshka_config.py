@@ -27,6 +27,7 @@ def test_defaults_are_dictionary_learnings() -> None:
     assert cfg.b_dec_init == "geometric_median" and cfg.normalize_input is False
     assert cfg.decoder_init_norm == 1.0 and cfg.decoder_impl == "auto"
     assert cfg.encoder_init_scale == 1.0
+    assert cfg.k_anneal_start is None and cfg.k_at_step(0) == 64  # no k annealing
     assert dictionary_learning_lr(16384) == pytest.approx(2e-4)
     assert dictionary_learning_lr(65536) == pytest.approx(1e-4)
 
@@ -58,6 +59,10 @@ def test_fractions_follow_the_librarys_rounding() -> None:
         (dict(threshold_beta=1.0), "threshold_beta"),
         (dict(norm_factor=0.0), "norm_factor must be positive"),
         (dict(encoder_init_scale=0.0), "encoder_init_scale must be positive"),
+        (dict(k=4, k_anneal_steps=10), "needs k_anneal_start"),
+        (dict(k=4, k_anneal_start=2, k_anneal_steps=10), "between k=4 and d_sae=64"),
+        (dict(k=4, k_anneal_start=65, k_anneal_steps=10), "between k=4 and d_sae=64"),
+        (dict(k=4, k_anneal_start=8, k_anneal_steps=-1), "non-negative integer"),
     ],
 )
 def test_bad_configs_name_the_problem(kwargs: dict, message: str) -> None:
@@ -102,3 +107,19 @@ def test_language_model_runner_config_accepts_the_training_config() -> None:
     )
     assert isinstance(sae, MatryoshkaTrainingSAE)
     assert sae.cfg.group_sizes == [16, 48]
+
+
+def test_k_annealing_schedule_falls_linearly_to_k() -> None:
+    cfg = MatryoshkaTrainingSAEConfig(
+        d_in=8, d_sae=64, k=4, k_anneal_start=12, k_anneal_steps=4, threshold_start_step=1
+    )
+    assert [cfg.k_at_step(t) for t in range(7)] == [12, 10, 8, 6, 4, 4, 4]
+    # the threshold EMA waits for the final k (updates on steps > 3, i.e. from step 4)
+    assert cfg.threshold_update_start == 3
+    late = MatryoshkaTrainingSAEConfig(
+        d_in=8, d_sae=64, k=4, k_anneal_start=12, k_anneal_steps=4, threshold_start_step=10
+    )
+    assert late.threshold_update_start == 10
+    # annealing does not reach the inference config
+    inference = late.get_inference_sae_cfg_dict()
+    assert "k_anneal_start" not in inference and inference["k"] == 4

@@ -165,6 +165,59 @@ def test_training_through_saetrainer_follows_reference() -> None:
         torch.testing.assert_close(inference.decode(f_ref), ref.decode(f_ref), rtol=1e-4, atol=1e-5)
 
 
+def test_k_annealing_trains_as_the_reference_with_each_steps_k() -> None:
+    """With k annealing, step t is dictionary_learning's step with k = 12, 10, 8, 6, 4, 4; the
+    threshold EMA starts once k is final."""
+    batch, steps, lr = 32, 6, 3e-3
+    ks = [12, 10, 8, 6, 4, 4]  # k + round((12 - k) * (1 - t / 4)), written out
+    sae, ref = make_pair(
+        k_anneal_start=12,
+        k_anneal_steps=4,
+        threshold_start_step=0,
+        threshold_beta=0.5,
+        lr=lr,
+    )
+    ref.threshold_start_step = 3  # no EMA while k > 4
+    batches = toy_batches(steps, batch, seed=2)
+    trainer = SAETrainer(
+        cfg=SAETrainerConfig(
+            total_training_samples=steps * batch,
+            train_batch_size_samples=batch,
+            lr=lr,
+            lr_end=lr,
+            device="cpu",
+        ),
+        sae=sae,
+        data_provider=iter(batches),
+    )
+    seen_k: list[int] = []
+    original = sae.training_forward_pass
+
+    def record(step_input: TrainStepInput):  # type: ignore[no-untyped-def]
+        seen_k.append(sae.current_k)
+        out = original(step_input)
+        assert int(out.feature_acts.to_dense().gt(0).sum()) <= out.metrics["k"] * batch
+        assert out.metrics["k"] == seen_k[-1]
+        return out
+
+    sae.training_forward_pass = record  # type: ignore[method-assign]
+    trainer.fit()
+    for step, (x, k) in enumerate(zip(batches, ks, strict=True)):
+        ref.k = k
+        ref.update(step, x)
+
+    assert seen_k == ks
+    assert float(ref.threshold) > 0
+    torch.testing.assert_close(sae.threshold, ref.threshold.float(), rtol=1e-4, atol=1e-6)
+    for ours, theirs in [
+        (sae.W_enc, ref.W_enc),
+        (sae.b_enc, ref.b_enc),
+        (sae.W_dec, ref.W_dec),
+        (sae.b_dec, ref.b_dec),
+    ]:
+        torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-4, atol=1e-5)
+
+
 def test_inference_encode_decode_match_reference_formulas() -> None:
     torch.manual_seed(3)
     cfg = MatryoshkaSAEConfig(d_in=D_IN, d_sae=D_SAE, k=K, group_sizes=GROUPS)
