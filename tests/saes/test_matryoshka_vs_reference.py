@@ -59,6 +59,32 @@ def make_pair(**overrides: object) -> tuple[MatryoshkaTrainingSAE, ReferenceMatr
     return sae, ref
 
 
+def saetrainer(sae: MatryoshkaTrainingSAE, batches: list[torch.Tensor], lr: float) -> SAETrainer:
+    """SAELens's trainer over ``batches`` at a constant learning rate."""
+    batch = batches[0].shape[0]
+    return SAETrainer(
+        cfg=SAETrainerConfig(
+            total_training_samples=len(batches) * batch,
+            train_batch_size_samples=batch,
+            lr=lr,
+            lr_end=lr,
+            device="cpu",
+        ),
+        sae=sae,
+        data_provider=iter(batches),
+    )
+
+
+def assert_same_parameters(sae: MatryoshkaTrainingSAE, ref: ReferenceMatryoshka) -> None:
+    for ours, theirs in [
+        (sae.W_enc, ref.W_enc),
+        (sae.b_enc, ref.b_enc),
+        (sae.W_dec, ref.W_dec),
+        (sae.b_dec, ref.b_dec),
+    ]:
+        torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-4, atol=1e-5)
+
+
 def test_init_is_dictionary_learnings() -> None:
     sae, _ = make_pair()
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(D_SAE))
@@ -130,31 +156,14 @@ def test_training_through_saetrainer_follows_reference() -> None:
         lr=lr,
     )
     batches = toy_batches(steps, batch, seed=1)
-    trainer = SAETrainer(
-        cfg=SAETrainerConfig(
-            total_training_samples=steps * batch,
-            train_batch_size_samples=batch,
-            lr=lr,
-            lr_end=lr,
-            device="cpu",
-        ),
-        sae=sae,
-        data_provider=iter(batches),
-    )
-    trainer.fit()
+    saetrainer(sae, batches, lr).fit()
     for step, x in enumerate(batches):
         ref.update(step, x)
 
     assert float(ref.threshold) > 0
     torch.testing.assert_close(sae.threshold, ref.threshold.float(), rtol=1e-4, atol=1e-6)
     assert torch.equal(sae.num_tokens_since_fired, ref.num_tokens_since_fired)
-    for ours, theirs in [
-        (sae.W_enc, ref.W_enc),
-        (sae.b_enc, ref.b_enc),
-        (sae.W_dec, ref.W_dec),
-        (sae.b_dec, ref.b_dec),
-    ]:
-        torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-4, atol=1e-5)
+    assert_same_parameters(sae, ref)
     torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(D_SAE))
 
     inference = sae.to_inference_sae()
@@ -179,17 +188,7 @@ def test_k_annealing_trains_as_the_reference_with_each_steps_k() -> None:
     )
     ref.threshold_start_step = 3  # no EMA while k > 4
     batches = toy_batches(steps, batch, seed=2)
-    trainer = SAETrainer(
-        cfg=SAETrainerConfig(
-            total_training_samples=steps * batch,
-            train_batch_size_samples=batch,
-            lr=lr,
-            lr_end=lr,
-            device="cpu",
-        ),
-        sae=sae,
-        data_provider=iter(batches),
-    )
+    trainer = saetrainer(sae, batches, lr)
     seen_k: list[int] = []
     original = sae.training_forward_pass
 
@@ -209,13 +208,7 @@ def test_k_annealing_trains_as_the_reference_with_each_steps_k() -> None:
     assert seen_k == ks
     assert float(ref.threshold) > 0
     torch.testing.assert_close(sae.threshold, ref.threshold.float(), rtol=1e-4, atol=1e-6)
-    for ours, theirs in [
-        (sae.W_enc, ref.W_enc),
-        (sae.b_enc, ref.b_enc),
-        (sae.W_dec, ref.W_dec),
-        (sae.b_dec, ref.b_dec),
-    ]:
-        torch.testing.assert_close(ours.detach(), theirs.detach(), rtol=1e-4, atol=1e-5)
+    assert_same_parameters(sae, ref)
 
 
 def test_inference_encode_decode_match_reference_formulas() -> None:
