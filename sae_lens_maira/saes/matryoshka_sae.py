@@ -296,7 +296,6 @@ class MatryoshkaTrainingSAE(
         return self.reshape_fn_out(sae_out, self.d_head)
 
     @override
-    @override
     def log_histograms(self) -> dict[str, Any]:
         """Weight-norm histograms for wandb, minus any that are constant.
 
