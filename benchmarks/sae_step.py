@@ -318,6 +318,10 @@ def run_shape(args: argparse.Namespace, shape: Shape, device: torch.device) -> d
                 bar.update()
     bar.close()
 
+    if args.profile:
+        for side, trainer in trainers.items():
+            profile_steps(side, trainer, pool, device)
+
     results: dict[str, Any] = {}
     for side, trainer in trainers.items():
         if device.type == "cuda":
@@ -358,6 +362,24 @@ def run_shape(args: argparse.Namespace, shape: Shape, device: torch.device) -> d
     record["targets"] = targets(device, shape, record)
     print_record(record)
     return record
+
+
+def profile_steps(
+    side: str, trainer: SAETrainer, pool: list[torch.Tensor], device: torch.device
+) -> None:
+    """Print where three steps spend their time (torch profiler, top ops by self device time)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    with profile(activities=activities) as prof:
+        for i in range(3):
+            step(trainer, pool[i % len(pool)])
+        sync(device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(f"\n-- profile: {side}, 3 steps")
+    print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
 
 
 def run_quality(
@@ -450,6 +472,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--quality-steps", type=int, default=None, help="0 skips the EV comparison")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip CPU memory")
+    p.add_argument("--profile", action="store_true", help="print a profile of each side's step")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--memory-worker", choices=SIDES, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

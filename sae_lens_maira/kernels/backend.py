@@ -1,6 +1,6 @@
 """The two primitives a sparse implementation provides; every op is built from them.
 
-* ``bag_sum(ptr, idx, weights, table, order)`` -> ``[R, D]``:
+* ``bag_sum(ptr, idx, weights, table, column_major)`` -> ``[R, D]``:
   ``out[r] = sum_{j in ptr[r]:ptr[r+1]} weights[j] * table[idx[j]]`` (fp32 accumulation, output in
   ``table.dtype``, empty bags give zeros). Decode forward, grad W (on the latent-sorted layout),
   and the encoder's grad x / grad W_enc are all bag sums.
@@ -8,8 +8,9 @@
   ``out[j] = a[row(j)] . table[idx[j]] (+ bias[idx[j]])``, the product ``a @ table.T`` evaluated
   only at the selected pairs (SDDMM). Decode grad values and the encoder forward.
 
-``table`` is ``[N, D]`` and may be a strided view; ``order`` is an optional bag schedule (heaviest
-first) that only the GPU kernels use.
+``table`` is ``[N, D]`` and may be a strided view. ``column_major=True`` returns the ``[R, D]``
+result stored as ``[D, R]`` row-major, so its ``.t()`` is contiguous: the layout of SAELens's
+``W_enc [d_in, d_sae]``, whose gradient then needs no transpose copy before the optimiser.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-BagSum = Callable[[Tensor, Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
+BagSum = Callable[[Tensor, Tensor, Tensor, Tensor, bool], Tensor]
 SampledDot = Callable[[Tensor, Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
 
 
 @dataclass(frozen=True)
 class SparseBackend:
-    """A named pair of sparse primitives; ``wants_order`` asks for a heaviest-bag-first schedule."""
+    """A named pair of sparse primitives."""
 
     name: str
     bag_sum: BagSum
     sampled_dot: SampledDot
-    wants_order: bool = False

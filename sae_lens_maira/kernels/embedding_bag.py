@@ -22,22 +22,24 @@ _SDDMM_DTYPES = (torch.float32, torch.float64)
 
 
 def bag_sum(
-    ptr: Tensor, idx: Tensor, weights: Tensor, table: Tensor, order: Tensor | None = None
+    ptr: Tensor, idx: Tensor, weights: Tensor, table: Tensor, column_major: bool = False
 ) -> Tensor:
-    """Weighted bag sums with ``F.embedding_bag`` (``order`` is a GPU scheduling hint, unused)."""
+    """Weighted bag sums with ``F.embedding_bag`` (column-major output costs a copy here)."""
     n_bags = ptr.numel() - 1
     if idx.numel() == 0 or n_bags == 0:
-        return table.new_zeros((n_bags, table.shape[1]))
-    # Detached inputs select aten's forward-only kernel (no offset2bag bookkeeping): a leaf table
-    # that requires grad (x in the encoder backward) otherwise costs ~3x here.
-    return F.embedding_bag(
-        idx,
-        table.detach().contiguous(),
-        ptr,
-        mode="sum",
-        per_sample_weights=weights.detach(),
-        include_last_offset=True,
-    )
+        out = table.new_zeros((n_bags, table.shape[1]))
+    else:
+        # Detached inputs select aten's forward-only kernel (no offset2bag bookkeeping): a leaf
+        # table that requires grad (x in the encoder backward) otherwise costs ~3x here.
+        out = F.embedding_bag(
+            idx,
+            table.detach().contiguous(),
+            ptr,
+            mode="sum",
+            per_sample_weights=weights.detach(),
+            include_last_offset=True,
+        )
+    return out.t().contiguous().t() if column_major else out
 
 
 def _csr(ptr: Tensor, idx: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:

@@ -45,21 +45,17 @@ class LatentCSR:
     """Actives regrouped by latent id: the transposed problem that gives grad W without atomics.
 
     ``perm`` sorts actives by latent (stable, so sums are deterministic); ``ptr[i]:ptr[i+1]`` are
-    latent ``i``'s entries in that order; ``order`` (optional) lists latents by descending count so
-    the heaviest bags start first on a GPU.
+    latent ``i``'s entries in that order.
     """
 
     perm: Tensor
     ptr: Tensor
-    order: Tensor | None
 
 
-def by_latent(indices: Tensor, n_latents: int, *, with_order: bool = False) -> LatentCSR:
+def by_latent(indices: Tensor, n_latents: int) -> LatentCSR:
     """Sort actives by latent id and build the per-latent CSR pointer."""
     perm = torch.argsort(indices, stable=True)
-    counts = bag_counts(indices, n_latents)
-    order = torch.argsort(counts, descending=True) if with_order else None
-    return LatentCSR(perm=perm, ptr=ptr_from_counts(counts), order=order)
+    return LatentCSR(perm=perm, ptr=ptr_from_counts(bag_counts(indices, n_latents)))
 
 
 def group_of(indices: Tensor, group_ends: Sequence[int]) -> Tensor:

@@ -38,12 +38,14 @@ def _select_flat(flat: Tensor, m: int, positive_only: bool) -> Tensor:
         cand = None  # dense enough: topk over everything
     else:
         t = _sample_threshold(flat, m)
-        if positive_only and bool(t <= 0):
-            cand = torch.nonzero(flat > 0).squeeze(1)  # every positive entry is a candidate
-        else:
-            cand = torch.nonzero(flat >= t).squeeze(1)
-            if cand.numel() < m:
-                cand = None  # the sample overshot: fall back to the exact full selection
+        if positive_only:
+            # Only positive entries qualify; clamping on the device avoids a host sync. Entries
+            # below the smallest normal number are then left out, which is exact: either at
+            # least m larger ones exist, or too few candidates send us to the exact path.
+            t = t.clamp(min=torch.finfo(flat.dtype).tiny)
+        cand = torch.nonzero(flat >= t).squeeze(1)  # the selection's one host sync
+        if cand.numel() < m:
+            cand = None  # the sample overshot (or few positives): the exact full selection
     if cand is None:
         if not positive_only:
             return torch.sort(flat.topk(m, sorted=False).indices).values

@@ -11,9 +11,11 @@ the dense encoder for shapes where sparse cannot win. See ``training_forward_pas
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -235,6 +237,7 @@ class MatryoshkaTrainingSAE(
         super().__init__(cfg, use_error_term)
         self._impl_logged: tuple[str, str] | None = None
         self.decoder_impl_in_use: str | None = None
+        self._step_cache: tuple[weakref.ref[Tensor], int, int] | None = None
         constrain_decoder(self)
 
     @override
@@ -266,10 +269,26 @@ class MatryoshkaTrainingSAE(
             # dictionary_learning: norm_factor = sqrt(mean ||x||^2)
             self.norm_factor.fill_(float(x.float().pow(2).sum(dim=-1).mean().sqrt()))
 
+    def _step_count(self) -> int:
+        """``training_steps`` as an int, read from the device only if it changed since this SAE
+        last wrote it (a GPU read is a host sync that idles the GPU at the start of every step).
+
+        The cache is keyed on the buffer object and its in-place version counter, so ``fill_``,
+        ``load_state_dict`` and ``.to()`` are all seen.
+        """
+        t, cached = self.training_steps, self._step_cache
+        if cached is not None and cached[0]() is t and cached[1] == t._version:
+            return cached[2]
+        return int(t)
+
+    def _remember_step_count(self, value: int) -> None:
+        t = self.training_steps
+        self._step_cache = (weakref.ref(t), t._version, value)
+
     @property
     def current_k(self) -> int:
         """BatchTopK's k for the next training step (``k`` once any k annealing is over)."""
-        return self.cfg.k_at_step(int(self.training_steps))
+        return self.cfg.k_at_step(self._step_count())
 
     # ----------------------------------------------------------------------------------------
     # dense API (SAELens contract; TrainingSAE.encode uses BatchTopK like training)
@@ -363,7 +382,7 @@ class MatryoshkaTrainingSAE(
         fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=sel.indices.device)
         fired[sel.indices] = True
         self.num_tokens_since_fired += n_tokens
-        self.num_tokens_since_fired[fired] = 0
+        self.num_tokens_since_fired.masked_fill_(fired, 0)  # no host sync, unlike mask indexing
         return self.num_tokens_since_fired >= self.cfg.dead_feature_threshold
 
     @torch.no_grad()
@@ -375,14 +394,45 @@ class MatryoshkaTrainingSAE(
         thr = self.threshold
         thr.copy_(torch.where(thr < 0, smallest, beta * thr + (1 - beta) * smallest))
 
+    def _encoder_rows_and_bias(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """What the sparse encoder reads: detached input rows and a bias carrying ``b_dec``.
+
+        ``(x - b_dec) @ W_enc + b_enc`` gives ``b_dec`` the gradient ``-W_enc @ g`` (g: the
+        pre-activation gradient summed per latent), the same for every row. Detached rows plus the
+        bias ``b_enc - b_dec @ W_enc.detach()`` give exactly that through one matvec, where
+        gradient-carrying rows would cost a sparse grad x: a gather of k rows of ``W_enc^T`` per
+        token after an ``N x D`` transpose copy.
+        """
+        if not self.cfg.apply_b_dec_to_input:
+            return x.detach(), self.b_enc
+        return (x - self.b_dec).detach(), self.b_enc - self.b_dec @ self.W_enc.detach()
+
     def _encode_selected(
-        self, impl: str, centered: Tensor, post: Tensor | None, sel: Selection
+        self,
+        impl: str,
+        rows_and_bias: tuple[Tensor, Tensor] | None,
+        post: Tensor | None,
+        acts: Tensor,
+        sel: Selection,
     ) -> Tensor:
-        """Activations (with gradient) at the selected (row, latent) pairs only."""
+        """Activations (with gradient) at the selected (row, latent) pairs only.
+
+        The values are read from ``acts``, the batch's pre-activations already computed (without
+        gradient) to select; the sparse backward then touches only the selected latents.
+        """
         if post is not None:  # dense encoder: gather from the full activations
             return post[sel.rows(), sel.indices]
+        assert rows_and_bias is not None
+        rows, bias = rows_and_bias
         pre = kernels.sparse_encode_csr(
-            centered, self.W_enc, self.b_enc, sel.row_ptr, sel.indices, impl=impl, validate=False
+            rows,
+            self.W_enc,
+            bias,
+            sel.row_ptr,
+            sel.indices,
+            impl=impl,
+            validate=False,
+            hidden_pre=acts,
         )
         return pre.relu()
 
@@ -396,8 +446,9 @@ class MatryoshkaTrainingSAE(
         ``mean_i(w_i * mean_b ||x - xhat_i||^2)``; dead-token counters; AuxK.
         """
         attach_projection_hook(self)
-        step = int(self.training_steps)
+        step = self._step_count()
         self.training_steps += 1
+        self._remember_step_count(step + 1)
         x = self.hook_sae_input(step_input.sae_in.to(self.dtype))
         self._maybe_estimate_norm_factor(x)
         x = self._scale_in(x)
@@ -420,12 +471,23 @@ class MatryoshkaTrainingSAE(
         dead = self._update_dead_counters(sel, batch)
         n_dead = int(dead.sum())
         aux_sel = dead_topk(acts, dead, self.cfg.top_k_aux or 0) if n_dead > 0 else None
-        del acts
+        if aux_sel is not None and aux_sel.nnz == 0:
+            aux_sel = None
 
         # The sparse ops run in the parameters' dtype even under autocast: casting W_dec and
-        # W_enc to bf16 would copy N x D twice per step for a memory-bound gather.
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            values = self._encode_selected(impl, centered, post, sel)
+        # W_enc to bf16 would copy N x D twice per step for a memory-bound gather. The dense
+        # fallback keeps autocast: its matmuls are what bf16 speeds up (fp32 ones ran 2x slower
+        # than SAELens's on an H100).
+        no_autocast = torch.autocast(device_type=x.device.type, enabled=False)
+        with no_autocast if impl != "dense" else contextlib.nullcontext():
+            enc_in = self._encoder_rows_and_bias(x) if post is None else None
+            values = self._encode_selected(impl, enc_in, post, acts, sel)
+            aux_values = (
+                self._encode_selected(impl, enc_in, post, acts, aux_sel)
+                if aux_sel is not None
+                else None
+            )
+            del acts, enc_in
             if step > self.cfg.threshold_update_start:
                 self._update_threshold(values.detach())
             W_dec = self.W_dec
@@ -445,8 +507,7 @@ class MatryoshkaTrainingSAE(
             with torch.no_grad():
                 residual = (target - partials.sum(dim=0)).float()
 
-            if aux_sel is not None and aux_sel.nnz > 0:
-                aux_values = self._encode_selected(impl, centered, post, aux_sel)
+            if aux_sel is not None and aux_values is not None:
                 aux_recon = kernels.sparse_decode_csr(
                     aux_sel.row_ptr,
                     aux_sel.indices,

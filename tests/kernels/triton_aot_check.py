@@ -22,11 +22,11 @@ BAG_SUM = {
     "w_ptr": "*{dt}",
     "table_ptr": "*{dt}",
     "out_ptr": "*{dt}",
-    "order_ptr": "*i64",
     "D": "i32",
     "stride_tn": "i32",
     "stride_td": "i32",
     "stride_or": "i32",
+    "stride_od": "i32",
 }
 SAMPLED_DOT = {
     "ptr_ptr": "*i64",
@@ -43,13 +43,13 @@ SAMPLED_DOT = {
 }
 
 
-def compile_variant(fn, template, dtype, flags, optional_ptr, cap):
+def compile_variant(fn, template, dtype, flags, optional_ptr, cap, block_k, block_d):
     signature = {name: kind.format(dt=dtype) for name, kind in template.items()}
     acc = tl.float64 if dtype == "fp64" else tl.float32
-    constexprs = {"ACC": acc, "BLOCK_K": 16, "BLOCK_D": 256, **flags}
+    constexprs = {"ACC": acc, "BLOCK_K": block_k, "BLOCK_D": block_d, **flags}
     for name in (*flags, "ACC", "BLOCK_K", "BLOCK_D"):
         signature[name] = "constexpr"
-    if not next(iter(flags.values())):
+    if optional_ptr is not None and not next(iter(flags.values())):
         signature[optional_ptr] = "constexpr"
         constexprs[optional_ptr] = None
     src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
@@ -59,17 +59,19 @@ def compile_variant(fn, template, dtype, flags, optional_ptr, cap):
 
 def main() -> None:
     assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), "unset TRITON_INTERPRET"
+    bag, dot = triton_ops._bag_sum_kernel, triton_ops._sampled_dot_kernel
+    # the launchers' own tile sizes: bag sums cover 2 KiB of a row, the SDDMM 32 x 128
     variants = [
-        (90, "bf16", triton_ops._bag_sum_kernel, BAG_SUM, {"HAS_ORDER": True}, "order_ptr"),
-        (90, "bf16", triton_ops._bag_sum_kernel, BAG_SUM, {"HAS_ORDER": False}, "order_ptr"),
-        (90, "bf16", triton_ops._sampled_dot_kernel, SAMPLED_DOT, {"HAS_BIAS": True}, "bias_ptr"),
-        (90, "bf16", triton_ops._sampled_dot_kernel, SAMPLED_DOT, {"HAS_BIAS": False}, "bias_ptr"),
-        (80, "fp32", triton_ops._bag_sum_kernel, BAG_SUM, {"HAS_ORDER": True}, "order_ptr"),
-        (80, "bf16", triton_ops._sampled_dot_kernel, SAMPLED_DOT, {"HAS_BIAS": False}, "bias_ptr"),
+        (90, "bf16", bag, BAG_SUM, {}, None, 8, 1024),
+        (90, "fp32", bag, BAG_SUM, {}, None, 8, 512),
+        (90, "bf16", dot, SAMPLED_DOT, {"HAS_BIAS": True}, "bias_ptr", 32, 128),
+        (90, "bf16", dot, SAMPLED_DOT, {"HAS_BIAS": False}, "bias_ptr", 32, 128),
+        (80, "fp32", bag, BAG_SUM, {}, None, 8, 512),
+        (80, "bf16", dot, SAMPLED_DOT, {"HAS_BIAS": False}, "bias_ptr", 32, 128),
     ]
-    for cap, dtype, fn, template, flags, optional_ptr in variants:
-        compile_variant(fn, template, dtype, flags, optional_ptr, cap)
-        print(f"ok sm_{cap} {dtype} {fn.__name__} {flags}", flush=True)
+    for cap, dtype, fn, template, flags, optional_ptr, block_k, block_d in variants:
+        compile_variant(fn, template, dtype, flags, optional_ptr, cap, block_k, block_d)
+        print(f"ok sm_{cap} {dtype} {fn.__name__} {flags} {block_k}x{block_d}", flush=True)
 
 
 if __name__ == "__main__":

@@ -231,3 +231,22 @@ def test_fold_w_dec_norm_is_a_no_op_for_unit_rows_and_refuses_otherwise() -> Non
         sae.W_dec[0] *= 3
     with pytest.raises(ValueError, match="not unit norm"):
         sae.fold_W_dec_norm()
+
+
+def test_step_count_sees_every_change_to_the_buffer() -> None:
+    """The host-side cache of ``training_steps`` (no GPU sync per step) never serves a stale count:
+    the k-annealing schedule follows the buffer after fill_, load_state_dict and a new buffer."""
+    sae = new_sae(k_anneal_start=9, k_anneal_steps=6)
+    for x in batches(2):
+        sae.training_forward_pass(TrainStepInput(x, {}, None, 0, False))
+    assert sae._step_count() == 2 and sae.current_k == sae.cfg.k_at_step(2)
+    sae.training_steps.fill_(0)
+    assert sae._step_count() == 0 and sae.current_k == 9
+    state = {k: v.clone() for k, v in sae.state_dict().items()}
+    state["training_steps"] = torch.tensor(5)
+    sae.load_state_dict(state)
+    assert sae._step_count() == 5
+    sae.training_steps = torch.tensor(4)
+    assert sae._step_count() == 4
+    sae.training_forward_pass(TrainStepInput(batches(1)[0], {}, None, 0, False))
+    assert int(sae.training_steps) == 5 and sae._step_count() == 5
