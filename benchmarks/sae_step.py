@@ -104,20 +104,20 @@ class Synthetic:
         n_true = shape.d_sae // 2  # learnable by the SAE, so EV can separate the two
         dictionary = torch.randn(n_true, shape.d_in, generator=fixed)
         self.dictionary = (dictionary / dictionary.norm(dim=1, keepdim=True)).to(device)
-        self.probs = 1.0 / (torch.arange(n_true, dtype=torch.float32) + 10.0) ** 0.7
+        self.probs = (1.0 / (torch.arange(n_true, dtype=torch.float32) + 10.0) ** 0.7).to(device)
         self.offset = torch.randn(shape.d_in, generator=fixed).to(device)
 
     def batch(self, seed: int) -> torch.Tensor:
-        shape, g = self.shape, torch.Generator(device="cpu").manual_seed(seed)
-        idx = torch.multinomial(self.probs, shape.batch * shape.k, replacement=True, generator=g)
-        mags = torch.rand(shape.batch, shape.k, generator=g) * 2.0
+        """One batch, drawn on the device (a CPU draw of 4096 x 4096 took longer than a GPU step)."""
+        shape, dev = self.shape, self.device
+        g = torch.Generator(device=dev).manual_seed(seed)
+        n = shape.batch * shape.k
+        idx = torch.multinomial(self.probs, n, replacement=True, generator=g)
+        mags = torch.rand(shape.batch, shape.k, generator=g, device=dev) * 2.0
         x = F.embedding_bag(
-            idx.view(shape.batch, shape.k).to(self.device),
-            self.dictionary,
-            per_sample_weights=mags.to(self.device),
-            mode="sum",
+            idx.view(shape.batch, shape.k), self.dictionary, per_sample_weights=mags, mode="sum"
         )
-        noise = 0.05 * torch.randn(shape.batch, shape.d_in, generator=g).to(self.device)
+        noise = 0.05 * torch.randn(shape.batch, shape.d_in, generator=g, device=dev)
         return (x + noise + self.offset).contiguous()
 
     def batches(self, n: int, first_seed: int) -> list[torch.Tensor]:

@@ -32,7 +32,7 @@ DecoderImpl = Literal["auto", "triton", "embedding_bag", "dense"]
 IMPLS: tuple[str, ...] = get_args(DecoderImpl)
 
 #: ``auto`` runs dense when ``n_latents / k`` falls below this (per device type; see above).
-MIN_LATENTS_PER_ACTIVE: dict[str, float] = {"cpu": 4.0, "cuda": 128.0}
+MIN_LATENTS_PER_ACTIVE: dict[str, float] = {"cpu": 4.0, "cuda": 256.0}
 #: For other device types (e.g. ``mps``), a middle-of-the-road guess.
 DEFAULT_MIN_LATENTS_PER_ACTIVE = 8.0
 
