@@ -5,8 +5,7 @@ N 16384 and 65536; fp32 tables as under autocast with fp32 weights, and bf16):
 
 * ``decode``: bag sum over rows (``out[b] = sum_j v[b,j] W[idx[b,j]]``), also via
   ``F.embedding_bag`` on CUDA;
-* ``grad_w``: bag sum over the latent-sorted layout (grad W from grad_out), written row-major
-  (grad W_dec) and column-major (grad W_enc, SAELens's ``[d_in, d_sae]``);
+* ``grad_w``: bag sum over the latent-sorted layout (grad W from grad_out);
 * ``sddmm``: ``grad_out[b] . W[idx[b,j]]`` (grad values).
 
 Each is timed with ``triton.testing.do_bench`` (median ms) and reported with the bandwidth of the
@@ -117,13 +116,11 @@ def run(n: int, dtype: torch.dtype, args: argparse.Namespace) -> list[dict]:
                 "decode",
                 "triton",
                 cfg,
-                bench(partial(triton_ops.bag_sum, ptr, idx, vals, W, False, cfg)),
+                bench(partial(triton_ops.bag_sum, ptr, idx, vals, W, cfg)),
             )
-            fn = partial(triton_ops.bag_sum, lat.ptr, bags, wperm, grad_out, False, cfg)
+            fn = partial(triton_ops.bag_sum, lat.ptr, bags, wperm, grad_out, cfg)
             torch.testing.assert_close(fn().float(), ref["grad_w"].float(), rtol=2e-2, atol=2e-2)
-            record("grad_w", "row_major", cfg, bench(fn))
-            fn = partial(triton_ops.bag_sum, lat.ptr, bags, wperm, grad_out, True, cfg)
-            record("grad_w", "column_major", cfg, bench(fn))
+            record("grad_w", "triton", cfg, bench(fn))
         except Exception as e:  # noqa: BLE001 - a config that cannot compile is skipped
             print(f"skip bag {cfg}: {type(e).__name__}: {str(e)[:120]}")
     for cfg in configs():

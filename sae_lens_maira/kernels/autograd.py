@@ -25,7 +25,6 @@ def transposed_bag_sum(
     weights: Tensor,
     rows_table: Tensor,
     n_latents: int,
-    column_major: bool = False,
 ) -> Tensor:
     """``out[i] = sum over actives j of latent i of weights[j] * rows_table[bag(j)]`` -> ``[N, D]``.
 
@@ -33,7 +32,7 @@ def transposed_bag_sum(
     """
     lat = by_latent(indices, n_latents)
     bags = row_ids(bag_ptr, indices.numel())
-    return backend.bag_sum(lat.ptr, bags[lat.perm], weights[lat.perm], rows_table, column_major)
+    return backend.bag_sum(lat.ptr, bags[lat.perm], weights[lat.perm], rows_table)
 
 
 class BagDecode(torch.autograd.Function):
@@ -58,7 +57,7 @@ class BagDecode(torch.autograd.Function):
             indices, values = indices[perm], values[perm]
         ctx.backend = backend
         ctx.save_for_backward(bag_ptr, indices, values, W, perm)
-        return backend.bag_sum(bag_ptr, indices, values, W, False)
+        return backend.bag_sum(bag_ptr, indices, values, W)
 
     @staticmethod
     @once_differentiable
@@ -127,12 +126,10 @@ class SampledEncode(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             if W_t is None:
                 W_t = W_enc.t().contiguous()
-            grad_x = backend.bag_sum(row_ptr, indices, grad_pre, W_t, False)
+            grad_x = backend.bag_sum(row_ptr, indices, grad_pre, W_t)
         if ctx.needs_input_grad[3]:
-            # column-major [N, D] so that grad W_enc [D, N] is contiguous like W_enc itself
-            # (autograd would otherwise copy a transposed gradient into W_enc's layout)
             grad_W = transposed_bag_sum(
-                backend, row_ptr, indices, grad_pre, x.contiguous(), ctx.n_latents, True
+                backend, row_ptr, indices, grad_pre, x.contiguous(), ctx.n_latents
             ).t()
         if ctx.needs_input_grad[4]:
             acc_dtype = torch.promote_types(grad_pre.dtype, torch.float32)

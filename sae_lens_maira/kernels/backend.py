@@ -1,6 +1,6 @@
 """The two primitives a sparse implementation provides; every op is built from them.
 
-* ``bag_sum(ptr, idx, weights, table, column_major)`` -> ``[R, D]``:
+* ``bag_sum(ptr, idx, weights, table)`` -> ``[R, D]``:
   ``out[r] = sum_{j in ptr[r]:ptr[r+1]} weights[j] * table[idx[j]]`` (fp32 accumulation, output in
   ``table.dtype``, empty bags give zeros). Decode forward, grad W (on the latent-sorted layout),
   and the encoder's grad x / grad W_enc are all bag sums.
@@ -8,9 +8,7 @@
   ``out[j] = a[row(j)] . table[idx[j]] (+ bias[idx[j]])``, the product ``a @ table.T`` evaluated
   only at the selected pairs (SDDMM). Decode grad values and the encoder forward.
 
-``table`` is ``[N, D]`` and may be a strided view. ``column_major=True`` returns the ``[R, D]``
-result stored as ``[D, R]`` row-major, so its ``.t()`` is contiguous: the layout of SAELens's
-``W_enc [d_in, d_sae]``, whose gradient then needs no transpose copy before the optimiser.
+``table`` is ``[N, D]`` and may be a strided view.
 """
 
 from __future__ import annotations
@@ -20,7 +18,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-BagSum = Callable[[Tensor, Tensor, Tensor, Tensor, bool], Tensor]
+BagSum = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 SampledDot = Callable[[Tensor, Tensor, Tensor, Tensor, "Tensor | None"], Tensor]
 
 

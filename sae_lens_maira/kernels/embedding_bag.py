@@ -21,25 +21,21 @@ from sae_lens_maira.kernels.layout import row_ids
 _SDDMM_DTYPES = (torch.float32, torch.float64)
 
 
-def bag_sum(
-    ptr: Tensor, idx: Tensor, weights: Tensor, table: Tensor, column_major: bool = False
-) -> Tensor:
-    """Weighted bag sums with ``F.embedding_bag`` (column-major output costs a copy here)."""
+def bag_sum(ptr: Tensor, idx: Tensor, weights: Tensor, table: Tensor) -> Tensor:
+    """Weighted bag sums with ``F.embedding_bag``."""
     n_bags = ptr.numel() - 1
     if idx.numel() == 0 or n_bags == 0:
-        out = table.new_zeros((n_bags, table.shape[1]))
-    else:
-        # Detached inputs select aten's forward-only kernel (no offset2bag bookkeeping): a leaf
-        # table that requires grad (x in the encoder backward) otherwise costs ~3x here.
-        out = F.embedding_bag(
-            idx,
-            table.detach().contiguous(),
-            ptr,
-            mode="sum",
-            per_sample_weights=weights.detach(),
-            include_last_offset=True,
-        )
-    return out.t().contiguous().t() if column_major else out
+        return table.new_zeros((n_bags, table.shape[1]))
+    # Detached inputs select aten's forward-only kernel (no offset2bag bookkeeping): a leaf table
+    # that requires grad (x in the encoder backward) otherwise costs ~3x here.
+    return F.embedding_bag(
+        idx,
+        table.detach().contiguous(),
+        ptr,
+        mode="sum",
+        per_sample_weights=weights.detach(),
+        include_last_offset=True,
+    )
 
 
 def _csr(ptr: Tensor, idx: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:

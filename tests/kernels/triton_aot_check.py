@@ -26,7 +26,6 @@ BAG_SUM = {
     "stride_tn": "i32",
     "stride_td": "i32",
     "stride_or": "i32",
-    "stride_od": "i32",
 }
 SAMPLED_DOT = {
     "ptr_ptr": "*i64",
