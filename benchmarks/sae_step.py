@@ -98,9 +98,9 @@ def sync(device: torch.device) -> None:
 class Synthetic:
     """One fixed activation distribution (dictionary, frequencies, offset); draws are seeded."""
 
-    def __init__(self, shape: Shape, device: torch.device):
+    def __init__(self, shape: Shape, device: torch.device, dtype: torch.dtype = torch.float32):
         fixed = torch.Generator(device="cpu").manual_seed(1234)
-        self.shape, self.device = shape, device
+        self.shape, self.device, self.dtype = shape, device, dtype
         n_true = shape.d_sae // 2  # learnable by the SAE, so EV can separate the two
         dictionary = torch.randn(n_true, shape.d_in, generator=fixed)
         self.dictionary = (dictionary / dictionary.norm(dim=1, keepdim=True)).to(device)
@@ -118,7 +118,7 @@ class Synthetic:
             idx.view(shape.batch, shape.k), self.dictionary, per_sample_weights=mags, mode="sum"
         )
         noise = 0.05 * torch.randn(shape.batch, shape.d_in, generator=g, device=dev)
-        return (x + noise + self.offset).contiguous()
+        return (x + noise + self.offset).to(self.dtype).contiguous()
 
     def batches(self, n: int, first_seed: int) -> list[torch.Tensor]:
         return [self.batch(first_seed + i) for i in range(n)]
@@ -126,6 +126,12 @@ class Synthetic:
 
 # ---------------------------------------------------------------------------------------------
 # the two SAEs and their trainers
+
+
+def input_dtype(precision: str) -> torch.dtype:
+    """Activations come in the SAE's dtype (bf16 weights get bf16 inputs, as from a bf16 cache);
+    SAELens's MSE backward fails on CUDA when fp32 inputs meet a bf16 reconstruction."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def group_ends(d_sae: int) -> list[int]:
@@ -199,6 +205,7 @@ def explained_variance(trainer: SAETrainer, batches: list[torch.Tensor]) -> floa
     for x in batches:
         with trainer.autocast_if_enabled:
             x_hat = sae.decode(sae.encode(x)).float()
+        x = x.float()
         err += float((x - x_hat).pow(2).sum())
         total += float((x - x.mean(0)).pow(2).sum())
     sae.train()
@@ -275,7 +282,7 @@ def memory_worker(args: argparse.Namespace) -> None:
     configure_threads(args.threads)
     shape = Shape(args.d_in, args.d_sae[0], args.k, args.batch)
     device = torch.device("cpu")
-    pool = Synthetic(shape, device).batches(2, first_seed=1)
+    pool = Synthetic(shape, device, input_dtype(args.precision)).batches(2, first_seed=1)
     trainer = build(args.memory_worker, shape, device, args.precision, args.lr, args.decoder_impl)
     for i in range(2):  # Adam state exists after the first step; measure steady steps
         step(trainer, pool[i % 2])
@@ -291,7 +298,7 @@ def run_shape(args: argparse.Namespace, shape: Shape, device: torch.device) -> d
         f"\n== d_in {shape.d_in}, d_sae {shape.d_sae}, k {shape.k}, batch {shape.batch}, "
         f"{args.precision} on {device}"
     )
-    data = Synthetic(shape, device)
+    data = Synthetic(shape, device, input_dtype(args.precision))
     pool = data.batches(args.pool, first_seed=1)
     trainers = {
         side: build(side, shape, device, args.precision, args.lr, args.decoder_impl)

@@ -7,11 +7,11 @@ latents exist per active one (N / k small).
 * CPU, measured (1 thread, B 1024, D 512, decode forward + backward, embedding_bag vs dense):
   N/k = 128: 22-31x, 32: 10x, 16: 4.7x, 8: 2.4-2.8x, 4: 1.5x, 2: 0.56x. Break-even near
   N/k = 3, so dense from N/k < 4; no absolute cap on k (k = 1024 of 8192 was still 2.4x).
-* CUDA, measured on an H100 (bf16, B 4096, D 4096, k 64, ``benchmarks/results/sparse_decode_cuda.json``):
-  the Triton kernels are correct but lose to cuBLAS at N/k = 256 (decode 0.3x, encode 0.3x,
-  grouped Matryoshka decode 0.5x) and mostly at N/k = 1024 (decode 0.6x, encode 0.5x, grouped
-  1.1x), while using 0.3-0.8x the memory. So ``auto`` stays dense below N/k = 2048 on CUDA
-  until the kernels are tuned; ask for ``triton`` explicitly where memory matters more.
+* CUDA, measured on an H100 (bf16 autocast, fp32 weights, B 4096, D 4096, k 64; a full SAETrainer
+  step of ours against SAELens's ``matryoshka_batchtopk``, ``benchmarks/sae_step.py``):
+  N/k = 64: dense 0.96x, Triton 0.88x; N/k = 128: dense 1.19x, Triton 1.06x; N/k = 256: dense
+  1.34x, Triton 1.5x; N/k = 1024: dense 1.56x, Triton 2.1-2.3x. So ``auto`` runs Triton from
+  N/k = 256 and the dense step (one grouped decode instead of SAELens's one per prefix) below.
 """
 
 from __future__ import annotations

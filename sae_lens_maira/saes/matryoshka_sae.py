@@ -15,7 +15,6 @@ import contextlib
 import copy
 import logging
 import warnings
-import weakref
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -237,7 +236,7 @@ class MatryoshkaTrainingSAE(
         super().__init__(cfg, use_error_term)
         self._impl_logged: tuple[str, str] | None = None
         self.decoder_impl_in_use: str | None = None
-        self._step_cache: tuple[weakref.ref[Tensor], int, int] | None = None
+        self._step_cache: tuple[Tensor, int, int] | None = None
         constrain_decoder(self)
 
     @override
@@ -273,17 +272,17 @@ class MatryoshkaTrainingSAE(
         """``training_steps`` as an int, read from the device only if it changed since this SAE
         last wrote it (a GPU read is a host sync that idles the GPU at the start of every step).
 
-        The cache is keyed on the buffer object and its in-place version counter, so ``fill_``,
-        ``load_state_dict`` and ``.to()`` are all seen.
+        The cache is keyed on the buffer object (held, so its identity cannot be reused) and its
+        in-place version counter, so ``fill_``, ``load_state_dict`` and ``.to()`` are all seen.
         """
         t, cached = self.training_steps, self._step_cache
-        if cached is not None and cached[0]() is t and cached[1] == t._version:
+        if cached is not None and cached[0] is t and cached[1] == t._version:
             return cached[2]
         return int(t)
 
     def _remember_step_count(self, value: int) -> None:
         t = self.training_steps
-        self._step_cache = (weakref.ref(t), t._version, value)
+        self._step_cache = (t, t._version, value)
 
     @property
     def current_k(self) -> int:

@@ -250,3 +250,16 @@ def test_step_count_sees_every_change_to_the_buffer() -> None:
     assert sae._step_count() == 4
     sae.training_forward_pass(TrainStepInput(batches(1)[0], {}, None, 0, False))
     assert int(sae.training_steps) == 5 and sae._step_count() == 5
+
+
+def test_copied_sae_keeps_its_own_step_count() -> None:
+    """A deep copy does not share the step-count cache with the original (whose buffer it holds)."""
+    import copy
+
+    sae = new_sae()
+    sae.training_forward_pass(TrainStepInput(batches(1)[0], {}, None, 0, False))
+    twin = copy.deepcopy(sae)
+    twin.training_steps.fill_(7)
+    assert twin._step_count() == 7 and sae._step_count() == 1
+    twin.training_forward_pass(TrainStepInput(batches(1)[0], {}, None, 0, False))
+    assert twin._step_count() == 8 and sae._step_count() == 1
