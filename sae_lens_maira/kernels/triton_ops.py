@@ -108,9 +108,9 @@ def _acc_dtype(dtype: torch.dtype) -> tl.dtype:
 class LaunchConfig:
     """Tile sizes and warps of one kernel launch (``block_d`` is capped at D's next power of 2)."""
 
-    block_k: int = 16
-    block_d: int = 256
-    num_warps: int = 4
+    block_k: int
+    block_d: int
+    num_warps: int
     num_stages: int = 2
 
     def block_d_for(self, d: int) -> int:

@@ -393,8 +393,9 @@ class MatryoshkaTrainingSAE(
         thr = self.threshold
         thr.copy_(torch.where(thr < 0, smallest, beta * thr + (1 - beta) * smallest))
 
-    def _encoder_rows_and_bias(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """What the sparse encoder reads: detached input rows and a bias carrying ``b_dec``.
+    def _encoder_rows_and_bias(self, centered: Tensor) -> tuple[Tensor, Tensor]:
+        """What the sparse encoder reads: the detached rows ``centered`` (``x - b_dec``, or ``x``)
+        and a bias carrying ``b_dec``.
 
         ``(x - b_dec) @ W_enc + b_enc`` gives ``b_dec`` the gradient ``-W_enc @ g`` (g: the
         pre-activation gradient summed per latent), the same for every row. Detached rows plus the
@@ -403,8 +404,8 @@ class MatryoshkaTrainingSAE(
         token after an ``N x D`` transpose copy.
         """
         if not self.cfg.apply_b_dec_to_input:
-            return x.detach(), self.b_enc
-        return (x - self.b_dec).detach(), self.b_enc - self.b_dec @ self.W_enc.detach()
+            return centered.detach(), self.b_enc
+        return centered.detach(), self.b_enc - self.b_dec @ self.W_enc.detach()
 
     def _encode_selected(
         self,
@@ -479,7 +480,7 @@ class MatryoshkaTrainingSAE(
         # than SAELens's on an H100).
         no_autocast = torch.autocast(device_type=x.device.type, enabled=False)
         with no_autocast if impl != "dense" else contextlib.nullcontext():
-            enc_in = self._encoder_rows_and_bias(x) if post is None else None
+            enc_in = self._encoder_rows_and_bias(centered) if post is None else None
             values = self._encode_selected(impl, enc_in, post, acts, sel)
             aux_values = (
                 self._encode_selected(impl, enc_in, post, acts, aux_sel)
