@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+for _path in (ROOT, Path(__file__).resolve().parent):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 from sae_lens import __version__ as SAE_LENS_VERSION  # noqa: E402
 from sae_lens.config import SAETrainerConfig  # noqa: E402
@@ -374,18 +375,22 @@ def run_shape(args: argparse.Namespace, shape: Shape, device: torch.device) -> d
 def profile_steps(
     side: str, trainer: SAETrainer, pool: list[torch.Tensor], device: torch.device
 ) -> None:
-    """Print where three steps spend their time (torch profiler, top ops by self device time)."""
+    """Print where three steps spend their time: named regions, GPU idle time and host syncs
+    (``step_profile.py``), then the top ops by self device time (torch profiler)."""
+    from step_profile import regions, summarize
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    with profile(activities=activities) as prof:
+    with regions(), profile(activities=activities) as prof:
         for i in range(3):
+            sync(device)
             step(trainer, pool[i % len(pool)])
-        sync(device)
+            sync(device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(f"\n-- profile: {side}, 3 steps")
+    print(summarize(prof, 3))
     print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
 
 

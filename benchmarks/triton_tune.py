@@ -111,15 +111,15 @@ def run(n: int, dtype: torch.dtype, args: argparse.Namespace) -> list[dict]:
     )
     for cfg in configs():
         try:
-            out = triton_ops.bag_sum(ptr, idx, vals, W, cfg)
+            out = triton_ops.bag_sum(ptr, idx, vals, W, config=cfg)
             torch.testing.assert_close(out.float(), ref["decode"].float(), rtol=2e-2, atol=2e-2)
             record(
                 "decode",
                 "triton",
                 cfg,
-                bench(partial(triton_ops.bag_sum, ptr, idx, vals, W, cfg)),
+                bench(partial(triton_ops.bag_sum, ptr, idx, vals, W, config=cfg)),
             )
-            fn = partial(triton_ops.bag_sum, lat.ptr, bags, wperm, grad_out, cfg)
+            fn = partial(triton_ops.bag_sum, lat.ptr, bags, wperm, grad_out, config=cfg)
             torch.testing.assert_close(fn().float(), ref["grad_w"].float(), rtol=2e-2, atol=2e-2)
             record("grad_w", "triton", cfg, bench(fn))
         except Exception as e:  # noqa: BLE001 - a config that cannot compile is skipped

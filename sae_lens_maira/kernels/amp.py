@@ -1,8 +1,9 @@
 """torch.autocast support: the ops behave like a matmul under autocast.
 
-Inside an autocast region the floating inputs are cast (differentiably, so fp32 master weights
-get fp32 gradients) to the autocast dtype, and the kernels then run with autocast switched off so
-nothing inside them is re-cast behind our back.
+Inside an autocast region the ops compute in the autocast dtype and run their kernels with
+autocast switched off, so nothing inside them is re-cast behind our back. The dense fallback casts
+its inputs differentiably (:func:`cast_for_autocast`); the sparse autograd functions take the
+dtype (:func:`autocast_dtype`) and cast internally, writing fp32 weight gradients directly.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import torch
 from torch import Tensor
 
 
-def _autocast_dtype(device: torch.device) -> torch.dtype | None:
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype when autocast is on for ``device``, else None."""
     try:
         if torch.is_autocast_enabled(device.type):
             return torch.get_autocast_dtype(device.type)
@@ -24,7 +26,7 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
 
 def cast_for_autocast(device: torch.device, *tensors: Tensor) -> tuple[Tensor, ...]:
     """The tensors in the autocast dtype when autocast is on for ``device``, else unchanged."""
-    dtype = _autocast_dtype(device)
+    dtype = autocast_dtype(device)
     if dtype is None:
         return tensors
     return tuple(t.to(dtype) for t in tensors)
@@ -32,6 +34,6 @@ def cast_for_autocast(device: torch.device, *tensors: Tensor) -> tuple[Tensor, .
 
 def autocast_off(device: torch.device) -> AbstractContextManager[object]:
     """A context with autocast disabled for ``device`` (a no-op when it is not enabled)."""
-    if _autocast_dtype(device) is None:
+    if autocast_dtype(device) is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, enabled=False)

@@ -21,14 +21,16 @@ from sae_lens_maira.kernels.layout import row_ids
 _SDDMM_DTYPES = (torch.float32, torch.float64)
 
 
-def bag_sum(ptr: Tensor, idx: Tensor, weights: Tensor, table: Tensor) -> Tensor:
-    """Weighted bag sums with ``F.embedding_bag``."""
+def bag_sum(
+    ptr: Tensor, idx: Tensor, weights: Tensor, table: Tensor, out_dtype: torch.dtype | None = None
+) -> Tensor:
+    """Weighted bag sums with ``F.embedding_bag`` (in the table's dtype, then ``out_dtype``)."""
     n_bags = ptr.numel() - 1
     if idx.numel() == 0 or n_bags == 0:
-        return table.new_zeros((n_bags, table.shape[1]))
+        return table.new_zeros((n_bags, table.shape[1]), dtype=out_dtype)
     # Detached inputs select aten's forward-only kernel (no offset2bag bookkeeping): a leaf table
     # that requires grad (x in the encoder backward) otherwise costs ~3x here.
-    return F.embedding_bag(
+    out = F.embedding_bag(
         idx,
         table.detach().contiguous(),
         ptr,
@@ -36,6 +38,7 @@ def bag_sum(ptr: Tensor, idx: Tensor, weights: Tensor, table: Tensor) -> Tensor:
         per_sample_weights=weights.detach(),
         include_last_offset=True,
     )
+    return out if out_dtype is None else out.to(out_dtype)
 
 
 def _csr(ptr: Tensor, idx: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:

@@ -2,7 +2,9 @@
 
 Every op is differentiable (``torch.autograd.Function`` for the sparse paths, torch autograd for
 the dense fallback), takes fp32 / bf16 / fp16 / fp64 with fp32 (or wider) accumulation, and runs
-on CPU and CUDA; under ``torch.autocast`` they run in the autocast dtype like a matmul. ``impl`` is one of :data:`DecoderImpl`; ``validate=False`` skips the O(nnz)
+on CPU and CUDA; under ``torch.autocast`` they run in the autocast dtype like a matmul (the
+sparse paths gather from a copy of the table in that dtype and give fp32 weights fp32 gradients
+without a second cast pass). ``impl`` is one of :data:`DecoderImpl`; ``validate=False`` skips the O(nnz)
 data checks (one host sync on CUDA) for a training loop whose indices come from ``topk``: the
 caller then vouches for them (an out-of-range latent id may read out of bounds).
 """
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from torch import Tensor
 
 from sae_lens_maira.kernels import dense
-from sae_lens_maira.kernels.amp import autocast_off, cast_for_autocast
+from sae_lens_maira.kernels.amp import autocast_dtype, autocast_off, cast_for_autocast
 from sae_lens_maira.kernels.autograd import BagDecode, SampledEncode
 from sae_lens_maira.kernels.dispatch import DecoderImpl, get_backend, resolve_impl
 from sae_lens_maira.kernels.layout import grouped_bags, padded_row_ptr
@@ -37,15 +39,22 @@ def _decode(
 ) -> Tensor:
     n_latents, d = W_dec.shape
     chosen = resolve_impl(impl, device=W_dec.device, n_latents=n_latents, k=k, d=d)
+    compute = autocast_dtype(W_dec.device)
+    if chosen == "dense":
+        values, W_dec = cast_for_autocast(W_dec.device, values, W_dec)
     with autocast_off(W_dec.device):
         if chosen == "dense":
             return dense.decode(row_ptr, indices, values, W_dec)
-        return BagDecode.apply(row_ptr, indices, values, W_dec, get_backend(chosen))
+        return BagDecode.apply(row_ptr, indices, values, W_dec, get_backend(chosen), None, compute)
 
 
 def _check_decode_inputs(row_ptr: Tensor, indices: Tensor, values: Tensor, W_dec: Tensor) -> None:
+    """Shapes and one device; one dtype too unless autocast decides the compute dtype."""
     check_csr_shapes(row_ptr, indices, values)
-    check_same({"row_ptr": row_ptr, "indices": indices, "values": values, "W_dec": W_dec})
+    check_same(
+        {"row_ptr": row_ptr, "indices": indices, "values": values, "W_dec": W_dec},
+        dtypes=autocast_dtype(W_dec.device) is None,
+    )
 
 
 def sparse_decode(
@@ -69,8 +78,10 @@ def sparse_decode(
             f"indices and values must both be [B, K], got {tuple(indices.shape)} and "
             f"{tuple(values.shape)}"
         )
-    values, W_dec = cast_for_autocast(W_dec.device, values, W_dec)
-    check_same({"indices": indices, "values": values, "W_dec": W_dec})
+    check_same(
+        {"indices": indices, "values": values, "W_dec": W_dec},
+        dtypes=autocast_dtype(W_dec.device) is None,
+    )
     if validate:
         check_data(indices, W_dec.shape[0])
     n_rows, k = indices.shape
@@ -94,7 +105,6 @@ def sparse_decode_csr(
     row_ptr, indices = as_index(row_ptr, "row_ptr"), as_index(indices, "indices")
     values = check_float(values, "values", 1)
     W_dec = check_float(W_dec, "W_dec", 2)
-    values, W_dec = cast_for_autocast(W_dec.device, values, W_dec)
     _check_decode_inputs(row_ptr, indices, values, W_dec)
     if validate:
         check_data(indices, W_dec.shape[0], row_ptr)
@@ -121,7 +131,6 @@ def grouped_sparse_decode_csr(
     row_ptr, indices = as_index(row_ptr, "row_ptr"), as_index(indices, "indices")
     values = check_float(values, "values", 1)
     W_dec = check_float(W_dec, "W_dec", 2)
-    values, W_dec = cast_for_autocast(W_dec.device, values, W_dec)
     _check_decode_inputs(row_ptr, indices, values, W_dec)
     n_latents, d = W_dec.shape
     ends = check_group_ends(group_ends, n_latents)
@@ -130,11 +139,14 @@ def grouped_sparse_decode_csr(
     n_rows = row_ptr.numel() - 1
     k = _mean_k(indices.numel(), n_rows)
     chosen = resolve_impl(impl, device=W_dec.device, n_latents=n_latents, k=k, d=d)
+    compute = autocast_dtype(W_dec.device)
+    if chosen == "dense":
+        values, W_dec = cast_for_autocast(W_dec.device, values, W_dec)
     with autocast_off(W_dec.device):
         if chosen == "dense":
             return dense.grouped_decode(row_ptr, indices, values, W_dec, ends)
         bag_ptr, perm = grouped_bags(row_ptr, indices, ends)
-        out = BagDecode.apply(bag_ptr, indices, values, W_dec, get_backend(chosen), perm)
+        out = BagDecode.apply(bag_ptr, indices, values, W_dec, get_backend(chosen), perm, compute)
     return out.view(len(ends), n_rows, d)
 
 
@@ -162,9 +174,9 @@ def sparse_encode_csr(
     b_enc = check_float(b_enc, "b_enc", 1)
     row_ptr, indices = as_index(row_ptr, "row_ptr"), as_index(indices, "indices")
     check_csr_shapes(row_ptr, indices, None)
-    x, W_enc, b_enc = cast_for_autocast(x.device, x, W_enc, b_enc)
+    compute = autocast_dtype(x.device)
     tensors = {"x": x, "W_enc": W_enc, "b_enc": b_enc, "row_ptr": row_ptr, "indices": indices}
-    check_same(tensors)
+    check_same(tensors, dtypes=compute is None)
     (n_rows, d), (d_w, n_latents) = x.shape, W_enc.shape
     if d_w != d:
         raise ValueError(
@@ -191,8 +203,10 @@ def sparse_encode_csr(
         check_data(indices, n_latents, row_ptr)
     k = _mean_k(indices.numel(), n_rows)
     chosen = resolve_impl(impl, device=x.device, n_latents=n_latents, k=k, d=d)
+    if chosen == "dense":
+        x, W_enc, b_enc = cast_for_autocast(x.device, x, W_enc, b_enc)
     with autocast_off(x.device):
         if chosen == "dense":
             return dense.encode(row_ptr, indices, x, W_enc, b_enc)
         backend = get_backend(chosen)
-        return SampledEncode.apply(row_ptr, indices, x, W_enc, b_enc, hidden_pre, backend)
+        return SampledEncode.apply(row_ptr, indices, x, W_enc, b_enc, hidden_pre, backend, compute)

@@ -145,17 +145,19 @@ def bag_sum(
     idx: Tensor,
     weights: Tensor,
     table: Tensor,
+    out_dtype: torch.dtype | None = None,
     config: LaunchConfig | None = None,
 ) -> Tensor:
     """Weighted bag sums, one program per (bag, D block), fp32 accumulation in registers.
 
-    ``config`` overrides the launch settings (``benchmarks/triton_tune.py``); by default each
-    program covers 2 KiB of a table row.
+    The result is stored in ``out_dtype`` (default: the table's). ``config`` overrides the launch
+    settings (``benchmarks/triton_tune.py``); by default each program covers 2 KiB of a table row.
     """
     n_bags, d = ptr.numel() - 1, table.shape[1]
+    out_dtype = out_dtype or table.dtype
     if idx.numel() == 0 or n_bags == 0 or d == 0:
-        return table.new_zeros((n_bags, d))
-    out = torch.empty((n_bags, d), dtype=table.dtype, device=table.device)
+        return table.new_zeros((n_bags, d), dtype=out_dtype)
+    out = torch.empty((n_bags, d), dtype=out_dtype, device=table.device)
     config = config or bag_sum_config(table.dtype)
     block_d = config.block_d_for(d)
     grid = (n_bags, triton.cdiv(d, block_d))

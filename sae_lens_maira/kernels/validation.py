@@ -40,18 +40,20 @@ def check_float(t: object, name: str, ndim: int) -> Tensor:
     return t
 
 
-def check_same(tensors: dict[str, Tensor]) -> None:
-    """All floating tensors share one dtype, and all tensors one device."""
+def check_same(tensors: dict[str, Tensor], *, dtypes: bool = True) -> None:
+    """All tensors on one device and, if ``dtypes``, all floating ones in one dtype."""
     devices = {name: t.device for name, t in tensors.items()}
     if len(set(devices.values())) > 1:
         listing = ", ".join(f"{n} on {d}" for n, d in devices.items())
         raise ValueError(
             f"all inputs must be on one device, got {listing}; move them with .to(device)"
         )
-    dtypes = {name: t.dtype for name, t in tensors.items() if t.is_floating_point()}
-    if len(set(dtypes.values())) > 1:
-        listing = ", ".join(f"{n} {d}" for n, d in dtypes.items())
-        first = next(iter(dtypes))
+    if not dtypes:
+        return
+    floats = {name: t.dtype for name, t in tensors.items() if t.is_floating_point()}
+    if len(set(floats.values())) > 1:
+        listing = ", ".join(f"{n} {d}" for n, d in floats.items())
+        first = next(iter(floats))
         raise ValueError(
             f"floating inputs must share one dtype, got {listing}; cast them, e.g. "
             f"x.to({first}.dtype) (accumulation is fp32 internally)"

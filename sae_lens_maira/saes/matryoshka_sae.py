@@ -11,7 +11,6 @@ the dense encoder for shapes where sparse cannot win. See ``training_forward_pas
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import warnings
@@ -36,7 +35,9 @@ from sae_lens_maira import kernels
 from sae_lens_maira.saes.auxk import auxk_l2
 from sae_lens_maira.saes.config import MatryoshkaSAEConfig, MatryoshkaTrainingSAEConfig
 from sae_lens_maira.saes.decoder_constraint import attach_projection_hook, constrain_decoder
+from sae_lens_maira.saes.encoder_bias import bias_with_decoder_shift
 from sae_lens_maira.saes.geometric_median import geometric_median
+from sae_lens_maira.saes.host_cache import HostCache
 from sae_lens_maira.saes.selection import Selection, batch_topk, dead_topk
 
 logger = logging.getLogger(__name__)
@@ -236,7 +237,9 @@ class MatryoshkaTrainingSAE(
         super().__init__(cfg, use_error_term)
         self._impl_logged: tuple[str, str] | None = None
         self.decoder_impl_in_use: str | None = None
-        self._step_cache: tuple[Tensor, int, int] | None = None
+        self._step_cache = HostCache()
+        # an upper bound on max(num_tokens_since_fired): below the dead threshold, nothing is dead
+        self._idle_bound = HostCache()
         constrain_decoder(self)
 
     @override
@@ -269,20 +272,14 @@ class MatryoshkaTrainingSAE(
             self.norm_factor.fill_(float(x.float().pow(2).sum(dim=-1).mean().sqrt()))
 
     def _step_count(self) -> int:
-        """``training_steps`` as an int, read from the device only if it changed since this SAE
-        last wrote it (a GPU read is a host sync that idles the GPU at the start of every step).
-
-        The cache is keyed on the buffer object (held, so its identity cannot be reused) and its
-        in-place version counter, so ``fill_``, ``load_state_dict`` and ``.to()`` are all seen.
-        """
-        t, cached = self.training_steps, self._step_cache
-        if cached is not None and cached[0] is t and cached[1] == t._version:
-            return cached[2]
-        return int(t)
+        """``training_steps`` as an int, read from the device only if someone else changed it
+        since this SAE last wrote it (see :mod:`sae_lens_maira.saes.host_cache`)."""
+        t = self.training_steps
+        cached = self._step_cache.get(t)
+        return int(t) if cached is None else cached
 
     def _remember_step_count(self, value: int) -> None:
-        t = self.training_steps
-        self._step_cache = (t, t._version, value)
+        self._step_cache.remember(self.training_steps, value)
 
     @property
     def current_k(self) -> int:
@@ -377,12 +374,29 @@ class MatryoshkaTrainingSAE(
         return impl
 
     @torch.no_grad()
-    def _update_dead_counters(self, sel: Selection, n_tokens: int) -> Tensor:
+    def _update_dead_counters(self, sel: Selection, n_tokens: int) -> tuple[Tensor | None, int]:
+        """Count tokens since each latent fired; return the dead mask (None when nothing is dead)
+        and how many are dead.
+
+        Knowing whether any latent is dead needs a host read. A host-side upper bound on the
+        counters (it grows by ``n_tokens`` per step) skips that read while it stays below the
+        threshold, which in a healthy run is almost always: the counters are read once when the
+        bound reaches it, and the bound drops back to their real maximum.
+        """
+        counters = self.num_tokens_since_fired
         fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=sel.indices.device)
         fired[sel.indices] = True
-        self.num_tokens_since_fired += n_tokens
-        self.num_tokens_since_fired.masked_fill_(fired, 0)  # no host sync, unlike mask indexing
-        return self.num_tokens_since_fired >= self.cfg.dead_feature_threshold
+        bound = self._idle_bound.get(counters)
+        counters += n_tokens
+        counters.masked_fill_(fired, 0)  # no host sync, unlike mask indexing
+        threshold = self.cfg.dead_feature_threshold
+        if bound is not None and bound + n_tokens < threshold:
+            self._idle_bound.remember(counters, bound + n_tokens)
+            return None, 0
+        dead = counters >= threshold
+        n_dead, most = (int(v) for v in torch.stack([dead.sum(), counters.max()]).tolist())
+        self._idle_bound.remember(counters, most)
+        return (dead if n_dead > 0 else None), n_dead
 
     @torch.no_grad()
     def _update_threshold(self, values: Tensor) -> None:
@@ -395,17 +409,14 @@ class MatryoshkaTrainingSAE(
 
     def _encoder_rows_and_bias(self, centered: Tensor) -> tuple[Tensor, Tensor]:
         """What the sparse encoder reads: the detached rows ``centered`` (``x - b_dec``, or ``x``)
-        and a bias carrying ``b_dec``.
-
-        ``(x - b_dec) @ W_enc + b_enc`` gives ``b_dec`` the gradient ``-W_enc @ g`` (g: the
-        pre-activation gradient summed per latent), the same for every row. Detached rows plus the
-        bias ``b_enc - b_dec @ W_enc.detach()`` give exactly that through one matvec, where
-        gradient-carrying rows would cost a sparse grad x: a gather of k rows of ``W_enc^T`` per
-        token after an ``N x D`` transpose copy.
+        and ``b_enc``, through which ``b_dec`` gets the gradient the rows would have given it
+        (:func:`~sae_lens_maira.saes.encoder_bias.bias_with_decoder_shift`). Gradient-carrying
+        rows would cost a sparse grad x: a gather of k rows of ``W_enc^T`` per token after an
+        ``N x D`` transpose copy.
         """
         if not self.cfg.apply_b_dec_to_input:
             return centered.detach(), self.b_enc
-        return centered.detach(), self.b_enc - self.b_dec @ self.W_enc.detach()
+        return centered.detach(), bias_with_decoder_shift(self.b_enc, self.b_dec, self.W_enc)
 
     def _encode_selected(
         self,
@@ -468,57 +479,52 @@ class MatryoshkaTrainingSAE(
                 acts = (centered @ self.W_enc + self.b_enc).relu_()
         k = self.cfg.k_at_step(step)
         sel = batch_topk(acts, k)
-        dead = self._update_dead_counters(sel, batch)
-        n_dead = int(dead.sum())
-        aux_sel = dead_topk(acts, dead, self.cfg.top_k_aux or 0) if n_dead > 0 else None
+        dead, n_dead = self._update_dead_counters(sel, batch)
+        aux_sel = dead_topk(acts, dead, self.cfg.top_k_aux or 0) if dead is not None else None
         if aux_sel is not None and aux_sel.nnz == 0:
             aux_sel = None
 
-        # The sparse ops run in the parameters' dtype even under autocast: casting W_dec and
-        # W_enc to bf16 would copy N x D twice per step for a memory-bound gather. The dense
-        # fallback keeps autocast: its matmuls are what bf16 speeds up (fp32 ones ran 2x slower
-        # than SAELens's on an H100).
-        no_autocast = torch.autocast(device_type=x.device.type, enabled=False)
-        with no_autocast if impl != "dense" else contextlib.nullcontext():
-            enc_in = self._encoder_rows_and_bias(centered) if post is None else None
-            values = self._encode_selected(impl, enc_in, post, acts, sel)
-            aux_values = (
-                self._encode_selected(impl, enc_in, post, acts, aux_sel)
-                if aux_sel is not None
-                else None
-            )
-            del acts, enc_in
-            if step > self.cfg.threshold_update_start:
-                self._update_threshold(values.detach())
-            W_dec = self.W_dec
-            partials = kernels.grouped_sparse_decode_csr(
-                sel.row_ptr,
-                sel.indices,
-                values.to(W_dec.dtype),
+        # Under autocast the sparse ops gather from bf16 copies of the tables (half the traffic)
+        # and write fp32 weight gradients directly; the dense fallback's matmuls run in bf16.
+        enc_in = self._encoder_rows_and_bias(centered) if post is None else None
+        values = self._encode_selected(impl, enc_in, post, acts, sel)
+        aux_values = (
+            self._encode_selected(impl, enc_in, post, acts, aux_sel)
+            if aux_sel is not None
+            else None
+        )
+        del acts, enc_in
+        if step > self.cfg.threshold_update_start:
+            self._update_threshold(values.detach())
+        W_dec = self.W_dec
+        partials = kernels.grouped_sparse_decode_csr(
+            sel.row_ptr,
+            sel.indices,
+            values.to(W_dec.dtype),
+            W_dec,
+            self.cfg.group_ends,
+            impl=impl,
+            validate=False,
+        )
+        target = x - self.b_dec
+        weights = torch.tensor(self.cfg.group_weights, dtype=torch.float32, device=x.device)
+        prefix_losses = kernels.matryoshka_prefix_mse(partials, target) * weights
+        mse_loss = prefix_losses.mean()
+        with torch.no_grad():
+            residual = target.float() - partials.sum(dim=0, dtype=torch.float32)
+
+        if aux_sel is not None and aux_values is not None:
+            aux_recon = kernels.sparse_decode_csr(
+                aux_sel.row_ptr,
+                aux_sel.indices,
+                aux_values.to(W_dec.dtype),
                 W_dec,
-                self.cfg.group_ends,
                 impl=impl,
                 validate=False,
             )
-            target = x - self.b_dec
-            weights = torch.tensor(self.cfg.group_weights, dtype=torch.float32, device=x.device)
-            prefix_losses = kernels.matryoshka_prefix_mse(partials, target) * weights
-            mse_loss = prefix_losses.mean()
-            with torch.no_grad():
-                residual = (target - partials.sum(dim=0)).float()
-
-            if aux_sel is not None and aux_values is not None:
-                aux_recon = kernels.sparse_decode_csr(
-                    aux_sel.row_ptr,
-                    aux_sel.indices,
-                    aux_values.to(W_dec.dtype),
-                    W_dec,
-                    impl=impl,
-                    validate=False,
-                )
-                auxk_loss = self.cfg.auxk_alpha * auxk_l2(residual, aux_recon)
-            else:
-                auxk_loss = mse_loss.new_zeros(())
+            auxk_loss = self.cfg.auxk_alpha * auxk_l2(residual, aux_recon)
+        else:
+            auxk_loss = mse_loss.new_zeros(())
 
         with torch.no_grad():
             sae_out = self._scale_out(x - residual.to(x.dtype)).to(step_input.sae_in.dtype)

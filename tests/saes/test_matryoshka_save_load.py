@@ -263,3 +263,37 @@ def test_copied_sae_keeps_its_own_step_count() -> None:
     assert twin._step_count() == 7 and sae._step_count() == 1
     twin.training_forward_pass(TrainStepInput(batches(1)[0], {}, None, 0, False))
     assert twin._step_count() == 8 and sae._step_count() == 1
+
+
+def test_dead_latent_check_reads_the_device_only_when_needed(monkeypatch) -> None:
+    """While a host-side bound keeps every counter below the dead threshold no step reads the
+    counters (a GPU sync); any change to them from outside is still seen, and the dead count and
+    AuxK then match a recount of the buffer."""
+    sae = new_sae(dead_feature_threshold=10_000, top_k_aux=4)
+    reads = []
+    real_tolist = torch.Tensor.tolist
+    monkeypatch.setattr(torch.Tensor, "tolist", lambda t: reads.append(1) or real_tolist(t))
+
+    def step(x: torch.Tensor):
+        reads.clear()
+        out = sae.training_forward_pass(TrainStepInput(x, {}, None, 0, False))
+        recount = int((sae.num_tokens_since_fired >= 10_000).sum())
+        return out, len(reads), recount
+
+    xs = batches(5)
+    out, n_reads, recount = step(xs[0])
+    assert n_reads == 1 and out.metrics["dead_latents"] == recount == 0  # first step: no bound
+    out, n_reads, recount = step(xs[1])
+    assert n_reads == 0 and out.metrics["dead_latents"] == recount == 0
+    with torch.no_grad():
+        sae.num_tokens_since_fired[D_SAE // 2 :] = 20_000  # made dead from outside
+    out, n_reads, recount = step(xs[2])
+    assert n_reads == 1 and recount > 0 and out.metrics["dead_latents"] == recount
+    assert float(out.losses["auxk_loss"].detach()) > 0
+    state = {k: v.clone() for k, v in sae.state_dict().items()}
+    state["num_tokens_since_fired"] = torch.zeros_like(state["num_tokens_since_fired"])
+    sae.load_state_dict(state)  # revived by a load
+    out, n_reads, recount = step(xs[3])
+    assert n_reads == 1 and out.metrics["dead_latents"] == recount == 0
+    out, n_reads, _ = step(xs[4])
+    assert n_reads == 0
