@@ -17,8 +17,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sae_lens_maira.kernels import (  # noqa: E402
     grouped_sparse_decode_csr,
+    matryoshka_prefix_mse,
     sparse_decode,
     sparse_encode_csr,
+)
+from sae_lens_maira.saes.decoder_constraint import (  # noqa: E402
+    remove_parallel_component_,
+    renormalize_rows_,
 )
 
 
@@ -104,6 +109,40 @@ def check_autocast(b: int, k: int, n: int, d: int, tol: float) -> bool:
     return ok
 
 
+def _report(name: str, a: torch.Tensor, r: torch.Tensor, tol: float) -> bool:
+    err = (a.double() - r.double()).abs().max().item() / max(r.abs().max().item(), 1e-6)
+    print(f"{name}: max rel err {err:.2e} {'ok' if err < tol else 'FAIL'}")
+    return err < tol
+
+
+def check_fused(b: int, g: int, n: int, d: int) -> bool:
+    """The fused Triton row kernels against the torch ops they replace (same fp32 sums)."""
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    parts = torch.randn(g, b, d, device="cuda", generator=gen).bfloat16().requires_grad_()
+    target = torch.randn(b, d, device="cuda", generator=gen).requires_grad_()
+    weights = torch.rand(g, device="cuda", generator=gen)
+    out = {}
+    for impl in ("triton", "embedding_bag"):  # embedding_bag: the torch ops
+        losses, resid = matryoshka_prefix_mse(parts, target, return_residual=True, impl=impl)
+        grads = torch.autograd.grad((losses * weights).sum(), (parts, target))
+        out[impl] = (losses, resid, *grads)
+    ok = True
+    for name, a, r in zip(
+        ("losses", "residual", "grad parts", "grad target"), out["triton"], out["embedding_bag"]
+    ):
+        ok &= _report(f"prefix MSE B{b} G{g} D{d} {name}", a, r, 1e-2 if "parts" in name else 1e-4)
+    W = torch.randn(n, d, device="cuda", generator=gen)
+    grad = torch.randn(n, d, device="cuda", generator=gen)
+    for impl in ("triton", "embedding_bag"):
+        out[impl] = (
+            remove_parallel_component_(W, grad.clone(), impl=impl),
+            renormalize_rows_(W.clone(), impl=impl),
+        )
+    ok &= _report(f"projection N{n} D{d}", out["triton"][0], out["embedding_bag"][0], 1e-4)
+    ok &= _report(f"renormalise N{n} D{d}", out["triton"][1], out["embedding_bag"][1], 1e-5)
+    return ok
+
+
 if __name__ == "__main__":
     print(torch.cuda.get_device_name(), torch.__version__)
     results = [
@@ -113,5 +152,7 @@ if __name__ == "__main__":
         check(torch.bfloat16, 333, 7, 5000, 771, 2e-2),
         check_autocast(512, 32, 8192, 1000, 2e-2),
         check_autocast(1024, 64, 16384, 4096, 2e-2),
+        check_fused(1024, 5, 16384, 4096),
+        check_fused(77, 3, 1000, 771),
     ]
     sys.exit(0 if all(results) else 1)

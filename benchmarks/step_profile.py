@@ -74,11 +74,18 @@ def regions() -> Iterator[None]:
             setattr(owner, attr, original)
 
 
+def _is_range(name: str) -> bool:
+    return name.startswith(PREFIX) or name.startswith("Optimizer.")
+
+
 def _device_events(prof: Any) -> list[Any]:
+    """Kernels, copies and memsets on the device (not the device-side mirrors of named ranges)."""
     return [
         e
         for e in prof.events()
-        if e.device_type == torch.autograd.DeviceType.CUDA and e.time_range.end > 0
+        if e.device_type == torch.autograd.DeviceType.CUDA
+        and e.time_range.end > 0
+        and not _is_range(e.name)
     ]
 
 
@@ -86,14 +93,12 @@ def summarize(prof: Any, steps: int) -> str:
     """Regions, GPU idle time and host syncs per step, as printable text."""
     lines = []
     per: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0.0])
-    for avg in prof.key_averages():
-        if avg.key.startswith(PREFIX) or avg.key.startswith("Optimizer.step#"):
-            row = per[avg.key.removeprefix(PREFIX)]
-            row[0] += avg.count / steps
-            row[1] += avg.cpu_time_total / steps / 1e3
-            row[2] += (
-                getattr(avg, "device_time_total", getattr(avg, "cuda_time_total", 0)) / steps / 1e3
-            )
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CPU and _is_range(e.name):
+            row = per[e.name.removeprefix(PREFIX)]
+            row[0] += 1 / steps
+            row[1] += e.cpu_time_total / steps / 1e3
+            row[2] += getattr(e, "device_time_total", 0.0) / steps / 1e3
     if per:
         lines.append(f"{'region (per step)':32s} {'calls':>6s} {'host ms':>9s} {'device ms':>10s}")
         for name, (count, cpu_ms, dev_ms) in sorted(per.items(), key=lambda kv: -kv[1][2]):

@@ -20,6 +20,7 @@ import importlib
 import importlib.util
 import logging
 import os
+from types import ModuleType
 from typing import Literal, get_args
 
 import torch
@@ -118,3 +119,22 @@ def get_backend(name: str) -> SparseBackend:
     if name == "triton":
         return importlib.import_module("sae_lens_maira.kernels.triton_ops").BACKEND
     raise ValueError(f"no sparse backend named {name!r}; sparse backends are triton, embedding_bag")
+
+
+def fused_kernels(impl: str, device: torch.device | str) -> ModuleType | None:
+    """The fused row-wise Triton kernels (:mod:`~sae_lens_maira.kernels.triton_fused`) when
+    ``impl`` is ``"triton"``, or ``"auto"`` on CUDA with Triton installed; else None (torch ops).
+    """
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    device = torch.device(device)
+    if impl == "triton":
+        _check_triton(device)
+    elif not (
+        impl == "auto"
+        and device.type == "cuda"
+        and triton_available()
+        and not triton_interpreting()
+    ):
+        return None
+    return importlib.import_module("sae_lens_maira.kernels.triton_fused")

@@ -16,20 +16,41 @@ between those calls, so:
 from __future__ import annotations
 
 import weakref
+from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
+from sae_lens_maira.kernels.dispatch import fused_kernels
+
 _CONSTRAINED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _STEP_HOOK: Any = None
 
 
+#: dictionary_learning's guard in the projection's ``w / (||w|| + 1e-6)``
+PROJECTION_EPS = 1e-6
+
+
+def _fused(t: Tensor, impl: str) -> ModuleType | None:
+    if t.dim() != 2 or t.stride(1) != 1:
+        return None
+    return fused_kernels(impl, t.device)
+
+
 @torch.no_grad()
-def remove_parallel_component_(W_dec: Tensor, grad: Tensor) -> Tensor:
-    """In place: ``grad -= <grad, w_hat> w_hat`` per row, with dictionary_learning's 1e-6 guard."""
-    norm = torch.linalg.vector_norm(W_dec, dim=1, keepdim=True, dtype=torch.float32) + 1e-6
+def remove_parallel_component_(W_dec: Tensor, grad: Tensor, impl: str = "auto") -> Tensor:
+    """In place: ``grad -= <grad, w_hat> w_hat`` per row, with dictionary_learning's 1e-6 guard.
+
+    On CUDA (``impl`` ``"auto"``/``"triton"``) one fused Triton pass; the torch ops below read the
+    ``N x D`` tensors five times.
+    """
+    fused = _fused(grad, impl) if _fused(W_dec, impl) is not None else None
+    if fused is not None:
+        return fused.remove_parallel_component_(W_dec, grad, PROJECTION_EPS)
+    norm = torch.linalg.vector_norm(W_dec, dim=1, keepdim=True, dtype=torch.float32)
+    norm += PROJECTION_EPS
     # <grad_i, w_i> without an N x D temporary.
     dots = torch.bmm(grad.unsqueeze(1).float(), W_dec.unsqueeze(2).float()).view(-1, 1)
     coef = (dots / norm.square()).to(grad.dtype)
@@ -38,9 +59,13 @@ def remove_parallel_component_(W_dec: Tensor, grad: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def renormalize_rows_(W_dec: Tensor) -> Tensor:
-    """In place: every decoder row to unit norm (``/ (norm + eps)`` as dictionary_learning)."""
+def renormalize_rows_(W_dec: Tensor, impl: str = "auto") -> Tensor:
+    """In place: every decoder row to unit norm (``/ (norm + eps)`` as dictionary_learning);
+    one fused Triton pass on CUDA."""
     eps = torch.finfo(W_dec.dtype).eps
+    fused = _fused(W_dec, impl)
+    if fused is not None:
+        return fused.renormalize_rows_(W_dec, eps)
     norm = torch.linalg.vector_norm(W_dec, dim=1, keepdim=True, dtype=torch.float32)
     W_dec.div_((norm + eps).to(W_dec.dtype))
     return W_dec

@@ -471,12 +471,14 @@ class MatryoshkaTrainingSAE(
         batch = x.shape[0]
         centered = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
         post: Tensor | None = None
+        # addmm fuses the bias into the GEMM and, under autocast, keeps the [B, N] activations
+        # in bf16 (``matmul + b_enc`` would promote them to an fp32 copy twice the size)
         if impl == "dense":
-            post = (centered @ self.W_enc + self.b_enc).relu()
+            post = torch.addmm(self.b_enc, centered, self.W_enc).relu()
             acts = post.detach()
         else:
             with torch.no_grad():
-                acts = (centered @ self.W_enc + self.b_enc).relu_()
+                acts = torch.addmm(self.b_enc, centered, self.W_enc).relu_()
         k = self.cfg.k_at_step(step)
         sel = batch_topk(acts, k)
         dead, n_dead = self._update_dead_counters(sel, batch)
@@ -508,10 +510,11 @@ class MatryoshkaTrainingSAE(
         )
         target = x - self.b_dec
         weights = torch.tensor(self.cfg.group_weights, dtype=torch.float32, device=x.device)
-        prefix_losses = kernels.matryoshka_prefix_mse(partials, target) * weights
+        prefix_losses, residual = kernels.matryoshka_prefix_mse(
+            partials, target, return_residual=True, impl="auto" if impl == "dense" else impl
+        )
+        prefix_losses = prefix_losses * weights
         mse_loss = prefix_losses.mean()
-        with torch.no_grad():
-            residual = target.float() - partials.sum(dim=0, dtype=torch.float32)
 
         if aux_sel is not None and aux_values is not None:
             aux_recon = kernels.sparse_decode_csr(

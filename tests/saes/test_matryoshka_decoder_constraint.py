@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from sae_lens.saes.sae import TrainingSAE, TrainStepInput
 
@@ -10,15 +11,25 @@ from sae_lens_maira.saes import MatryoshkaTrainingSAE, MatryoshkaTrainingSAEConf
 from sae_lens_maira.saes.decoder_constraint import remove_parallel_component_, renormalize_rows_
 
 
-def test_projection_and_renormalisation_formulas() -> None:
+@pytest.mark.parametrize("impl", ["auto", "triton"])  # torch ops on CPU; Triton interpreted
+@pytest.mark.parametrize("d", [3, 1100])  # 1100: odd, over one 512-column sweep block
+def test_projection_and_renormalisation_formulas(impl: str, d: int) -> None:
     g = torch.Generator().manual_seed(0)
-    W = torch.randn(5, 3, generator=g) * 2
-    grad = torch.randn(5, 3, generator=g)
+    W = torch.randn(5, d, generator=g) * 2
+    grad = torch.randn(5, d, generator=g)
     w_hat = W / (W.norm(dim=1, keepdim=True) + 1e-6)
     expected = grad - (grad * w_hat).sum(1, keepdim=True) * w_hat
-    torch.testing.assert_close(remove_parallel_component_(W, grad.clone()), expected)
-    renormalize_rows_(W)
+    out = remove_parallel_component_(W, grad.clone(), impl=impl)
+    torch.testing.assert_close(out, expected)
+    cosine = (out * W).sum(1) / (out.norm(dim=1) * W.norm(dim=1))
+    assert cosine.abs().max() < 1e-5
+    expected_W = W / (W.norm(dim=1, keepdim=True) + torch.finfo(W.dtype).eps)
+    renormalize_rows_(W, impl=impl)
+    torch.testing.assert_close(W, expected_W)
     torch.testing.assert_close(W.norm(dim=1), torch.ones(5))
+    W16 = (torch.randn(4, d, generator=g) * 3).bfloat16()
+    renormalize_rows_(W16, impl=impl)
+    torch.testing.assert_close(W16.float().norm(dim=1), torch.ones(4), rtol=1e-2, atol=1e-2)
 
 
 def _sae() -> MatryoshkaTrainingSAE:
@@ -42,12 +53,12 @@ def test_any_optimizer_keeps_rows_unit_norm_and_grads_orthogonal() -> None:
 
 def test_other_modules_are_untouched_by_the_optimizer_hook() -> None:
     other = torch.nn.Linear(4, 4)
-    other.weight.data.mul_(5)
+    other.weight.data.fill_(2.0)  # rows of norm 4: a renormalisation would make them 1
     opt = torch.optim.SGD(other.parameters(), lr=0.0)
     _sae()  # a constrained SAE exists
     other(torch.randn(2, 4)).sum().backward()
     opt.step()
-    assert other.weight.norm(dim=1).min() > 1.5
+    torch.testing.assert_close(other.weight.norm(dim=1), torch.full((4,), 4.0))
 
 
 def test_hook_follows_parameters_replaced_by_saelens_loaders(tmp_path) -> None:
