@@ -383,7 +383,7 @@ def profile_steps(
     activities = [ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(ProfilerActivity.CUDA)
-    with regions(), profile(activities=activities) as prof:
+    with regions(), profile(activities=activities, with_stack=True) as prof:
         for i in range(3):
             sync(device)
             step(trainer, pool[i % len(pool)])

@@ -123,13 +123,34 @@ def summarize(prof: Any, steps: int) -> str:
             lines.append(f"  gap {gap:8.1f} us  after {before[:48]:48s} before {after[:48]}")
 
     syncs: dict[str, int] = defaultdict(int)
+    callers: dict[str, int] = defaultdict(int)
     for e in prof.events():
         name = e.name
         if name in ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize"):
             syncs[name] += 1
+            callers[_caller(e)] += 1
         elif name.startswith("Memcpy DtoH") or name == "aten::_local_scalar_dense":
             syncs[name] += 1
+            if e.device_type == torch.autograd.DeviceType.CPU:
+                callers[_caller(e)] += 1
     if syncs:
         listing = ", ".join(f"{k} {v / steps:.1f}" for k, v in sorted(syncs.items()))
         lines.append(f"host syncs per step: {listing}")
+        for where, count in sorted(callers.items(), key=lambda kv: -kv[1])[:10]:
+            lines.append(f"  {count / steps:4.1f} x  {where}")
     return "\n".join(lines)
+
+
+def _caller(event: Any) -> str:
+    """The op that synchronised, with the innermost source line of ours or SAELens's above it."""
+    ops, where, e = [], "", event.cpu_parent
+    while e is not None:
+        if e.name.startswith("aten::") and len(ops) < 2:
+            ops.append(e.name)
+        # Python frames are events of their own ("path.py(line): function") with with_stack
+        if not where and ".py(" in e.name and "torch/" not in e.name:
+            where = e.name
+        if where and ops:
+            break
+        e = e.cpu_parent
+    return f"{' <- '.join(ops) or '?'} @ {where or '?'}"

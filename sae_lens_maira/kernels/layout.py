@@ -6,6 +6,7 @@ known ``nnz``) so they are cheap inside a CUDA training step.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -58,9 +59,19 @@ def by_latent(indices: Tensor, n_latents: int) -> LatentCSR:
     return LatentCSR(perm=perm, ptr=ptr_from_counts(bag_counts(indices, n_latents)))
 
 
+@functools.lru_cache(maxsize=64)
+def small_constant(
+    values: tuple[float | int, ...], dtype: torch.dtype, device: torch.device
+) -> Tensor:
+    """A small constant tensor on ``device``, made once: ``torch.tensor(list, device=cuda)`` is a
+    host-to-device copy that synchronises the stream, so a training step must not make one per
+    call. Treat the result as read-only."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
 def group_of(indices: Tensor, group_ends: Sequence[int]) -> Tensor:
     """Group id of each latent: group g holds latents in ``[group_ends[g-1], group_ends[g])``."""
-    ends = torch.tensor(list(group_ends), dtype=torch.long, device=indices.device)
+    ends = small_constant(tuple(group_ends), torch.long, indices.device)
     return torch.bucketize(indices, ends, right=True)
 
 

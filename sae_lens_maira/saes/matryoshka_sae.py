@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from sae_lens_maira import kernels
+from sae_lens_maira.kernels.layout import small_constant
 from sae_lens_maira.saes.auxk import auxk_l2
 from sae_lens_maira.saes.config import MatryoshkaSAEConfig, MatryoshkaTrainingSAEConfig
 from sae_lens_maira.saes.decoder_constraint import attach_projection_hook, constrain_decoder
@@ -509,7 +510,7 @@ class MatryoshkaTrainingSAE(
             validate=False,
         )
         target = x - self.b_dec
-        weights = torch.tensor(self.cfg.group_weights, dtype=torch.float32, device=x.device)
+        weights = small_constant(tuple(self.cfg.group_weights), torch.float32, x.device)
         prefix_losses, residual = kernels.matryoshka_prefix_mse(
             partials, target, return_residual=True, impl="auto" if impl == "dense" else impl
         )
