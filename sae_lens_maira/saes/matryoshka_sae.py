@@ -73,6 +73,17 @@ class _Fp32Buffers(nn.Module):
         return out
 
 
+def _latent_major(W_enc: Tensor) -> Tensor:
+    """``W_enc`` ``[d_in, d_sae]`` stored latent by latent (an ``[d_sae, d_in]`` row-major buffer).
+
+    The training SAE keeps its encoder this way: the sparse backward writes grad ``W_enc`` one
+    latent row at a time, so in this layout autograd takes it as is, where a row-major
+    ``[d_in, d_sae]`` parameter costs a transposed ``N x D`` copy every step (0.7 ms and 1 GiB at
+    N 65536, D 4096 fp32). The encoder GEMM reads either layout at the same speed.
+    """
+    return W_enc.t().contiguous().t()
+
+
 def _init_extras(sae: SAE[Any], training: bool) -> None:
     """b_enc, unit-norm decoder with W_enc = W_dec^T, and the threshold (-1: not yet estimated)."""
     with torch.no_grad():
@@ -247,6 +258,7 @@ class MatryoshkaTrainingSAE(
     def initialize_weights(self) -> None:
         super().initialize_weights()
         _init_extras(self, training=True)
+        self.W_enc.data = _latent_major(self.W_enc.data)
 
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
@@ -564,6 +576,11 @@ class MatryoshkaTrainingSAE(
     # ----------------------------------------------------------------------------------------
     # saving / loading / folding
     @override
+    def process_state_dict_for_saving(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_saving(state_dict)
+        state_dict["W_enc"] = state_dict["W_enc"].contiguous()  # safetensors stores row-major
+
+    @override
     def process_state_dict_for_saving_inference(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_saving_inference(state_dict)
         if float(state_dict["threshold"]) < 0:
@@ -592,6 +609,8 @@ class MatryoshkaTrainingSAE(
         )
         for name in _FP32_BUFFERS:
             state_dict[name] = state_dict[name].float().reshape(())
+        # SAELens loaders assign the loaded tensors as parameters
+        state_dict["W_enc"] = _latent_major(state_dict["W_enc"])
 
     def to_inference_sae(self) -> MatryoshkaSAE:
         """The inference SAE this training SAE would save as (input scaling folded in)."""

@@ -297,3 +297,27 @@ def test_dead_latent_check_reads_the_device_only_when_needed(monkeypatch) -> Non
     assert n_reads == 1 and out.metrics["dead_latents"] == recount == 0
     out, n_reads, _ = step(xs[4])
     assert n_reads == 0
+
+
+@pytest.mark.parametrize("decoder_impl", ["embedding_bag", "dense"])
+def test_training_encoder_is_stored_latent_major_and_its_gradient_needs_no_copy(
+    tmp_path: Path, decoder_impl: str
+) -> None:
+    """W_enc [d_in, d_sae] lives in a [d_sae, d_in] buffer so the sparse backward's latent-row
+    gradient is taken as is; the layout survives checkpoints and the files stay row-major."""
+    sae = new_sae(decoder_impl=decoder_impl)
+    latent_major = (1, D_IN)
+    assert sae.W_enc.shape == (D_IN, D_SAE) and sae.W_enc.stride() == latent_major
+    out = sae.training_forward_pass(TrainStepInput(batches(1)[0], {}, None, 0, False))
+    out.loss.backward()
+    assert sae.W_enc.grad is not None and sae.W_enc.grad.stride() == latent_major
+    sae.save_model(tmp_path)
+    assert load_file(tmp_path / "sae_weights.safetensors")["W_enc"].is_contiguous()
+    resumed = TrainingSAE.load_from_disk(tmp_path)
+    assert resumed.W_enc.stride() == latent_major
+    torch.testing.assert_close(resumed.W_enc, sae.W_enc)
+    torch.testing.assert_close(sae.to_inference_sae().W_enc, sae.W_enc)
+    sae.save_inference_model(tmp_path / "inference")
+    stored = load_file(tmp_path / "inference" / "sae_weights.safetensors")["W_enc"]
+    assert stored.is_contiguous()
+    torch.testing.assert_close(stored, sae.W_enc.detach())
