@@ -9,8 +9,8 @@ full read and write of HBM) with one pass per tensor:
   torch loop made ~3 passes per group each way and an fp32 gradient that was then cast).
 * Unit-norm decoder upkeep (:mod:`sae_lens_maira.saes.decoder_constraint`): removing the
   gradient's component parallel to each decoder row, and renormalising the rows. One program per
-  row makes two sweeps over it (sums, then the update); the second sweep reads what the first
-  just read, mostly from L2.
+  row holds it in registers (one read per tensor) up to ``ONE_SWEEP_MAX_D`` columns, else sweeps
+  it twice (sums, then the update).
 
 Imported lazily (``triton.jit`` reads ``TRITON_INTERPRET`` at import); CPU tensors work under the
 interpreter, which is how the tests check these against the torch versions.
@@ -148,44 +148,82 @@ def prefix_mse_backward(
 
 @triton.jit
 def _remove_parallel_kernel(
-    w_ptr, g_ptr, D, stride_w, stride_g, EPS: tl.constexpr, BLOCK_D: tl.constexpr
+    w_ptr,
+    g_ptr,
+    D,
+    stride_w,
+    stride_g,
+    EPS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    ONE_SWEEP: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     w_row, g_row = w_ptr + row * stride_w, g_ptr + row * stride_g
-    dot = tl.zeros([BLOCK_D], dtype=tl.float32)
-    sq = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        offs = d0 + tl.arange(0, BLOCK_D)
+    if ONE_SWEEP:  # the whole row fits in registers: read each tensor once
+        offs = tl.arange(0, BLOCK_D)
         mask = offs < D
         w = tl.load(w_row + offs, mask=mask, other=0.0).to(tl.float32)
         g = tl.load(g_row + offs, mask=mask, other=0.0).to(tl.float32)
-        dot += w * g
-        sq += w * w
-    norm = tl.sqrt(tl.sum(sq, axis=0)) + EPS
-    coef = tl.sum(dot, axis=0) / (norm * norm)
-    for d0 in range(0, D, BLOCK_D):
-        offs = d0 + tl.arange(0, BLOCK_D)
-        mask = offs < D
-        w = tl.load(w_row + offs, mask=mask, other=0.0).to(tl.float32)
-        g = tl.load(g_row + offs, mask=mask, other=0.0).to(tl.float32)
+        norm = tl.sqrt(tl.sum(w * w, axis=0)) + EPS
+        coef = tl.sum(w * g, axis=0) / (norm * norm)
         tl.store(g_row + offs, (g - coef * w).to(g_ptr.dtype.element_ty), mask=mask)
+    else:
+        dot = tl.zeros([BLOCK_D], dtype=tl.float32)
+        sq = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs = d0 + tl.arange(0, BLOCK_D)
+            mask = offs < D
+            w = tl.load(w_row + offs, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(g_row + offs, mask=mask, other=0.0).to(tl.float32)
+            dot += w * g
+            sq += w * w
+        norm = tl.sqrt(tl.sum(sq, axis=0)) + EPS
+        coef = tl.sum(dot, axis=0) / (norm * norm)
+        for d0 in range(0, D, BLOCK_D):
+            offs = d0 + tl.arange(0, BLOCK_D)
+            mask = offs < D
+            w = tl.load(w_row + offs, mask=mask, other=0.0).to(tl.float32)
+            g = tl.load(g_row + offs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(g_row + offs, (g - coef * w).to(g_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _renormalize_kernel(w_ptr, D, stride_w, EPS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _renormalize_kernel(
+    w_ptr, D, stride_w, EPS: tl.constexpr, BLOCK_D: tl.constexpr, ONE_SWEEP: tl.constexpr
+):
     row = tl.program_id(0).to(tl.int64)
     w_row = w_ptr + row * stride_w
-    sq = tl.zeros([BLOCK_D], dtype=tl.float32)
-    for d0 in range(0, D, BLOCK_D):
-        offs = d0 + tl.arange(0, BLOCK_D)
-        w = tl.load(w_row + offs, mask=offs < D, other=0.0).to(tl.float32)
-        sq += w * w
-    scale = 1.0 / (tl.sqrt(tl.sum(sq, axis=0)) + EPS)
-    for d0 in range(0, D, BLOCK_D):
-        offs = d0 + tl.arange(0, BLOCK_D)
+    if ONE_SWEEP:
+        offs = tl.arange(0, BLOCK_D)
         mask = offs < D
         w = tl.load(w_row + offs, mask=mask, other=0.0).to(tl.float32)
+        scale = 1.0 / (tl.sqrt(tl.sum(w * w, axis=0)) + EPS)
         tl.store(w_row + offs, (w * scale).to(w_ptr.dtype.element_ty), mask=mask)
+    else:
+        sq = tl.zeros([BLOCK_D], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            offs = d0 + tl.arange(0, BLOCK_D)
+            w = tl.load(w_row + offs, mask=offs < D, other=0.0).to(tl.float32)
+            sq += w * w
+        scale = 1.0 / (tl.sqrt(tl.sum(sq, axis=0)) + EPS)
+        for d0 in range(0, D, BLOCK_D):
+            offs = d0 + tl.arange(0, BLOCK_D)
+            mask = offs < D
+            w = tl.load(w_row + offs, mask=mask, other=0.0).to(tl.float32)
+            tl.store(w_row + offs, (w * scale).to(w_ptr.dtype.element_ty), mask=mask)
+
+
+#: Rows up to this many columns are held in registers (one read per tensor); longer ones are
+#: swept twice in 512-column blocks (the second sweep mostly missed L2 at N 65536 on an H100).
+ONE_SWEEP_MAX_D = 8192
+
+
+def _row_launch(d: int) -> dict[str, int | bool]:
+    """Block, sweep mode and warps for the row kernels: ~16 fp32 per thread and tensor."""
+    if d <= ONE_SWEEP_MAX_D:
+        block = max(16, triton.next_power_of_2(d))
+        return {"BLOCK_D": block, "ONE_SWEEP": True, "num_warps": min(16, max(4, block // 512))}
+    return {"BLOCK_D": _BLOCK, "ONE_SWEEP": False, "num_warps": 4}
 
 
 def _check_rows(t: Tensor, name: str) -> None:
@@ -201,7 +239,7 @@ def remove_parallel_component_(W: Tensor, grad: Tensor, eps: float) -> Tensor:
     if n and d:
         with _device(W):
             _remove_parallel_kernel[(n,)](
-                W, grad, d, W.stride(0), grad.stride(0), EPS=eps, BLOCK_D=_block(d), num_warps=4
+                W, grad, d, W.stride(0), grad.stride(0), EPS=eps, **_row_launch(d)
             )
     return grad
 
@@ -212,5 +250,5 @@ def renormalize_rows_(W: Tensor, eps: float) -> Tensor:
     n, d = W.shape
     if n and d:
         with _device(W):
-            _renormalize_kernel[(n,)](W, d, W.stride(0), EPS=eps, BLOCK_D=_block(d), num_warps=4)
+            _renormalize_kernel[(n,)](W, d, W.stride(0), EPS=eps, **_row_launch(d))
     return W

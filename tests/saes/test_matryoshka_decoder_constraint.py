@@ -11,9 +11,16 @@ from sae_lens_maira.saes import MatryoshkaTrainingSAE, MatryoshkaTrainingSAEConf
 from sae_lens_maira.saes.decoder_constraint import remove_parallel_component_, renormalize_rows_
 
 
-@pytest.mark.parametrize("impl", ["auto", "triton"])  # torch ops on CPU; Triton interpreted
+@pytest.mark.parametrize(
+    "impl", ["auto", "triton", "triton-two-sweeps"]
+)  # auto: torch ops on CPU; Triton interpreted, rows in registers or swept twice in blocks
 @pytest.mark.parametrize("d", [3, 1100])  # 1100: odd, over one 512-column sweep block
-def test_projection_and_renormalisation_formulas(impl: str, d: int) -> None:
+def test_projection_and_renormalisation_formulas(impl: str, d: int, monkeypatch) -> None:
+    if impl == "triton-two-sweeps":
+        from sae_lens_maira.kernels import triton_fused
+
+        monkeypatch.setattr(triton_fused, "ONE_SWEEP_MAX_D", 2)
+        impl = "triton"
     g = torch.Generator().manual_seed(0)
     W = torch.randn(5, d, generator=g) * 2
     grad = torch.randn(5, d, generator=g)
