@@ -21,17 +21,11 @@ def padded_row_ptr(n_rows: int, k: int, device: torch.device) -> Tensor:
     return torch.arange(0, (n_rows + 1) * k, k, dtype=torch.long, device=device)
 
 
-def ptr_from_counts(counts: Tensor) -> Tensor:
-    """CSR pointer ``[0, c0, c0+c1, ...]`` from per-bag counts."""
-    ptr = torch.zeros(counts.numel() + 1, dtype=torch.long, device=counts.device)
-    torch.cumsum(counts, 0, out=ptr[1:])
-    return ptr
-
-
-def bag_counts(keys: Tensor, n_bags: int) -> Tensor:
-    """How many entries fall into each of ``n_bags`` bags (scatter_add: no sync, unlike bincount)."""
-    counts = torch.zeros(n_bags, dtype=torch.long, device=keys.device)
-    return counts.scatter_add_(0, keys, torch.ones_like(keys))
+def ptr_from_sorted(sorted_keys: Tensor, n_bags: int) -> Tensor:
+    """CSR pointer of ``n_bags`` bags from bag keys already in ascending order: where each bag
+    starts, by binary search (two ops and no sync, where counting and a cumsum take five)."""
+    bounds = torch.arange(n_bags + 1, dtype=sorted_keys.dtype, device=sorted_keys.device)
+    return torch.searchsorted(sorted_keys, bounds)
 
 
 def row_ids(row_ptr: Tensor, nnz: int) -> Tensor:
@@ -55,8 +49,8 @@ class LatentCSR:
 
 def by_latent(indices: Tensor, n_latents: int) -> LatentCSR:
     """Sort actives by latent id and build the per-latent CSR pointer."""
-    perm = torch.argsort(indices, stable=True)
-    return LatentCSR(perm=perm, ptr=ptr_from_counts(bag_counts(indices, n_latents)))
+    sorted_ids, perm = torch.sort(indices, stable=True)
+    return LatentCSR(perm=perm, ptr=ptr_from_sorted(sorted_ids, n_latents))
 
 
 @functools.lru_cache(maxsize=64)
@@ -84,7 +78,6 @@ def grouped_bags(
     every group's partial reconstruction of every row in one pass, laid out as ``[G, B, D]``.
     """
     n_rows = row_ptr.numel() - 1
-    keys = group_of(indices, group_ends) * n_rows + row_ids(row_ptr, indices.numel())
-    perm = torch.argsort(keys, stable=True)
-    counts = bag_counts(keys, len(group_ends) * n_rows)
-    return ptr_from_counts(counts), perm
+    keys = group_of(indices, group_ends).mul_(n_rows).add_(row_ids(row_ptr, indices.numel()))
+    sorted_keys, perm = torch.sort(keys, stable=True)
+    return ptr_from_sorted(sorted_keys, len(group_ends) * n_rows), perm

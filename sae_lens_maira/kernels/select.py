@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sae_lens_maira.kernels.layout import bag_counts, ptr_from_counts
+from sae_lens_maira.kernels.layout import ptr_from_sorted
 from sae_lens_maira.kernels.validation import check_float
 
 _SAMPLE = 1 << 16
@@ -67,6 +67,16 @@ def batch_topk_csr(
     through a ReLU), so ``nnz <= k * B``. Ties at the threshold are broken arbitrarily, as
     ``torch.topk`` does. Values are detached (selection is not differentiable).
     """
+    row_ptr, indices, rows, chosen = batch_topk_positions(acts, k, positive_only=positive_only)
+    return row_ptr, indices, acts.detach().reshape(-1)[chosen]
+
+
+@torch.no_grad()
+def batch_topk_positions(
+    acts: Tensor, k: int, *, positive_only: bool = True
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """:func:`batch_topk_csr` without the values: ``(row_ptr, indices, rows, flat positions)``,
+    where ``rows`` is each active's row (the COO row coordinate, free here)."""
     acts = check_float(acts, "acts", 2)
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"k must be a non-negative int (actives per row on average), got {k!r}")
@@ -75,5 +85,4 @@ def batch_topk_csr(
     chosen = _select_flat(flat, min(k * n_rows, flat.numel()), positive_only)
     rows = torch.div(chosen, n_latents, rounding_mode="floor")
     indices = chosen - rows * n_latents
-    row_ptr = ptr_from_counts(bag_counts(rows, n_rows))
-    return row_ptr, indices, flat[chosen]
+    return ptr_from_sorted(rows, n_rows), indices, rows, chosen

@@ -397,11 +397,9 @@ class MatryoshkaTrainingSAE(
         bound reaches it, and the bound drops back to their real maximum.
         """
         counters = self.num_tokens_since_fired
-        fired = torch.zeros(self.cfg.d_sae, dtype=torch.bool, device=sel.indices.device)
-        fired[sel.indices] = True
         bound = self._idle_bound.get(counters)
         counters += n_tokens
-        counters.masked_fill_(fired, 0)  # no host sync, unlike mask indexing
+        counters.index_fill_(0, sel.indices, 0)  # no host sync, unlike mask indexing
         threshold = self.cfg.dead_feature_threshold
         if bound is not None and bound + n_tokens < threshold:
             self._idle_bound.remember(counters, bound + n_tokens)

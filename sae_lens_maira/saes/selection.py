@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from sae_lens_maira.kernels import batch_topk_csr
+from sae_lens_maira.kernels.select import batch_topk_positions
 
 
 class Selection(NamedTuple):
@@ -21,6 +21,7 @@ class Selection(NamedTuple):
 
     row_ptr: Tensor  # [B + 1] int64
     indices: Tensor  # [nnz] int64
+    row_ids: Tensor | None = None  # [nnz] int64, when the selection already had them
 
     @property
     def nnz(self) -> int:
@@ -28,6 +29,8 @@ class Selection(NamedTuple):
 
     def rows(self) -> Tensor:
         """Row id of every active entry (COO row coordinates)."""
+        if self.row_ids is not None:
+            return self.row_ids
         counts = self.row_ptr[1:] - self.row_ptr[:-1]
         return torch.repeat_interleave(
             torch.arange(counts.numel(), device=counts.device), counts, output_size=self.nnz
@@ -37,8 +40,8 @@ class Selection(NamedTuple):
 @torch.no_grad()
 def batch_topk(acts: Tensor, k: int) -> Selection:
     """Positions of the ``k * B`` largest entries of post-ReLU ``acts`` [B, N] that are > 0."""
-    row_ptr, indices, _ = batch_topk_csr(acts, k, positive_only=True)
-    return Selection(row_ptr, indices)
+    row_ptr, indices, rows, _ = batch_topk_positions(acts, k, positive_only=True)
+    return Selection(row_ptr, indices, rows)
 
 
 @torch.no_grad()
