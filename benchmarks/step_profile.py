@@ -3,7 +3,9 @@
 ``sae_step.py --profile`` runs three steps per side under the torch profiler with these regions
 marked (by wrapping the functions for the duration of the profile only) and prints, per step:
 
-* each region's host time and the device time of the kernels it launched;
+* each region's host time and the device time of the kernels it launched (kernels launched from
+  autograd's backward thread, e.g. inside gradient hooks, are not attributed to a region: they
+  appear in the op table);
 * how long the GPU sat idle between the first and last kernel, and the largest gaps;
 * host syncs: device-to-host copies and stream/device synchronisations.
 
