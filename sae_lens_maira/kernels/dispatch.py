@@ -9,9 +9,11 @@ latents exist per active one (N / k small).
   N/k = 3, so dense from N/k < 4; no absolute cap on k (k = 1024 of 8192 was still 2.4x).
 * CUDA, measured on an H100 (bf16 autocast, fp32 weights, B 4096, D 4096, k 64; a full SAETrainer
   step of ours against SAELens's ``matryoshka_batchtopk``, ``benchmarks/sae_step.py``):
-  N/k = 64: dense 0.96x, Triton 0.88x; N/k = 128: dense 1.19x, Triton 1.06x; N/k = 256: dense
-  1.34x, Triton 1.5x; N/k = 1024: dense 1.56x, Triton 2.1-2.3x. So ``auto`` runs Triton from
-  N/k = 256 and the dense step (one grouped decode instead of SAELens's one per prefix) below.
+  N/k = 64: dense 1.13x, Triton 1.08x; N/k = 128: dense 1.38x, Triton 1.75x; N/k = 256: dense
+  1.55x, Triton 2.03x (d_sae 4096 / 8192 / 16384, one run each on one machine, with the bf16
+  gathers and fused row kernels: ``benchmarks/results/sae_step_cuda_dispatch.json``; at
+  N/k = 1024 Triton ran 2.9x, ``sae_step_cuda.json``). So ``auto`` runs Triton from N/k = 128 and
+  the dense step (one grouped decode instead of SAELens's one per prefix) below.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ DecoderImpl = Literal["auto", "triton", "embedding_bag", "dense"]
 IMPLS: tuple[str, ...] = get_args(DecoderImpl)
 
 #: ``auto`` runs dense when ``n_latents / k`` falls below this (per device type; see above).
-MIN_LATENTS_PER_ACTIVE: dict[str, float] = {"cpu": 4.0, "cuda": 256.0}
+MIN_LATENTS_PER_ACTIVE: dict[str, float] = {"cpu": 4.0, "cuda": 128.0}
 #: For other device types (e.g. ``mps``), a middle-of-the-road guess.
 DEFAULT_MIN_LATENTS_PER_ACTIVE = 8.0
 

@@ -29,8 +29,9 @@ def test_auto_on_cuda_uses_triton_when_installed(monkeypatch):
     monkeypatch.setattr(dispatch, "triton_available", lambda: True)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert resolve_impl("auto", device="cuda", n_latents=16384, k=64, d=4096) == "triton"
-    # N/k = 128 < 256: the dense step won there on an H100 (MIN_LATENTS_PER_ACTIVE).
-    assert resolve_impl("auto", device="cuda", n_latents=8192, k=64, d=4096) == "dense"
+    assert resolve_impl("auto", device="cuda", n_latents=8192, k=64, d=4096) == "triton"
+    # N/k = 64 < 128: the dense step won there on an H100 (MIN_LATENTS_PER_ACTIVE).
+    assert resolve_impl("auto", device="cuda", n_latents=4096, k=64, d=4096) == "dense"
 
 
 def test_auto_on_cuda_without_triton_falls_back_to_embedding_bag(monkeypatch):
