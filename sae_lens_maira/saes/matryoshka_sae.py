@@ -250,6 +250,7 @@ class MatryoshkaTrainingSAE(
         self._impl_logged: tuple[str, str] | None = None
         self.decoder_impl_in_use: str | None = None
         self._step_cache = HostCache()
+        self._norm_cache = HostCache()  # whether norm_factor is estimated (> 0)
         # an upper bound on max(num_tokens_since_fired): below the dead threshold, nothing is dead
         self._idle_bound = HostCache()
         constrain_decoder(self)
@@ -280,16 +281,24 @@ class MatryoshkaTrainingSAE(
 
     @torch.no_grad()
     def _maybe_estimate_norm_factor(self, x: Tensor) -> None:
-        if self.cfg.normalize_input and float(self.norm_factor) <= 0:
-            # dictionary_learning: norm_factor = sqrt(mean ||x||^2)
-            self.norm_factor.fill_(float(x.float().pow(2).sum(dim=-1).mean().sqrt()))
+        if not self.cfg.normalize_input:
+            return
+        nf = self.norm_factor
+        known = self._norm_cache.get(nf)
+        if known is None:
+            known = float(nf)  # read once, not every step (a GPU sync)
+        if known <= 0:
+            # dictionary_learning: norm_factor = sqrt(mean ||x||^2); the next step reads it once
+            nf.fill_(x.float().pow(2).sum(dim=-1).mean().sqrt())
+        else:
+            self._norm_cache.remember(nf, known)
 
     def _step_count(self) -> int:
         """``training_steps`` as an int, read from the device only if someone else changed it
         since this SAE last wrote it (see :mod:`sae_lens_maira.saes.host_cache`)."""
         t = self.training_steps
         cached = self._step_cache.get(t)
-        return int(t) if cached is None else cached
+        return int(t) if cached is None else int(cached)
 
     def _remember_step_count(self, value: int) -> None:
         self._step_cache.remember(self.training_steps, value)
@@ -401,8 +410,8 @@ class MatryoshkaTrainingSAE(
         counters += n_tokens
         counters.index_fill_(0, sel.indices, 0)  # no host sync, unlike mask indexing
         threshold = self.cfg.dead_feature_threshold
-        if bound is not None and bound + n_tokens < threshold:
-            self._idle_bound.remember(counters, bound + n_tokens)
+        if bound is not None and int(bound) + n_tokens < threshold:
+            self._idle_bound.remember(counters, int(bound) + n_tokens)
             return None, 0
         dead = counters >= threshold
         n_dead, most = (int(v) for v in torch.stack([dead.sum(), counters.max()]).tolist())

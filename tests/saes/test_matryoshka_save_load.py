@@ -322,3 +322,26 @@ def test_training_encoder_is_stored_latent_major_and_its_gradient_needs_no_copy(
     stored = load_file(tmp_path / "inference" / "sae_weights.safetensors")["W_enc"]
     assert stored.is_contiguous()
     torch.testing.assert_close(stored, sae.W_enc.detach())
+
+
+def test_norm_factor_is_read_from_the_device_once(monkeypatch) -> None:
+    """With normalize_input the step asks "is the norm factor estimated?" every step; after it is
+    estimated the answer comes from the host cache, and a reset from outside is still seen."""
+    sae = new_sae(normalize_input=True)
+    reads = []
+    real_float = torch.Tensor.__float__
+    monkeypatch.setattr(torch.Tensor, "__float__", lambda t: reads.append(1) or real_float(t))
+    xs = batches(5, scale=20.0)
+
+    def step(x: torch.Tensor) -> int:
+        reads.clear()
+        sae.training_forward_pass(TrainStepInput(x, {}, None, 0, False))
+        return len(reads)
+
+    assert step(xs[0]) == 1 and float(sae.norm_factor) > 0  # estimated on the first step
+    assert step(xs[1]) == 1  # read once to learn it is estimated
+    estimated = float(sae.norm_factor)
+    assert step(xs[2]) == 0 and float(sae.norm_factor) == estimated
+    sae.norm_factor.fill_(0.0)  # reset from outside: estimated again from the next batch
+    assert step(xs[3]) == 1 and float(sae.norm_factor) > 0
+    assert float(sae.norm_factor) != estimated
