@@ -64,16 +64,21 @@ def _targets() -> list[tuple[Any, str, str]]:
 @contextlib.contextmanager
 def regions() -> Iterator[None]:
     """Wrap the target functions in named profiler ranges; restore them afterwards."""
-    saved = []
+    saved: list[tuple[Any, str, Any]] = []  # (owner, attribute, own value or _INHERITED)
     for owner, attr, label in _targets():
-        original = owner.__dict__.get(attr, getattr(owner, attr))
-        saved.append((owner, attr, original))
+        saved.append((owner, attr, vars(owner).get(attr, _INHERITED)))
         setattr(owner, attr, _wrap(label, getattr(owner, attr)))
     try:
         yield
     finally:
         for owner, attr, original in reversed(saved):
-            setattr(owner, attr, original)
+            if original is _INHERITED:
+                delattr(owner, attr)
+            else:
+                setattr(owner, attr, original)
+
+
+_INHERITED = object()
 
 
 def _is_range(name: str) -> bool:

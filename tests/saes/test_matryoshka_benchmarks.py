@@ -46,6 +46,26 @@ def test_sae_step_benchmark_times_both_saes(tmp_path: Path) -> None:
     assert set(shape["quality"]) >= {"explained_variance_ours", "explained_variance_saelens"}
 
 
+def test_sae_step_profile_names_regions_and_restores_the_wrapped_functions(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import sae_lens_maira.saes.matryoshka_sae as ours
+
+    before = ours.MatryoshkaTrainingSAE.training_forward_pass
+    load("sae_step").main(
+        [
+            "--device", "cpu", "--d-in", "16", "--d-sae", "64", "--k", "2", "--batch", "32",
+            "--warmup", "1", "--steps", "1", "--rounds", "1", "--quality-steps", "0",
+            "--no-memory", "--profile", "--out", str(tmp_path / "step.json"),
+        ]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    for region in ("ours: forward", "ours: batch_topk", "ours: grouped decode", "saelens: forward"):
+        assert region in printed
+    assert "Optimizer.step#Adam.step" in printed and "host syncs per step" in printed
+    assert ours.MatryoshkaTrainingSAE.training_forward_pass is before  # unwrapped afterwards
+
+
 def test_synthetic_quality_benchmark_reports_every_metric(tmp_path: Path) -> None:
     out = tmp_path / "quality.json"
     load("synthetic_quality").main(
