@@ -45,11 +45,12 @@ def _prefix_fwd_kernel(
     resid_ptr,
     partial_ptr,
     D,
+    n_rows,
     n_blocks,
-    stride_pg,
     G: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
+    # int64 offsets: [G, B, D] can exceed 2**31 elements
     row = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
     offs = blk * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -57,7 +58,7 @@ def _prefix_fwd_kernel(
     r = tl.load(target_ptr + row * D + offs, mask=mask, other=0.0).to(tl.float32)
     out = partial_ptr + (row * n_blocks + blk) * G
     for g in tl.static_range(G):
-        p = tl.load(parts_ptr + g * stride_pg + row * D + offs, mask=mask, other=0.0)
+        p = tl.load(parts_ptr + (g * n_rows + row) * D + offs, mask=mask, other=0.0)
         r -= p.to(tl.float32)
         tl.store(out + g, tl.sum(r * r, axis=0))
     tl.store(resid_ptr + row * D + offs, r, mask=mask)
@@ -71,7 +72,7 @@ def _prefix_bwd_kernel(
     grad_parts_ptr,
     grad_target_ptr,
     D,
-    stride_pg,
+    n_rows,
     G: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -83,10 +84,10 @@ def _prefix_bwd_kernel(
     for i in tl.static_range(G):
         g = G - 1 - i
         if i > 0:  # r_g = r_{g+1} + parts[g+1]
-            p = tl.load(parts_ptr + (g + 1) * stride_pg + row * D + offs, mask=mask, other=0.0)
+            p = tl.load(parts_ptr + ((g + 1) * n_rows + row) * D + offs, mask=mask, other=0.0)
             r += p.to(tl.float32)
         running += tl.load(coef_ptr + g) * r
-        dst = grad_parts_ptr + g * stride_pg + row * D + offs
+        dst = grad_parts_ptr + (g * n_rows + row) * D + offs
         tl.store(dst, running.to(grad_parts_ptr.dtype.element_ty), mask=mask)
     tl.store(
         grad_target_ptr + row * D + offs,
@@ -110,8 +111,8 @@ def prefix_mse_forward(parts: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
                 resid,
                 partial,
                 d,
+                n_rows,
                 n_blocks,
-                n_rows * d,
                 G=n_groups,
                 BLOCK_D=block,
             )
@@ -139,7 +140,7 @@ def prefix_mse_backward(
                 grad_parts,
                 grad_target,
                 d,
-                n_rows * d,
+                n_rows,
                 G=n_groups,
                 BLOCK_D=block,
             )

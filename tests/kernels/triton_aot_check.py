@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from triton.backends.compiler import GPUTarget
 
-from sae_lens_maira.kernels import triton_ops
+from sae_lens_maira.kernels import triton_fused, triton_ops
 
 BAG_SUM = {
     "ptr_ptr": "*i64",
@@ -56,6 +56,59 @@ def compile_variant(fn, template, dtype, flags, optional_ptr, cap, block_k, bloc
     assert kernel.asm["cubin"], "empty cubin"
 
 
+def compile_fused(fn, signature, constexprs, cap, num_warps=4):
+    """Compile a kernel from an explicit signature (mixed dtypes, several constexprs)."""
+    signature = {**signature, **{name: "constexpr" for name in constexprs}}
+    src = triton.compiler.ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    kernel = triton.compile(
+        src, target=GPUTarget("cuda", cap, 32), options={"num_warps": num_warps}
+    )
+    assert kernel.asm["cubin"], "empty cubin"
+
+
+# the training step's mixed-precision and fused kernels, as their launchers call them on an H100
+FUSED = [
+    (  # bf16 gathers, fp32 weight gradient written from the accumulator
+        triton_ops._bag_sum_kernel,
+        {**BAG_SUM, "w_ptr": "*bf16", "table_ptr": "*bf16", "out_ptr": "*fp32"},
+        {"ACC": tl.float32, "BLOCK_K": 8, "BLOCK_D": 1024},
+        4,
+    ),
+    (
+        triton_fused._prefix_fwd_kernel,
+        {"parts_ptr": "*bf16", "target_ptr": "*fp32", "resid_ptr": "*fp32",
+         "partial_ptr": "*fp32", "D": "i32", "n_rows": "i32", "n_blocks": "i32"},
+        {"G": 5, "BLOCK_D": 512},
+        4,
+    ),
+    (
+        triton_fused._prefix_bwd_kernel,
+        {"parts_ptr": "*bf16", "resid_ptr": "*fp32", "coef_ptr": "*fp32",
+         "grad_parts_ptr": "*bf16", "grad_target_ptr": "*fp32", "D": "i32", "n_rows": "i32"},
+        {"G": 5, "BLOCK_D": 512},
+        4,
+    ),
+    (
+        triton_fused._remove_parallel_kernel,
+        {"w_ptr": "*fp32", "g_ptr": "*fp32", "D": "i32", "stride_w": "i32", "stride_g": "i32"},
+        {"EPS": 1e-6, "BLOCK_D": 4096, "ONE_SWEEP": True},
+        8,
+    ),
+    (
+        triton_fused._remove_parallel_kernel,
+        {"w_ptr": "*fp32", "g_ptr": "*fp32", "D": "i32", "stride_w": "i32", "stride_g": "i32"},
+        {"EPS": 1e-6, "BLOCK_D": 512, "ONE_SWEEP": False},
+        4,
+    ),
+    (
+        triton_fused._renormalize_kernel,
+        {"w_ptr": "*bf16", "D": "i32", "stride_w": "i32"},
+        {"EPS": 0.0078125, "BLOCK_D": 4096, "ONE_SWEEP": True},
+        8,
+    ),
+]  # fmt: skip
+
+
 def main() -> None:
     assert os.environ.get("TRITON_INTERPRET", "0") in ("", "0"), "unset TRITON_INTERPRET"
     bag, dot = triton_ops._bag_sum_kernel, triton_ops._sampled_dot_kernel
@@ -71,6 +124,9 @@ def main() -> None:
     for cap, dtype, fn, template, flags, optional_ptr, block_k, block_d in variants:
         compile_variant(fn, template, dtype, flags, optional_ptr, cap, block_k, block_d)
         print(f"ok sm_{cap} {dtype} {fn.__name__} {flags} {block_k}x{block_d}", flush=True)
+    for fn, signature, constexprs, num_warps in FUSED:
+        compile_fused(fn, signature, constexprs, 90, num_warps)
+        print(f"ok sm_90 {fn.__name__} {constexprs}", flush=True)
 
 
 if __name__ == "__main__":
