@@ -72,6 +72,11 @@ def _check_triton(device: torch.device) -> None:
         )
 
 
+def _triton_by_default(device: torch.device) -> bool:
+    """Whether ``auto`` may use Triton here: CUDA tensors, triton installed, not interpreting."""
+    return device.type == "cuda" and triton_available() and not triton_interpreting()
+
+
 def _sparse_cannot_win(device: torch.device, n_latents: int, k: float) -> bool:
     ratio = MIN_LATENTS_PER_ACTIVE.get(device.type, DEFAULT_MIN_LATENTS_PER_ACTIVE)
     return k * ratio > n_latents
@@ -93,7 +98,7 @@ def resolve_impl(impl: str, *, device: torch.device | str, n_latents: int, k: fl
         chosen = impl
     elif _sparse_cannot_win(device, n_latents, k):
         chosen = "dense"
-    elif device.type == "cuda" and triton_available() and not triton_interpreting():
+    elif _triton_by_default(device):
         chosen = "triton"
     else:
         chosen = "embedding_bag"
@@ -132,11 +137,6 @@ def fused_kernels(impl: str, device: torch.device | str) -> ModuleType | None:
     device = torch.device(device)
     if impl == "triton":
         _check_triton(device)
-    elif not (
-        impl == "auto"
-        and device.type == "cuda"
-        and triton_available()
-        and not triton_interpreting()
-    ):
+    elif impl != "auto" or not _triton_by_default(device):
         return None
     return importlib.import_module("sae_lens_maira.kernels.triton_fused")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
 
 from sae_lens_maira.kernels import dense
@@ -35,11 +36,16 @@ def _mean_k(nnz: int, n_rows: int) -> float:
 
 
 def _decode(
-    row_ptr: Tensor, indices: Tensor, values: Tensor, W_dec: Tensor, impl: str, k: float
+    row_ptr: Tensor,
+    indices: Tensor,
+    values: Tensor,
+    W_dec: Tensor,
+    impl: str,
+    k: float,
+    compute: torch.dtype | None,
 ) -> Tensor:
     n_latents, d = W_dec.shape
     chosen = resolve_impl(impl, device=W_dec.device, n_latents=n_latents, k=k, d=d)
-    compute = autocast_dtype(W_dec.device)
     if chosen == "dense":
         values, W_dec = cast_for_autocast(W_dec.device, values, W_dec)
     with autocast_off(W_dec.device):
@@ -48,13 +54,18 @@ def _decode(
         return BagDecode.apply(row_ptr, indices, values, W_dec, get_backend(chosen), None, compute)
 
 
-def _check_decode_inputs(row_ptr: Tensor, indices: Tensor, values: Tensor, W_dec: Tensor) -> None:
-    """Shapes and one device; one dtype too unless autocast decides the compute dtype."""
+def _check_decode_inputs(
+    row_ptr: Tensor, indices: Tensor, values: Tensor, W_dec: Tensor
+) -> torch.dtype | None:
+    """Shapes and one device; one dtype too unless autocast decides the compute dtype, which is
+    returned (None outside autocast)."""
     check_csr_shapes(row_ptr, indices, values)
+    compute = autocast_dtype(W_dec.device)
     check_same(
         {"row_ptr": row_ptr, "indices": indices, "values": values, "W_dec": W_dec},
-        dtypes=autocast_dtype(W_dec.device) is None,
+        dtypes=compute is None,
     )
+    return compute
 
 
 def sparse_decode(
@@ -78,15 +89,14 @@ def sparse_decode(
             f"indices and values must both be [B, K], got {tuple(indices.shape)} and "
             f"{tuple(values.shape)}"
         )
-    check_same(
-        {"indices": indices, "values": values, "W_dec": W_dec},
-        dtypes=autocast_dtype(W_dec.device) is None,
-    )
+    compute = autocast_dtype(W_dec.device)
+    check_same({"indices": indices, "values": values, "W_dec": W_dec}, dtypes=compute is None)
     if validate:
         check_data(indices, W_dec.shape[0])
     n_rows, k = indices.shape
     row_ptr = padded_row_ptr(n_rows, k, indices.device)
-    return _decode(row_ptr, indices.reshape(-1), values.reshape(-1), W_dec, impl, float(k))
+    flat_idx, flat_values = indices.reshape(-1), values.reshape(-1)
+    return _decode(row_ptr, flat_idx, flat_values, W_dec, impl, float(k), compute)
 
 
 def sparse_decode_csr(
@@ -105,11 +115,11 @@ def sparse_decode_csr(
     row_ptr, indices = as_index(row_ptr, "row_ptr"), as_index(indices, "indices")
     values = check_float(values, "values", 1)
     W_dec = check_float(W_dec, "W_dec", 2)
-    _check_decode_inputs(row_ptr, indices, values, W_dec)
+    compute = _check_decode_inputs(row_ptr, indices, values, W_dec)
     if validate:
         check_data(indices, W_dec.shape[0], row_ptr)
     k = _mean_k(indices.numel(), row_ptr.numel() - 1)
-    return _decode(row_ptr, indices, values, W_dec, impl, k)
+    return _decode(row_ptr, indices, values, W_dec, impl, k, compute)
 
 
 def grouped_sparse_decode_csr(
@@ -131,7 +141,7 @@ def grouped_sparse_decode_csr(
     row_ptr, indices = as_index(row_ptr, "row_ptr"), as_index(indices, "indices")
     values = check_float(values, "values", 1)
     W_dec = check_float(W_dec, "W_dec", 2)
-    _check_decode_inputs(row_ptr, indices, values, W_dec)
+    compute = _check_decode_inputs(row_ptr, indices, values, W_dec)
     n_latents, d = W_dec.shape
     ends = check_group_ends(group_ends, n_latents)
     if validate:
@@ -139,7 +149,6 @@ def grouped_sparse_decode_csr(
     n_rows = row_ptr.numel() - 1
     k = _mean_k(indices.numel(), n_rows)
     chosen = resolve_impl(impl, device=W_dec.device, n_latents=n_latents, k=k, d=d)
-    compute = autocast_dtype(W_dec.device)
     if chosen == "dense":
         values, W_dec = cast_for_autocast(W_dec.device, values, W_dec)
     with autocast_off(W_dec.device):

@@ -33,10 +33,11 @@ _STEP_HOOK: Any = None
 PROJECTION_EPS = 1e-6
 
 
-def _fused(t: Tensor, impl: str) -> ModuleType | None:
-    if t.dim() != 2 or t.stride(1) != 1:
+def _fused(impl: str, *tensors: Tensor) -> ModuleType | None:
+    """The fused row kernels when they apply: 2-D tensors with unit column stride."""
+    if any(t.dim() != 2 or t.stride(1) != 1 for t in tensors):
         return None
-    return fused_kernels(impl, t.device)
+    return fused_kernels(impl, tensors[0].device)
 
 
 @torch.no_grad()
@@ -46,7 +47,7 @@ def remove_parallel_component_(W_dec: Tensor, grad: Tensor, impl: str = "auto") 
     On CUDA (``impl`` ``"auto"``/``"triton"``) one fused Triton pass; the torch ops below read the
     ``N x D`` tensors five times.
     """
-    fused = _fused(grad, impl) if _fused(W_dec, impl) is not None else None
+    fused = _fused(impl, W_dec, grad)
     if fused is not None:
         return fused.remove_parallel_component_(W_dec, grad, PROJECTION_EPS)
     norm = torch.linalg.vector_norm(W_dec, dim=1, keepdim=True, dtype=torch.float32)
@@ -63,7 +64,7 @@ def renormalize_rows_(W_dec: Tensor, impl: str = "auto") -> Tensor:
     """In place: every decoder row to unit norm (``/ (norm + eps)`` as dictionary_learning);
     one fused Triton pass on CUDA."""
     eps = torch.finfo(W_dec.dtype).eps
-    fused = _fused(W_dec, impl)
+    fused = _fused(impl, W_dec)
     if fused is not None:
         return fused.renormalize_rows_(W_dec, eps)
     norm = torch.linalg.vector_norm(W_dec, dim=1, keepdim=True, dtype=torch.float32)

@@ -522,7 +522,7 @@ class MatryoshkaTrainingSAE(
         partials = kernels.grouped_sparse_decode_csr(
             sel.row_ptr,
             sel.indices,
-            values.to(W_dec.dtype),
+            values,
             W_dec,
             self.cfg.group_ends,
             impl=impl,
@@ -540,7 +540,7 @@ class MatryoshkaTrainingSAE(
             aux_recon = kernels.sparse_decode_csr(
                 aux_sel.row_ptr,
                 aux_sel.indices,
-                aux_values.to(W_dec.dtype),
+                aux_values,
                 W_dec,
                 impl=impl,
                 validate=False,

@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from sae_lens_maira.kernels.layout import row_ids
 from sae_lens_maira.kernels.select import batch_topk_positions
 
 
@@ -29,12 +30,7 @@ class Selection(NamedTuple):
 
     def rows(self) -> Tensor:
         """Row id of every active entry (COO row coordinates)."""
-        if self.row_ids is not None:
-            return self.row_ids
-        counts = self.row_ptr[1:] - self.row_ptr[:-1]
-        return torch.repeat_interleave(
-            torch.arange(counts.numel(), device=counts.device), counts, output_size=self.nnz
-        )
+        return self.row_ids if self.row_ids is not None else row_ids(self.row_ptr, self.nnz)
 
 
 @torch.no_grad()
