@@ -89,15 +89,18 @@ def _cmd_dashboards(args: argparse.Namespace) -> int:
     if args.action == "export":
         for path in commands.export(args.stats, args.out, args.format, args.explanations,
                                     args.features, args.private, args.batch_size,
-                                    args.n_layers, args.d_model):  # fmt: skip
+                                    args.n_layers, args.d_model, args.creator_id,
+                                    args.explanation_method, args.explanation_model):  # fmt: skip
             print(path)
     elif args.action == "viewer":
         print(commands.viewer(args.stats, args.out, args.explanations, args.features, args.private))
     elif args.action == "upload":
-        n = commands.upload(
-            args.export, args.dry_run, args.base_url, args.api_key_env, args.batch_size
-        )
-        print(f"{n} {'payloads written' if args.dry_run else 'requests sent'}")
+        rep = commands.upload(args.export, args.dry_run, args.base_url, args.api_key_env,
+                              args.batch_size, args.explanation_method, args.explanation_model,
+                              not args.no_explanations, args.user_id, args.max_mb)  # fmt: skip
+        if not args.dry_run:
+            print(f"{rep.features_sent} features sent in {rep.batches_sent} batches "
+                  f"({rep.features_already} accepted by an earlier run; {rep.requests} requests)")  # fmt: skip
     elif args.action == "collect":
         print(commands.collect(_experiment(args), args.out))
     elif args.action == "synthetic":
@@ -144,13 +147,31 @@ def _add_dashboards(sub) -> None:
                 "--n-layers", type=int, default=32, help="the model's layer count (model row)"
             )
             q.add_argument("--d-model", type=int, default=4096)
+            q.add_argument("--creator-id", help="Neuronpedia user id written as creatorId/authorId "
+                           "(default clkht01d40000jv08hvalcvly, the seeded user Neuronpedia's own "
+                           "exports use)")  # fmt: skip
+            q.add_argument("--explanation-method", help="registered Neuronpedia explanation type "
+                           "(default np_max-act-logits)")  # fmt: skip
+            q.add_argument("--explanation-model", help="registered Neuronpedia explanation model "
+                           "that wrote the explanations (default: each explanation's explainer)")  # fmt: skip
         q.set_defaults(handler=_cmd_dashboards)
     q = acts.add_parser("upload", help="post a Neuronpedia export through Neuronpedia's API")
     q.add_argument("--export", required=True, help="folder exports/<model>/<layer>-<set>/")
-    q.add_argument("--dry-run", metavar="DIR", help="write the payloads to DIR instead of sending")
+    q.add_argument("--dry-run", action="store_true",
+                   help="check every request against Neuronpedia's route rules and print them with "
+                   "their sizes; send nothing")  # fmt: skip
     q.add_argument("--base-url", help="API base (default https://www.neuronpedia.org/api)")
     q.add_argument("--api-key-env", default="NEURONPEDIA_API_KEY")
     q.add_argument("--batch-size", type=int, default=128, help="features per request (at most 128)")
+    q.add_argument("--max-mb", type=float, default=4.0,
+                   help="largest request body in MB (the server refuses over 4.5)")  # fmt: skip
+    q.add_argument("--explanation-method", help="registered Neuronpedia explanation type "
+                   "(default: the export's, np_max-act-logits)")  # fmt: skip
+    q.add_argument("--explanation-model", help="registered Neuronpedia explanation model that "
+                   "wrote the explanations (default: the export's)")  # fmt: skip
+    q.add_argument("--no-explanations", action="store_true", help="keep explanations local")
+    q.add_argument("--user-id", help="your Neuronpedia user id: accept a model / source set you "
+                   "created before from elsewhere")  # fmt: skip
     q.set_defaults(handler=_cmd_dashboards)
     q = acts.add_parser(
         "collect", help="run the model and the trained SAE over studies; save the statistics"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
 import logging
 import re
 import time
@@ -159,10 +160,30 @@ def redact(text: str, secrets: Iterable[str] = ()) -> str:
 
 
 # ---------------------------------------------------------------------------- the request
+def encode_json(body: Any) -> bytes:
+    """The exact bytes sent for ``body`` (compact UTF-8; NaN/inf refused as JSON cannot carry them)."""
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+
+
 def post_json(
     http: httpx.Client,
     url: str,
-    body: dict[str, Any],
+    body: Any,
+    headers: dict[str, str],
+    policy: RetryPolicy,
+    error: type[HTTPRequestError] = HTTPRequestError,
+    what: str = "server",
+    expect_json: bool = True,
+) -> httpx.Response:
+    """POST ``body`` as JSON; see :func:`request_json`."""
+    return request_json(http, "POST", url, body, headers, policy, error, what, expect_json)
+
+
+def request_json(
+    http: httpx.Client,
+    method: str,
+    url: str,
+    body: Any,
     headers: dict[str, str],
     policy: RetryPolicy,
     error: type[HTTPRequestError] = HTTPRequestError,
@@ -171,10 +192,14 @@ def post_json(
 ) -> httpx.Response:
     """The first 2xx response (with a JSON body when ``expect_json``); ``error`` otherwise.
 
-    ``error`` must be :class:`HTTPRequestError` or a subclass; its message names the URL and status
-    and never a credential.
+    ``body`` (None for none) is sent as :func:`encode_json` bytes. ``error`` must be
+    :class:`HTTPRequestError` or a subclass; its message names the URL and status and never a
+    credential.
     """
     hidden = secrets_of(headers)
+    content = None if body is None else encode_json(body)
+    if content is not None:
+        headers = {"Content-Type": "application/json", **headers}
 
     def fail(msg: str, transient: bool, status: int | None = None) -> HTTPRequestError:
         return error(redact(msg, hidden), transient=transient, status=status)
@@ -183,18 +208,20 @@ def post_json(
         last = attempt == policy.max_retries
         try:
             with deadline(policy.deadline_s):
-                resp = http.post(url, json=body, headers=headers)
+                resp = http.request(method, url, content=content, headers=headers)
         except httpx.TransportError as err:
             why = f"{type(err).__name__}: {err}"
             if last:
-                raise fail(f"POST {url} failed after {attempt + 1} tries ({why})", True) from None
+                raise fail(
+                    f"{method} {url} failed after {attempt + 1} tries ({why})", True
+                ) from None
             _wait(policy, attempt, None, redact(f"{what}: connection error ({why})", hidden))
             continue
         status = resp.status_code
         if status in RETRY_STATUS:
             if last:
                 raise fail(
-                    f"POST {url} answered HTTP {status} after {attempt + 1} tries: "
+                    f"{method} {url} answered HTTP {status} after {attempt + 1} tries: "
                     f"{_snippet(resp)}", True, status
                 )  # fmt: skip
             _wait(policy, attempt, resp.headers.get("Retry-After"), f"{what}: HTTP {status}")
@@ -202,12 +229,12 @@ def post_json(
         if 300 <= status < 400:
             where = resp.headers.get("Location", "?")
             raise fail(
-                f"POST {url} was redirected (HTTP {status}) to {where}; redirects are not followed "
-                "(a POST may turn into a GET and the key could reach another host): use the final "
-                "address as the base URL", False, status
+                f"{method} {url} was redirected (HTTP {status}) to {where}; redirects are not "
+                "followed (a POST may turn into a GET and the key could reach another host): use "
+                "the final address as the base URL", False, status
             )  # fmt: skip
         if status >= 400 or status < 200:
-            raise fail(f"POST {url} answered HTTP {status}: {_snippet(resp)}", False, status)
+            raise fail(f"{method} {url} answered HTTP {status}: {_snippet(resp)}", False, status)
         if expect_json:
             ctype = resp.headers.get("Content-Type", "")
             try:
@@ -215,11 +242,10 @@ def post_json(
             except ValueError:
                 kind = "an HTML page" if "html" in ctype else "a body that is not JSON"
                 raise fail(
-                    f"POST {url} answered HTTP {status} with {kind} ({ctype or 'no content type'}): "
-                    f"{_snippet(resp)}; is the base URL the API's address?",
-                    False,
-                    status,
-                ) from None
+                    f"{method} {url} answered HTTP {status} with {kind} "
+                    f"({ctype or 'no content type'}): {_snippet(resp)}; is the base URL the API's "
+                    "address?", False, status
+                ) from None  # fmt: skip
         return resp
     raise AssertionError("unreachable")
 

@@ -80,7 +80,7 @@ def run_autointerp(
     def one(f: int) -> Explanation:
         text = explain_feature(stats, f, explainer, cfg)
         det = score_explanation(stats, f, text, scorer, cfg)
-        return Explanation(f, text, explainer.name, scorer.name, detection=det)
+        return Explanation(f, text, explainer.name, scorer.name, detection=det, private=cfg.private)
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         futures = {pool.submit(one, f): f for f in todo}

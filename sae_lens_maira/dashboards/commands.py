@@ -31,7 +31,8 @@ def parse_features(spec: str | None) -> list[int] | None:
 def export(
     stats_dir: str | Path, out: str | Path, fmt: str = "both", explanations: str | Path | None = None,
     features: str | None = None, private: bool = False, batch_size: int = 128,
-    n_layers: int = 32, d_model: int = 4096,
+    n_layers: int = 32, d_model: int = 4096, creator_id: str | None = None,
+    explanation_method: str | None = None, explanation_model: str | None = None,
 ) -> list[Path]:  # fmt: skip
     """Write the Neuronpedia export and/or SAE-Dashboard batches; returns the folders written."""
     from sae_lens_maira.dashboards.export_neuronpedia import write_neuronpedia_export
@@ -44,8 +45,13 @@ def export(
     feats = parse_features(features)
     done = []
     if fmt in ("neuronpedia", "both"):
-        done.append(write_neuronpedia_export(stats, Path(out) / "exports", exps, feats, batch_size,
-                                             private=private, n_layers=n_layers, d_model=d_model))  # fmt: skip
+        from sae_lens_maira.dashboards.neuronpedia_rules import DEFAULT_CREATOR_ID
+
+        done.append(write_neuronpedia_export(
+            stats, Path(out) / "exports", exps, feats, batch_size, private=private,
+            n_layers=n_layers, d_model=d_model, creator_id=creator_id or DEFAULT_CREATOR_ID,
+            explanation_method=explanation_method, explanation_model=explanation_model,
+        ))  # fmt: skip
     if fmt in ("saedashboard", "both"):
         done.append(
             write_saedashboard(
@@ -67,14 +73,26 @@ def viewer(
 
 
 def upload(
-    export_dir: str | Path, dry_run: str | Path | None = None, base_url: str | None = None,
+    export_dir: str | Path, dry_run: bool = False, base_url: str | None = None,
     api_key_env: str = "NEURONPEDIA_API_KEY", batch_size: int = 128,
-) -> int:  # fmt: skip
-    from sae_lens_maira.dashboards.upload import DEFAULT_BASE_URL, NeuronpediaClient, upload_export
+    explanation_method: str | None = None, explanation_model: str | None = None,
+    explanations: bool = True, user_id: str | None = None, max_mb: float = 4.0,
+):  # fmt: skip
+    """Upload (or check and print, with ``dry_run``) a Neuronpedia export; resumes a stopped one."""
+    from sae_lens_maira.dashboards.upload import (
+        DEFAULT_BASE_URL,
+        NeuronpediaClient,
+        UploadOptions,
+        upload_export,
+    )
 
-    client = NeuronpediaClient(base_url or DEFAULT_BASE_URL, api_key_env, dry_run_dir=dry_run)
+    opts = UploadOptions(explanation_method, explanation_model, explanations, batch_size,
+                         int(max_mb * 1e6), user_id)  # fmt: skip
+    if dry_run:
+        return upload_export(export_dir, None, opts, dry_run=True)
+    client = NeuronpediaClient(base_url or DEFAULT_BASE_URL, api_key_env)
     try:
-        return upload_export(export_dir, client, batch_size)
+        return upload_export(export_dir, client, opts)
     finally:
         client.close()
 

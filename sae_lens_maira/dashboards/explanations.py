@@ -20,6 +20,7 @@ class Explanation:
     scorer: str = ""
     method: str = "sae-lens-maira-autointerp"
     detection: dict[str, Any] = field(default_factory=dict)  # balanced_accuracy, f1, n, ...
+    private: bool = False  # written from private-mode examples (no study text shown to the LLM)
 
     @property
     def score(self) -> float | None:

@@ -3,11 +3,88 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
 
+from sae_lens_maira.dashboards import neuronpedia_rules as rules
+from sae_lens_maira.dashboards.explanations import Explanation
+from sae_lens_maira.dashboards.records import DashboardMeta
 from sae_lens_maira.dashboards.stats_store import Example, FeatureStats
 
 MAX_RECORD_TOKENS = 1024
+PRIVATE = "(private)"
+_DATASET_KEYS = re.compile(r"dataset|data_path|path|dir", re.I)
+
+
+def export_meta(stats: FeatureStats, private: bool, n_layers: int | None = None,
+                d_model: int | None = None) -> DashboardMeta:  # fmt: skip
+    """The statistics' metadata checked for an export (ids, folder names, that the SAE belongs to
+    this model); in private mode every free-text field that could carry study data is replaced."""
+    m = stats.meta
+    rules.check_model_id(m.model_id)
+    rules.check_source_set(m.source_set)
+    rules.check_layer(m.layer, n_layers)
+    for value, what in ((m.model_id, "model_id"), (m.sae_set, "sae_set"),
+                        (m.hook_name, "hook_name"), (m.source_id, "source id")):  # fmt: skip
+        rules.safe_name(value, what)
+    if m.d_sae and m.d_sae != stats.d_sae:
+        raise ValueError(f"stats.json says d_sae={m.d_sae} but the statistics hold {stats.d_sae}")
+    hook_layer = re.match(r"blocks\.(\d+)\.", m.hook_name)
+    if hook_layer and int(hook_layer.group(1)) != m.layer:
+        raise ValueError(f"hook {m.hook_name!r} is not at layer {m.layer}: fix stats.json")
+    cfg = m.saelens_config or {}
+    sae_model = cfg.get("model_name") or (cfg.get("metadata") or {}).get("model_name")
+    if sae_model and _norm(sae_model) != _norm(m.model_id):
+        raise ValueError(
+            f"the SAE was trained on {sae_model!r}, but this export is for model {m.model_id!r}: "
+            "export it under its own model, or collect statistics with an SAE of this model"
+        )
+    d_in = cfg.get("d_in")
+    if d_in and d_model and int(d_in) != int(d_model):
+        raise ValueError(
+            f"the SAE reads {d_in}-dim activations but the model's d_model is {d_model}: it is an "
+            "SAE of another model (or pass the right --d-model)"
+        )
+    if not private:
+        return m
+    return replace(m, dataset=PRIVATE, description=f"SAE on {m.model_id} layer {m.layer}",
+                   saelens_config={k: (PRIVATE if _DATASET_KEYS.search(k) else v)
+                                   for k, v in cfg.items()})  # fmt: skip
+
+
+def _norm(name: str) -> str:
+    return name.rsplit("/", 1)[-1].lower()
+
+
+def inside(root: str | Path, *parts: str) -> Path:
+    """``root/parts...``, refused unless it stays inside ``root``."""
+    base = Path(root).resolve()
+    out = base.joinpath(*(rules.safe_name(p, "folder name") for p in parts)).resolve()
+    if not out.is_relative_to(base):
+        raise ValueError(f"{out} is outside {base}; fix the ids in stats.json")
+    return out
+
+
+def check_private_explanations(explanations: dict[int, Explanation] | None, private: bool) -> None:
+    """A private export may only carry explanations written from private examples."""
+    if not private or not explanations:
+        return
+    leaky = sorted(f for f, e in explanations.items() if not e.private)
+    if leaky:
+        raise ValueError(
+            f"{len(leaky)} explanations (features {leaky[:5]}...) were written from non-private "
+            "examples and may quote study text: rerun `sae-lens-maira autointerp --private`, or "
+            "export without --explanations"
+        )
+
+
+def explanation_names(e: Explanation, method: str | None, model: str | None) -> tuple[str, str]:
+    """Registered (explanation type, explanation model) for ``e``; refused locally otherwise."""
+    m = method or (
+        e.method if e.method in rules.EXPLANATION_TYPES else rules.DEFAULT_EXPLANATION_TYPE
+    )
+    return rules.check_explanation_type(m), rules.check_explanation_model(model or e.explainer)
 
 
 def r3(x: float) -> float:

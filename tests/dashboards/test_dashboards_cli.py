@@ -22,8 +22,12 @@ def test_cli_chain(tmp_path, capsys):
     rows = [json.loads(line) for line in exp.read_text().splitlines()]
     assert sorted(r["feature"] for r in rows) == [0, 1, 2, 3]
     assert '"effusion"' in next(r["text"] for r in rows if r["feature"] == 0)
-    assert main(["dashboards", "export", "--stats", str(stats), "--out", str(tmp_path / "out"),
-                 "--explanations", str(exp)]) == 0  # fmt: skip
+    args = ["dashboards", "export", "--stats", str(stats), "--out", str(tmp_path / "out"),
+            "--explanations", str(exp)]  # fmt: skip
+    with pytest.raises(ValueError, match="'offline-contrast' is not registered on Neuronpedia"):
+        main(args)  # the offline backend is no model Neuronpedia knows: refused, nothing written
+    assert not (tmp_path / "out").exists()
+    assert main([*args, "--explanation-model", "gpt-4o-mini"]) == 0
     np_dir = tmp_path / "out" / "exports" / "maira-2-synthetic" / "3-res-syn"
     assert validate_neuronpedia_export(np_dir)["explanations"] == 4
     (sd,) = (tmp_path / "out" / "saedashboard").iterdir()
@@ -34,11 +38,10 @@ def test_cli_chain(tmp_path, capsys):
         "0.html",
         "1.html",
     ]
-    assert (
-        main(["dashboards", "upload", "--export", str(np_dir), "--dry-run", str(tmp_path / "pl")])
-        == 0
-    )
-    assert "3 payloads written" in capsys.readouterr().out
+    capsys.readouterr()
+    assert main(["dashboards", "upload", "--export", str(np_dir), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "feature/upload-batch" in out and "MB" in out
 
 
 def test_cli_errors(tmp_path):
