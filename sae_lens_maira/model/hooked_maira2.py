@@ -288,18 +288,21 @@ class HookedMaira2(HookedSAETransformer):
         image_idx, patch_idx = split_virtual_ids(ids, self.cfg.d_vocab, self.n_patches)
         unique = image_idx.unique().tolist()
         use_cache = not torch.is_grad_enabled()
-        todo = [i for i in unique if not (use_cache and i in self._image_cache)]
+        cached = {i: self._image_cache[i] for i in unique if use_cache and i in self._image_cache}
+        todo = [i for i in unique if i not in cached]
         fresh: dict[int, torch.Tensor] = {}
         if todo:
             feats = self.encode_images(self.image_bank.pixel_values(todo))
             fresh = dict(zip(todo, feats))
-            if use_cache:
-                for i, f in fresh.items():
-                    self._image_cache[i] = f
-                    self._image_cache.move_to_end(i)
-                while len(self._image_cache) > self.image_cache_size:
-                    self._image_cache.popitem(last=False)
-        table = torch.stack([fresh[i] if i in fresh else self._image_cache[i] for i in unique])
+        # Build this pass's table before touching the cache: eviction may only drop images this
+        # pass does not use, however many distinct images it references.
+        table = torch.stack([fresh[i] if i in fresh else cached[i] for i in unique])
+        if use_cache:
+            for i in unique:  # least recently used first out
+                self._image_cache[i] = fresh[i] if i in fresh else cached[i]
+                self._image_cache.move_to_end(i)
+            while len(self._image_cache) > self.image_cache_size:
+                self._image_cache.popitem(last=False)
         lookup = {i: j for j, i in enumerate(unique)}
         rows = torch.tensor([lookup[i] for i in image_idx.tolist()], device=table.device)
         return table[rows, patch_idx.to(table.device)]
