@@ -42,6 +42,7 @@ from sae_lens_maira.model.weight_conversion import (
     ZERO_FILLED,
     canonical_key,
     hub_key_to_tl,
+    hub_text_config_flags,
     tl_to_hub_state_dict,
 )
 
@@ -236,8 +237,11 @@ class HookedMaira2(HookedSAETransformer):
         """Write a checkpoint in the hub layout: config.json, safetensors (+ index), tokenizer."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_state_dict(self.checkpoint_state_dict(), folder, max_shard_size=max_shard_size)
-        (folder / CONFIG_NAME).write_text(json.dumps(self.maira_config.to_hf_dict(), indent=2))
+        state = self.checkpoint_state_dict()
+        save_state_dict(state, folder, max_shard_size=max_shard_size)
+        config = self.maira_config.to_hf_dict()
+        config["text_config"].update(hub_text_config_flags(state))
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(folder))
 
