@@ -61,6 +61,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         if k.split("/")[-1] in ("explained_variance", "l0", "ce_loss_score", "kl_div_score",
                                                 "dead_latents_fraction"))  # fmt: skip
     print(f"SAE saved to {result.output_path}; {summary}")
+    print(result.wandb.describe() if result.wandb else "")
     return 0
 
 

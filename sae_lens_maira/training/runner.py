@@ -5,7 +5,8 @@ virtual image tokens (:mod:`sae_lens_maira.activations.saelens_bridge`) as ``ove
 Training reads the activation cache (the study's token selection) with
 ``use_cached_activations``; without a cache it streams every non-pad position live. Evals (CE
 loss recovered, KL, explained variance, L0) run on the same multimodal prompts with the SAE
-spliced into MAIRA-2; checkpoints and wandb (offline works) are SAELens's.
+spliced into MAIRA-2; checkpoints and wandb are SAELens's (wandb off unless ``train.wandb``,
+offline without a login: :mod:`wandb_setup`).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from sae_lens_maira.experiment import Experiment
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.model.image_bank import ImageBank
 from sae_lens_maira.processing.processor import Maira2Processor
+from sae_lens_maira.training.wandb_setup import WandbStatus, resolve_wandb, wandb_environment
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +53,7 @@ class TrainResult:
     output_path: Path
     checkpoint_path: Path | None
     metrics: dict[str, float]
+    wandb: WandbStatus | None = None
 
 
 def training_sae_config(sae_spec: dict[str, Any], d_in: int, hook_name: str):
@@ -131,6 +134,7 @@ def train_sae(
     resume_from = latest_checkpoint(checkpoints) if resume else None
     if resume and resume_from is None:
         raise FileNotFoundError(f"--resume: no checkpoint under {checkpoints}")
+    wandb = resolve_wandb(bool(train.get("wandb", False)), exp.path(train.get("wandb_dir", ".")))
     runner_kwargs = {k: train[k] for k in RUNNER_KEYS if k in train}
     runner_kwargs.setdefault("lr_end", runner_kwargs.get("lr", 3e-4) / 10)
     device = exp.device()
@@ -153,7 +157,7 @@ def train_sae(
         checkpoint_path=str(checkpoints),
         resume_from_checkpoint=str(resume_from) if resume_from else None,
         logger=LoggingConfig(
-            log_to_wandb=bool(train.get("wandb", True)),
+            log_to_wandb=wandb.enabled,
             wandb_project=str(train.get("wandb_project", "sae-lens-maira")),
             run_name=train.get("run_name"),
             wandb_log_frequency=int(train.get("wandb_log_frequency", 10)),
@@ -164,7 +168,11 @@ def train_sae(
     if cfg.logger.log_to_wandb and resume_from is not None:
         cfg.logger.wandb_id = _wandb_id(resume_from)
     torch.manual_seed(cfg.seed)  # SAELens does not seed: `seed` makes init and shuffling repeat
-    runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model)
+    logger.info("%s", wandb.describe())
+    with wandb_environment(wandb):
+        runner = LanguageModelSAETrainingRunner(
+            cfg, override_dataset=dataset, override_model=model
+        )
     if use_cache:
         runner.evaluator = LLMSaeEvaluator(
             model=model,
@@ -182,10 +190,12 @@ def train_sae(
         cfg.training_tokens,
         context_size,
     )
-    sae = runner.run()
+    with wandb_environment(wandb):
+        sae = runner.run()
+    logger.info("%s", wandb.describe())
     metrics = evaluate_on_store(runner, sae)
     (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=1))
-    return TrainResult(sae, out, checkpoints, metrics)
+    return TrainResult(sae, out, checkpoints, metrics, wandb)
 
 
 def evaluate_on_store(
