@@ -463,35 +463,44 @@ class HookedMaira2(HookedSAETransformer):
         top_p: float | None = None,
         temperature: float = 1.0,
         use_past_kv_cache: bool = True,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
         return_type: Literal["tokens", "str", "input"] = "input",
         verbose: bool = False,
         **unused: Any,
     ) -> Any:
         """Greedy (default, as MAIRA-2 uses) or sampled generation with images and a KV cache.
 
-        Returns the prompt followed by the new tokens (``"tokens"``), or only the generated text
-        (``"str"``; one string per prompt). Finished rows are padded with EOS. Hooks added with
-        ``hooks()`` / ``add_hook`` fire on the prompt and on every generated position.
+        Takes TransformerLens's arguments. As in TransformerLens, batches are left padded
+        (``padding_side`` is accepted; lists of strings are always padded on the left) and, without
+        ``attention_mask``, the mask is inferred from the leading pad tokens exactly as ``forward``
+        infers it, so a padded batch generates what each row generates alone. ``prepend_bos``
+        applies to string input (default: the model's ``default_prepend_bos``).
+
+        Returns the prompt followed by the new tokens (``"tokens"``), or the generated text
+        (``"str"``; one string per prompt). Deliberate difference from TransformerLens: ``"str"``
+        holds only the completion, not the prompt, because a MAIRA-2 prompt decodes to 1369
+        ``<image>`` strings per image and the report is what callers want; decode
+        ``return_type="tokens"`` for prompt plus completion. Finished rows are padded with EOS.
+        Hooks added with ``hooks()`` / ``add_hook`` fire on the prompt and on every generated
+        position.
         """
         if unused:
             raise TypeError(f"unsupported generate() arguments: {sorted(unused)}")
+        if padding_side not in (None, "left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
         if return_type == "input":
             return_type = "str" if isinstance(input, (str, list)) else "tokens"
+        bos = self.cfg.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
         if isinstance(input, (str, list)):
-            tokens = self.to_tokens(input, padding_side="left")
-            if attention_mask is None and isinstance(input, list) and len(input) > 1:
-                from transformer_lens.utils import get_attention_mask
-
-                attention_mask = get_attention_mask(
-                    self.tokenizer, tokens, True, padding_side="left"
-                )
+            tokens = self.to_tokens(input, prepend_bos=bos, padding_side="left")
         else:
             tokens = input if input.ndim == 2 else input[None]
         tokens = tokens.to(self.cfg.device)
         B = tokens.shape[0]
-        mask = (attention_mask if attention_mask is not None else torch.ones_like(tokens)).to(
-            self.cfg.device
-        )
+        if attention_mask is None:
+            attention_mask = self._infer_left_padding_mask(tokens, bos)
+        mask = attention_mask.to(self.cfg.device)
         self._check_inputs(tokens, pixel_values, image_embeds, {"attention_mask": mask})
         if pixel_values is not None:
             image_embeds = self.encode_images(pixel_values)
@@ -542,6 +551,14 @@ class HookedMaira2(HookedSAETransformer):
             ]
             return texts[0] if isinstance(input, str) else texts
         return torch.cat([tokens, generated], dim=1)
+
+    def _infer_left_padding_mask(self, tokens: torch.Tensor, prepend_bos: bool) -> torch.Tensor:
+        """The mask ``forward`` infers for left-padded tokens: leading pad ids are not attended."""
+        if self.tokenizer is None or self.tokenizer.pad_token_id is None:
+            return torch.ones_like(tokens)
+        from transformer_lens.utils import get_attention_mask
+
+        return get_attention_mask(self.tokenizer, tokens, prepend_bos, padding_side="left")
 
     def _eos_id(self) -> int:
         if self.tokenizer is None or self.tokenizer.eos_token_id is None:
