@@ -181,6 +181,14 @@ class HookedMaira2(HookedSAETransformer):
                 "comes without one: pass tokenizer=load_tokenizer(<checkpoint folder>) or load the "
                 "model with from_pretrained"
             )
+        texts = [input] if isinstance(input, str) else list(input)
+        if any("<image>" in t for t in texts):
+            raise ValueError(
+                "a string prompt contains '<image>', which stands for one image's "
+                f"{self.n_patches} patch tokens; build image prompts with Maira2Processor "
+                "(processor(study) or processor.encode(pieces, images)) and pass its input_ids "
+                "with pixel_values"
+            )
         return super().to_tokens(input, *args, **kwargs)
 
     def set_tokenizer(self, tokenizer: PreTrainedTokenizerBase, default_padding_side=None) -> None:  # type: ignore[override]

@@ -58,3 +58,12 @@ def test_transformerlens_arguments_are_accepted(model):
         model.generate(text, max_new_tokens=1, padding_side="middle")
     with pytest.raises(TypeError, match="freq_penalty"):
         model.generate(text, max_new_tokens=1, freq_penalty=1.0)
+
+
+def test_image_placeholder_in_a_string_prompt_points_at_the_processor(model):
+    with pytest.raises(ValueError, match="Maira2Processor"):
+        model.to_tokens("Given the current frontal image<image> describe it")
+    with pytest.raises(ValueError, match="16 patch tokens"):
+        model.generate(["ok", "an <image> here"], max_new_tokens=1)
+    with pytest.raises(ValueError, match="Maira2Processor"):
+        model("Given the current frontal image<image>", pixel_values=torch.zeros(1, 3, 56, 56))
