@@ -10,6 +10,12 @@ Work is split into shards of ``shard_studies`` studies; a shard and the leftover
 did not fill its last row are written before the progress file moves on, so a killed run resumes
 at the next shard and produces the same dataset as an uninterrupted one. Under ``torchrun`` each
 rank takes every ``world_size``-th study, writes its own shards, and rank 0 merges them.
+
+Every on-disk step can be killed and rerun: shards are renamed into place when complete; the
+merge links them into a dataset built under ``final.partial`` and renamed once to ``final``
+(shards are deleted only after that), whose files are then moved into the output folder with
+``cache_info.json`` last (the commit). Rank 0 holds ``<output>/.lock`` (:mod:`output_lock`) for the
+run, and ``.tmp_shards/fingerprint.json`` (:mod:`fingerprint`) stops a resume with other inputs.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
@@ -29,6 +35,8 @@ from datasets import Sequence as HFSequence
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from sae_lens_maira.activations.fingerprint import cache_fingerprint, describe_change
+from sae_lens_maira.activations.output_lock import LOCK_FILE, OutputLock
 from sae_lens_maira.activations.selection import selection_mask
 from sae_lens_maira.data.study import Study
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2, hook_layer
@@ -38,7 +46,9 @@ from sae_lens_maira.processing.processor import EncodedPrompt, Maira2Processor
 logger = logging.getLogger(__name__)
 
 INFO_FILE = "cache_info.json"
-TMP_DIR = ".tmp_shards"
+TMP_DIR = ".tmp_shards"  # the work folder: rank shards, staging, the fingerprint
+FINAL_DIR = "final"  # the merged dataset, complete once renamed from final.partial
+FINGERPRINT_FILE = "fingerprint.json"
 _COLUMNS = ("acts", "token_ids", "roles", "study_index", "positions")
 
 
@@ -209,6 +219,7 @@ def _process_shard(
                 f"activations at {cfg.hook_name} contain NaN or inf for studies {ids}; the model or its "
                 "inputs are numerically broken (try dtype=float32, check the checkpoint and the images)"
             )
+        _check_storage_range(acts, chunk, cfg)
         for row, (gi, enc) in enumerate(chunk):
             roles = torch.tensor(enc.roles)
             keep = selection_mask(roles, cfg.selection)
@@ -221,6 +232,23 @@ def _process_shard(
                 "positions": pos.to(torch.int32),
             }
     return [results[gi] for gi in sorted(results)], skipped
+
+
+def _check_storage_range(
+    acts: torch.Tensor, chunk: list[tuple[int, EncodedPrompt]], cfg: CacheConfig
+) -> None:
+    """float16 storage holds |x| <= 65504; larger activations would be cached as inf."""
+    if cfg.storage_dtype != "float16":
+        return
+    limit = torch.finfo(torch.float16).max
+    peaks = [float(acts[row, : len(enc)].abs().max()) for row, (_, enc) in enumerate(chunk)]
+    if max(peaks) > limit:
+        over = [enc for (_, enc), peak in zip(chunk, peaks) if peak > limit]
+        raise ValueError(
+            f"activations at {cfg.hook_name} reach {max(peaks):.4g} in {len(over)} studies of this batch, "
+            f"beyond float16's largest value {limit:.0f} (they would be stored as inf); set "
+            "cache.storage_dtype: float32"
+        )
 
 
 def cache_activations(
@@ -236,7 +264,9 @@ def cache_activations(
     """Cache this rank's share of ``studies``; rank 0 (or a single process) returns the merged result.
 
     With ``world_size > 1`` the caller must have initialised ``torch.distributed``; ranks meet at a
-    barrier before rank 0 merges.
+    barrier before rank 0 merges. Rank 0 holds the output folder's lock for the whole run. A
+    finished cache made from the same inputs is returned as it is (the same command run twice, or
+    rerun after a kill during the final clean-up, does nothing).
     """
     out = Path(cfg.output_dir)
     layer = hook_layer(cfg.hook_name)
@@ -248,77 +278,192 @@ def cache_activations(
         raise ValueError(
             f"the model has no hook {cfg.hook_name!r}; e.g. 'blocks.{model.cfg.n_layers // 2}.hook_resid_post'"
         )
-    if rank == 0:
-        _prepare_output(out, cfg)
-    _barrier(world_size)
-    d_in = model.cfg.d_model
-    writer = _RankWriter(out, rank, cfg, d_in)
+    fingerprint = cache_fingerprint(cfg, model, studies, world_size)
+    lock = OutputLock(out, "activation cache run") if rank == 0 else None
+    try:
+        if lock is not None:
+            lock.acquire()
+            _prepare_output(out, cfg, fingerprint)
+        _barrier(world_size)
+        if (out / INFO_FILE).is_file():  # rank 0 found it finished with the same fingerprint
+            _barrier(world_size)
+            return _result_from_info(out) if rank == 0 else None
+        d_in = model.cfg.d_model
+        writer = _RankWriter(out, rank, cfg, d_in)
+        shards = _rank_shards(studies, cfg, rank, world_size)
+        model.eval()
+        n_mine = sum(len(s) for s in shards)
+        bar = tqdm(total=n_mine, desc=f"caching {cfg.hook_name}" + (f" [rank {rank}]" if world_size > 1 else ""),
+                   disable=not show_progress, unit="study")  # fmt: skip
+        bar.update(sum(len(s) for s in shards[: writer.progress["shards_done"]]))
+        for index in range(writer.progress["shards_done"], len(shards)):
+            parts, skipped = _process_shard(model, processor, shards[index], cfg)
+            writer.write_shard(index, parts, skipped)
+            bar.update(len(shards[index]))
+        bar.close()
+        _barrier(world_size)
+        result = None
+        if rank == 0:
+            result = _merge(out, cfg, studies, world_size, d_in, fingerprint)
+        _barrier(world_size)
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _rank_shards(
+    studies: Sequence[Study], cfg: CacheConfig, rank: int, world_size: int
+) -> list[list[tuple[int, Study]]]:
     mine = [(i, s) for i, s in enumerate(studies) if i % world_size == rank]
-    shards = [mine[i : i + cfg.shard_studies] for i in range(0, len(mine), cfg.shard_studies)]
-    model.eval()
-    bar = tqdm(total=len(mine), desc=f"caching {cfg.hook_name}" + (f" [rank {rank}]" if world_size > 1 else ""),
-               disable=not show_progress, unit="study")  # fmt: skip
-    bar.update(sum(len(s) for s in shards[: writer.progress["shards_done"]]))
-    for index in range(writer.progress["shards_done"], len(shards)):
-        parts, skipped = _process_shard(model, processor, shards[index], cfg)
-        writer.write_shard(index, parts, skipped)
-        bar.update(len(shards[index]))
-    bar.close()
-    _barrier(world_size)
-    result = None
-    if rank == 0:
-        result = _merge(out, cfg, studies, world_size, d_in)
-    _barrier(world_size)
-    return result
+    return [mine[i : i + cfg.shard_studies] for i in range(0, len(mine), cfg.shard_studies)]
 
 
-def _prepare_output(out: Path, cfg: CacheConfig) -> None:
-    if (out / INFO_FILE).is_file():
-        if not cfg.overwrite:
+def _write_json_atomically(path: Path, data: object, indent: int | None = None) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=indent))
+    os.replace(tmp, path)
+
+
+def _clear(out: Path) -> None:
+    """Delete everything in ``out`` but the lock file this run holds."""
+    for p in out.iterdir():
+        if p.name != LOCK_FILE:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _prepare_output(out: Path, cfg: CacheConfig, fingerprint: dict) -> None:
+    """Check the folder against this run's fingerprint: resume, start, or refuse saying why."""
+    work = out / TMP_DIR
+    info_path = out / INFO_FILE
+    if info_path.is_file():
+        old = json.loads(info_path.read_text()).get("fingerprint")
+        changes = (
+            describe_change(old, fingerprint) if old else ["it has no fingerprint (older version)"]
+        )
+        if cfg.overwrite:
+            _clear(out)
+        elif changes:
             raise FileExistsError(
-                f"{out} already holds a finished cache; pass overwrite=True to rebuild it"
+                f"{out} already holds a finished cache made from other inputs ({'; '.join(changes)}); "
+                "set cache.overwrite: true to rebuild it, or choose another cache.output_dir"
             )
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    settings = out / TMP_DIR / "settings.json"
-    wanted = json.dumps(asdict(cfg), sort_keys=True)
-    if settings.is_file() and settings.read_text() != wanted:
-        raise ValueError(
-            f"{out} holds an unfinished cache made with other settings; delete it or use the same config to resume"
-        )
-    settings.parent.mkdir(parents=True, exist_ok=True)
-    settings.write_text(wanted)
-    leftovers = [p for p in out.iterdir() if p.name != TMP_DIR]
-    if leftovers:
+        else:
+            if work.exists():  # killed after the cache was committed, before the clean-up
+                shutil.rmtree(work)
+            logger.info("%s already holds this cache (same fingerprint); nothing to do", out)
+            return
+    fp_path = work / FINGERPRINT_FILE
+    if fp_path.is_file():
+        changes = describe_change(json.loads(fp_path.read_text()), fingerprint)
+        if changes and cfg.overwrite:
+            _clear(out)
+        elif changes:
+            raise ValueError(
+                f"{out} holds an unfinished cache started from other inputs: {'; '.join(changes)}. "
+                f"To resume it, rerun with the inputs it was started with; to start over, delete {work} "
+                "(or set cache.overwrite: true)"
+            )
+    elif work.exists():  # no fingerprint yet: killed before anything was cached, or an older layout
+        if (work / "settings.json").is_file() and not cfg.overwrite:
+            raise ValueError(
+                f"{out} holds an unfinished cache of an older version of this package; delete {work} "
+                "to start over"
+            )
+        shutil.rmtree(work)
+    leftovers = [p.name for p in out.iterdir() if p.name not in (TMP_DIR, LOCK_FILE)]
+    if (
+        leftovers and not (work / FINAL_DIR).is_dir()
+    ):  # a publish in progress has moved files already
         raise FileExistsError(
-            f"{out} is not empty ({[p.name for p in leftovers][:5]}); choose a new output_dir"
+            f"{out} is not empty ({leftovers[:5]}) and holds no cache of this run; choose a new "
+            "cache.output_dir"
         )
+    work.mkdir(parents=True, exist_ok=True)
+    if not fp_path.is_file():
+        _write_json_atomically(fp_path, fingerprint)
 
 
 def _merge(
-    out: Path, cfg: CacheConfig, studies: Sequence[Study], world_size: int, d_in: int
+    out: Path,
+    cfg: CacheConfig,
+    studies: Sequence[Study],
+    world_size: int,
+    d_in: int,
+    fingerprint: dict,
 ) -> CacheResult:
+    """Build the dataset under ``final.partial``, rename it once, then publish it into ``out``.
+
+    Rank shards are linked (not moved) into the staging folder, so a kill before the rename
+    leaves them intact and the rerun builds the same dataset again; after the rename only the
+    publish (moving finished files, ``cache_info.json`` last) remains, then the clean-up.
+    """
+    work = out / TMP_DIR
+    final = work / FINAL_DIR
+    if not final.is_dir():
+        _build_final(work, cfg, studies, world_size, d_in, fingerprint)
+    info = json.loads((final / INFO_FILE).read_text()) if (final / INFO_FILE).is_file() else None
+    names = sorted(p.name for p in final.iterdir() if p.name != INFO_FILE)
+    for name in names:
+        os.replace(final / name, out / name)
+    if info is not None:
+        os.replace(final / INFO_FILE, out / INFO_FILE)  # the commit: the cache is finished now
+    shutil.rmtree(work)
+    result = _result_from_info(out)
+    if result.skipped:
+        logger.warning(
+            "skipped %d studies (see %s): %s",
+            len(result.skipped),
+            out / INFO_FILE,
+            list(result.skipped)[:5],
+        )
+    if result.dropped_tail_positions:
+        logger.info(
+            "%d selected positions did not fill a last row of %d and were left out",
+            result.dropped_tail_positions,
+            cfg.context_size,
+        )
+    return result
+
+
+def _build_final(
+    work: Path,
+    cfg: CacheConfig,
+    studies: Sequence[Study],
+    world_size: int,
+    d_in: int,
+    fingerprint: dict,
+) -> None:
     from sae_lens.cache_activations_runner import CacheActivationsRunner
 
-    staging = out / TMP_DIR / "staging"
-    if staging.exists():
-        shutil.rmtree(staging)
+    staging, partial = work / "staging", work / (FINAL_DIR + ".partial")
+    for p in (staging, partial):
+        if p.exists():
+            shutil.rmtree(p)
     staging.mkdir()
     k = 0
     skipped: dict[str, str] = {}
     n_positions = dropped = 0
     tails: list[dict[str, torch.Tensor]] = []
     for rank in range(world_size):
-        rank_dir = out / TMP_DIR / f"rank{rank:03d}"
-        progress = json.loads((rank_dir / "progress.json").read_text())
+        rank_dir = work / f"rank{rank:03d}"
+        progress_file = rank_dir / "progress.json"
+        progress = (json.loads(progress_file.read_text()) if progress_file.is_file()
+                    else {"shards_done": 0, "skipped": {}, "n_positions": 0})  # fmt: skip
+        expected = len(_rank_shards(studies, cfg, rank, world_size))
+        if progress["shards_done"] != expected:
+            raise RuntimeError(
+                f"rank {rank} finished {progress['shards_done']} of its {expected} shards; rerun the "
+                f"same command with {world_size} processes to finish them"
+            )
         skipped.update(progress["skipped"])
         n_positions += progress["n_positions"]
-        tail = sorted(rank_dir.glob("tail_*.safetensors"))
-        if tail:
-            tails.append(load_file(str(tail[-1])))
+        tail = rank_dir / f"tail_{expected - 1:05d}.safetensors"
+        if expected and tail.is_file():
+            tails.append(load_file(str(tail)))
         for shard in sorted(p for p in rank_dir.iterdir() if p.name.startswith("shard_")):
             if (shard / "state.json").is_file():
-                shard.rename(staging / f"shard_{k:05d}")
+                shutil.copytree(shard, staging / f"shard_{k:05d}", copy_function=_link_or_copy)
                 k += 1
     if tails:  # the ranks' leftovers fill further rows; only the last partial row is left out
         rows, rest = _pack_rows(_concat(tails), cfg, _features(cfg, d_in))
@@ -331,12 +476,14 @@ def _merge(
             f"no complete row of {cfg.context_size} positions was cached ({n_positions} selected positions); "
             "lower context_size or add studies"
         )
-    ds = CacheActivationsRunner._consolidate_shards(staging, out, copy_files=False)
+    partial.mkdir()
+    ds = CacheActivationsRunner._consolidate_shards(staging, partial, copy_files=False)
     info = {
         "hook_name": cfg.hook_name,
         "context_size": cfg.context_size,
         "d_in": d_in,
         "selection": cfg.selection,
+        "storage_dtype": cfg.storage_dtype,
         "n_rows": len(ds),
         "n_positions": len(ds) * cfg.context_size,
         "dropped_tail_positions": dropped,
@@ -344,20 +491,31 @@ def _merge(
         "study_ids": [s.study_id for s in studies],
         "skipped": skipped,
         "world_size": world_size,
+        "fingerprint": fingerprint,
     }
-    (out / INFO_FILE).write_text(json.dumps(info, indent=1))
-    shutil.rmtree(out / TMP_DIR)
-    if skipped:
-        logger.warning(
-            "skipped %d studies (see %s): %s", len(skipped), out / INFO_FILE, list(skipped)[:5]
-        )
-    if dropped:
-        logger.info(
-            "%d selected positions did not fill a last row of %d and were left out",
-            dropped,
-            cfg.context_size,
-        )
-    return CacheResult(out, len(ds), len(ds) * cfg.context_size, len(studies), skipped, dropped)
+    del ds
+    _write_json_atomically(partial / INFO_FILE, info, indent=1)
+    partial.rename(work / FINAL_DIR)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    """Hard-link a finished shard file into staging (no extra disk); copy where links fail."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def _result_from_info(out: Path) -> CacheResult:
+    info = json.loads((out / INFO_FILE).read_text())
+    return CacheResult(
+        out,
+        int(info["n_rows"]),
+        int(info["n_positions"]),
+        int(info["n_studies"]),
+        dict(info.get("skipped", {})),
+        int(info.get("dropped_tail_positions", 0)),
+    )
 
 
 def _save_quietly(ds: Dataset, path: Path) -> None:

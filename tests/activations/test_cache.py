@@ -161,11 +161,18 @@ def test_kill_and_resume_gives_the_identical_dataset(setup, tmp_path, monkeypatc
     assert len(a) == len(b)
     for col in (HOOK, "token_ids", "roles", "study_index", "positions"):
         assert np.array_equal(np.asarray(a[col]), np.asarray(b[col])), col
-    with pytest.raises(FileExistsError, match="already holds a finished cache"):
+    # the same command again finds the finished cache and leaves it as it is
+    again = cache_activations(
+        model, processor, studies, CacheConfig(output_dir=str(tmp_path / "full"), **cfg),
+        show_progress=False,
+    )
+    assert again.n_rows == len(a) and not (tmp_path / "full" / ".tmp_shards").exists()
+    with pytest.raises(FileExistsError, match="finished cache made from other inputs.*context_size"):
         cache_activations(
-            model, processor, studies, CacheConfig(output_dir=str(tmp_path / "full"), **cfg)
+            model, processor, studies,
+            CacheConfig(output_dir=str(tmp_path / "full"), **{**cfg, "context_size": 8}),
         )
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(ValueError, match="older version"):
         (tmp_path / "other" / ".tmp_shards").mkdir(parents=True)
         (tmp_path / "other" / ".tmp_shards" / "settings.json").write_text("{}")
         cache_activations(
