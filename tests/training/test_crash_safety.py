@@ -146,12 +146,9 @@ def test_a_nan_batch_stops_training_naming_step_and_source(
     r = subprocess.run([sys.executable, "-m", "sae_lens_maira.cli", "train", "--config", str(tmp_path / "exp.yaml")],
                        capture_output=True, text=True, env=env, timeout=900)  # fmt: skip
     assert r.returncode == 1
-    last = re.split(r"[\r\n]+", r.stderr.strip())[-1]  # after any progress bar the error left open
-    assert (
-        last.startswith("error: training step ")
-        and "NaN or inf" in last
-        and "Traceback" not in r.stderr
-    )
+    errors = [x for x in re.split(r"[\r\n]+", r.stderr) if x.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith("error: training step ")  # bars aside
+    assert "NaN or inf" in errors[0] and "Traceback" not in r.stderr
 
 
 def test_skip_bad_batches_counts_them_and_finishes(cached, tmp_path, hub_checkpoint, manifest):
