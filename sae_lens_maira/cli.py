@@ -62,6 +62,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
                         if k.split("/")[-1] in ("explained_variance", "l0", "ce_loss_score", "kl_div_score",
                                                 "dead_latents_fraction"))  # fmt: skip
     print(f"SAE saved to {result.output_path}; {summary}")
+    print(result.wandb.describe() if result.wandb else "")
     return 0
 
 
@@ -110,11 +111,12 @@ def _cmd_autointerp(args: argparse.Namespace) -> int:
     from sae_lens_maira.autointerp.commands import autointerp
 
     res = autointerp(args.stats, args.out, args.backend, args.model, args.base_url, args.api_key_env,
-                     args.cache, args.features, args.concurrency, args.private, args.n_explain)  # fmt: skip
+                     args.cache, args.features, args.concurrency, args.private, args.n_explain, args.min_held_out)  # fmt: skip
     scores = [e.score for e in res.values() if e.score is not None]
     mean = sum(scores) / len(scores) if scores else float("nan")
     print(
-        f"{len(res)} features explained in {args.out}; mean detection balanced accuracy {mean:.3f}"
+        f"{len(res)} features explained in {args.out}; mean detection balanced accuracy {mean:.3f} "
+        f"over {len(scores)} scored ({len(res) - len(scores)} not scored: too few held-out examples)"
     )
     return 0
 
@@ -188,6 +190,8 @@ def _add_autointerp(sub) -> None:
     p.add_argument("--features", help="feature list, e.g. 0,3,10-19 (default: all that fire)")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--n-explain", type=int, default=40, help="top examples shown to the explainer")
+    p.add_argument("--min-held-out", type=int, default=5,
+                   help="held-out activating and non-activating examples a feature needs to be scored")
     p.add_argument("--private", action="store_true", help="send no study text to the LLM")
     p.set_defaults(handler=_cmd_autointerp)
 

@@ -8,6 +8,10 @@ it needs. Paths inside the file are relative to the file's folder.
     cache:   {hook_name: blocks.15.hook_resid_post, output_dir: ..., context_size: 128, ...}
     sae:     {architecture: matryoshka, expansion_factor: 4, k: 64, ...}
     train:   {training_tokens: ..., lr: ..., wandb_project: ..., ...}
+
+Each section is a dataclass below (``cache`` is :class:`CacheConfig`, ``sae`` the architecture's
+SAELens training config); :meth:`Experiment.from_yaml` rejects unknown sections and keys, naming
+the nearest valid one, and each key's default is its dataclass field's.
 """
 
 from __future__ import annotations
@@ -19,7 +23,113 @@ from typing import Any
 import torch
 import yaml
 
+from sae_lens_maira.config_sections import (
+    check_keys,
+    field_names,
+    section_dict,
+    section_from_dict,
+    unknown_key_message,
+)
 from sae_lens_maira.data.study import Study
+
+
+@dataclass
+class ModelSection:
+    checkpoint: str | None = None  # a checkpoint folder or a hub repo id in the local cache
+    device: str = "auto"
+    dtype: str = "float32"
+
+
+@dataclass
+class DataSection:
+    source: str | None = None  # manifest | mimic_cxr | openi
+    path: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    on_missing: str = "skip"
+    image_size: int = 224  # openi: synthetic radiograph size
+    image_dir: str | None = None
+    held_out_fraction: float = 0.15
+
+
+@dataclass
+class TrainSection:
+    """Runner keys left at None take SAELens's own ``LanguageModelSAERunnerConfig`` default."""
+
+    hook_name: str | None = None  # default: cache.hook_name
+    use_cached_activations: bool = True
+    context_size: int | None = None  # prompt length for live training/evals (default: longest)
+    output_dir: str = "sae"
+    checkpoint_dir: str = "checkpoints"
+    wandb: bool = False
+    wandb_project: str = "sae-lens-maira"
+    wandb_dir: str = "."
+    run_name: str | None = None
+    wandb_log_frequency: int = 10
+    eval_every_n_wandb_logs: int = 100
+    skip_bad_batches: bool = False  # drop (and count) NaN/inf activation batches instead of stopping
+    nonfinite_check_every: int = 50  # steps between NaN/inf checks on CUDA (each is a host sync)
+    # passed to LanguageModelSAERunnerConfig when set
+    training_tokens: int | None = None
+    train_batch_size_tokens: int | None = None
+    lr: float | None = None
+    lr_scheduler_name: str | None = None
+    lr_warm_up_steps: int | None = None
+    lr_decay_steps: int | None = None
+    lr_end: float | None = None  # default: lr / 10
+    adam_beta1: float | None = None
+    adam_beta2: float | None = None
+    store_batch_size_prompts: int | None = None
+    n_batches_in_buffer: int | None = None
+    n_checkpoints: int | None = None
+    n_eval_batches: int | None = None
+    eval_batch_size_prompts: int | None = None
+    seed: int | None = None
+    dead_feature_window: int | None = None
+    feature_sampling_window: int | None = None
+    autocast: bool | None = None
+    autocast_lm: bool | None = None
+    compile_sae: bool | None = None
+    activations_mixing_fraction: float | None = None
+
+
+@dataclass
+class DashboardsSection:
+    sae: str | None = None  # default: train.output_dir
+    out: str = "dashboards/stats"
+    batch_size: int = 4
+    limit: int | None = None
+    keep_images: bool = True
+
+
+@dataclass
+class SteerSection:
+    """Defaults are the shipped ``small_default.yaml``'s (coefficients suit its residual norm)."""
+
+    features: list[int] | None = None
+    finding: str | None = None
+    coefficients: list[float] = field(default_factory=lambda: [0, 20, 40, 60, 90])
+    positions: str = "generated"
+    n_studies: int = 48
+    max_new_tokens: int = 48
+    out: str = "steering"
+    sae: str | None = None  # default: train.output_dir
+    hook_name: str | None = None  # default: the SAE's hook
+    scale: float = 1.0
+    batch_size: int = 4
+
+
+#: Sections read into a dataclass (every key checked, defaults filled in).
+SECTION_TYPES: dict[str, type] = {
+    "model": ModelSection,
+    "data": DataSection,
+    "train": TrainSection,
+    "dashboards": DashboardsSection,
+    "steer": SteerSection,
+}
+#: Sections whose keys are checked elsewhere: ``cache`` against CacheConfig, ``sae`` against the
+#: architecture's config; ``demo`` by the demo (its own dataclass) when registered above.
+OTHER_SECTIONS = ("cache", "sae", "demo")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -44,13 +154,41 @@ class Experiment:
             raise ValueError(f"{path} must hold a mapping of sections (model, data, cache, ...)")
         for dotted, value in (overrides or {}).items():
             _set_dotted(raw, dotted, value)
-        return cls(raw, path.resolve().parent)
+        exp = cls(raw, path.resolve().parent)
+        try:
+            exp.validate()
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
+        return exp
+
+    def validate(self) -> None:
+        """Every section and key known; raises ValueError naming the nearest valid key."""
+        known = [*SECTION_TYPES, *OTHER_SECTIONS]
+        check_keys("the config's top level (sections)", self.raw, known)
+        for name in SECTION_TYPES:
+            if name in self.raw:
+                self.typed(name)
+        if isinstance(self.raw.get("cache"), dict):
+            from sae_lens_maira.activations.cache import CacheConfig
+
+            check_keys("cache", self.raw["cache"], field_names(CacheConfig))
+        if isinstance(self.raw.get("sae"), dict):
+            check_sae_keys(self.raw["sae"])
+
+    def typed(self, name: str) -> Any:
+        """The section as its dataclass (defaults for absent keys)."""
+        value = self.raw.get(name)
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"config section {name!r} must be a mapping")
+        return section_from_dict(SECTION_TYPES[name], value, name)
 
     def section(self, name: str, required: bool = True) -> dict[str, Any]:
         value = self.raw.get(name)
+        if value is None and required:
+            raise ValueError(f"the config has no {name!r} section")
+        if name in SECTION_TYPES:
+            return section_dict(self.typed(name))
         if value is None:
-            if required:
-                raise ValueError(f"the config has no {name!r} section")
             return {}
         if not isinstance(value, dict):
             raise ValueError(f"config section {name!r} must be a mapping")
@@ -64,20 +202,19 @@ class Experiment:
 
     # ---- builders -------------------------------------------------------------------------------
     def device(self) -> str:
-        device = str(self.section("model").get("device", "auto"))
+        device = str(self.typed("model").device)
         if device == "auto":
             return "cuda" if torch.cuda.is_available() else "cpu"
         return device
 
     def dtype(self) -> torch.dtype:
-        name = str(self.section("model").get("dtype", "float32"))
+        name = str(self.typed("model").dtype)
         if name not in _DTYPES:
             raise ValueError(f"model.dtype must be one of {sorted(_DTYPES)}, not {name!r}")
         return _DTYPES[name]
 
     def checkpoint(self) -> str:
-        spec = self.section("model")
-        ckpt = spec.get("checkpoint")
+        ckpt = self.typed("model").checkpoint
         if not ckpt:
             raise ValueError(
                 "model.checkpoint must name a MAIRA-2 checkpoint folder or a cached hub repo id"
@@ -106,7 +243,7 @@ class Experiment:
         spec = self.section("data")
         source = spec.get("source")
         limit = spec.get("limit")
-        on_missing = spec.get("on_missing", "skip")
+        on_missing = spec["on_missing"]
         if source == "manifest":
             result = sources.load_manifest(self._data_path(spec), on_missing=on_missing)
             studies = result.studies
@@ -123,7 +260,7 @@ class Experiment:
 
             wheel = self.path(spec["path"]) if spec.get("path") else ensure_openi_wheel()
             reports = sources.load_openi_reports(wheel)
-            size = int(spec.get("image_size", 224))
+            size = int(spec["image_size"])
             image_dir = self.path(spec.get("image_dir"))
             studies = sources.openi_studies(
                 reports, SyntheticXrayRenderer(size), image_dir=image_dir
@@ -131,7 +268,7 @@ class Experiment:
             split = spec.get("split")
             if split:
                 train, held_out = sources.split_studies(
-                    studies, float(spec.get("held_out_fraction", 0.15))
+                    studies, float(spec["held_out_fraction"])
                 )
                 studies = train if split == "train" else held_out
             summary = f"{len(studies)} studies"
@@ -146,6 +283,26 @@ class Experiment:
         if not spec.get("path"):
             raise ValueError(f"data.path is required for source {spec.get('source')!r}")
         return self.path(spec["path"])  # type: ignore[return-value]
+
+
+def check_sae_keys(spec: dict[str, Any]) -> None:
+    """The ``sae`` section's keys against its architecture's SAELens training config."""
+    from sae_lens.registry import get_sae_training_class
+
+    import sae_lens_maira.registration  # noqa: F401  (registers "matryoshka")
+
+    arch = spec.get("architecture", "matryoshka")
+    try:
+        _, cfg_cls = get_sae_training_class(arch)
+    except KeyError:
+        from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+
+        raise ValueError(
+            unknown_key_message("sae.architecture (registered architectures)", str(arch),
+                                SAE_TRAINING_CLASS_REGISTRY)  # fmt: skip
+        ) from None
+    valid = {*field_names(cfg_cls), "architecture", "expansion_factor"} - {"metadata"}
+    check_keys(f"sae (architecture {arch!r})", spec, valid)
 
 
 def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:

@@ -2,7 +2,9 @@
 
 Any server speaking ``POST {base_url}/chat/completions`` works (OpenAI, vLLM, llama.cpp, Ollama,
 OpenRouter...). The key is read from an environment variable (``OPENAI_API_KEY`` by default) and
-is only ever put into the Authorization header. The cache is JSONL keyed by a hash of model,
+is only ever put into the Authorization header (and redacted from any error text). Only transient
+failures are retried; :class:`LLMError` (an ``HTTPRequestError``) says whether a failure was
+transient, so a runner can stop scheduling after the first one that is not. The cache is JSONL keyed by a hash of model,
 messages and parameters, so a rerun makes no repeated calls.
 """
 
@@ -16,9 +18,14 @@ import threading
 from pathlib import Path
 from typing import Any, Protocol
 
-import httpx
-
-from sae_lens_maira.http_retry import RetryPolicy, post_json
+from sae_lens_maira.http_retry import (
+    HTTPRequestError,
+    RetryPolicy,
+    make_client,
+    post_json,
+    redact,
+    secrets_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +36,8 @@ class ChatClient(Protocol):
     def complete(self, messages: list[dict[str, str]], **params: Any) -> str: ...
 
 
-class LLMError(RuntimeError):
-    """The chat endpoint refused a request or kept failing."""
+class LLMError(HTTPRequestError):
+    """The chat endpoint refused a request or kept failing (``transient`` says which)."""
 
 
 class OpenAICompatibleClient:
@@ -46,11 +53,11 @@ class OpenAICompatibleClient:
         require_key: bool = False,
     ):
         self.model, self.base_url = model, base_url.rstrip("/")
-        self._policy = RetryPolicy(max_retries, backoff_s, max_backoff_s)
+        self._policy = RetryPolicy(max_retries, backoff_s, max_backoff_s, deadline_s=timeout_s)
         self._key = os.environ.get(api_key_env, "")
         if require_key and not self._key:
             raise ValueError(f"no API key: set the environment variable {api_key_env}")
-        self._http = httpx.Client(timeout=timeout_s)
+        self._http = make_client(timeout_s)
 
     def __repr__(self) -> str:
         return f"OpenAICompatibleClient(model={self.model!r}, base_url={self.base_url!r})"
@@ -64,7 +71,9 @@ class OpenAICompatibleClient:
             return resp.json()["choices"][0]["message"]["content"] or ""
         except (ValueError, KeyError, IndexError, TypeError):
             raise LLMError(
-                f"{url} answered something that is not a chat completion: {resp.text[:300]}"
+                f"{url} answered something that is not a chat completion: "
+                f"{redact(resp.text[:300], secrets_of(headers))}",
+                transient=False,
             ) from None
 
 

@@ -12,14 +12,15 @@ def autointerp(
     stats_dir: str | Path, out: str | Path, backend: str = "offline", model: str | None = None,
     base_url: str = "https://api.openai.com/v1", api_key_env: str = "OPENAI_API_KEY",
     cache: str | Path | None = None, features: str | None = None, concurrency: int = 8,
-    private: bool = False, n_explain: int = 40,
+    private: bool = False, n_explain: int = 40, min_held_out: int = 5,
 ) -> dict[int, Explanation]:  # fmt: skip
     from sae_lens_maira.autointerp.runner import run_autointerp
     from sae_lens_maira.dashboards.commands import parse_features
     from sae_lens_maira.dashboards.stats_store import FeatureStats
 
     stats = FeatureStats.load(stats_dir)
-    cfg = AutointerpConfig(n_explain=n_explain, private=private)
+    cfg = AutointerpConfig(n_explain=n_explain, private=private, min_held_out_activating=min_held_out,
+                           min_held_out_non_activating=min_held_out)  # fmt: skip
     if backend == "offline":
         from sae_lens_maira.autointerp.offline import OfflineExplainer, OfflineScorer
 

@@ -15,7 +15,12 @@ _IMG = re.compile(r"^<img(\d+):r(\d+)c(\d+)>$")
 @dataclass
 class AutointerpConfig:
     """delphi's defaults: 40 explainer examples, 50 test examples over 10 activation intervals,
-    50 non-activating examples; tokens above ``mark_fraction`` of an example's max are marked."""
+    50 non-activating examples; tokens above ``mark_fraction`` of an example's max are marked.
+
+    Scoring uses only held-out sequences (never shown to the explainer). A feature with fewer than
+    ``min_held_out_activating`` / ``min_held_out_non_activating`` of them is reported as not scored;
+    to reach the minimum, activating sequences are taken out of the explainer's set first.
+    """
 
     n_explain: int = 40
     n_test_groups: int = 10
@@ -25,6 +30,15 @@ class AutointerpConfig:
     examples_per_prompt: int = 10
     private: bool = False
     seed: int = 0
+    min_held_out_activating: int = 5
+    min_held_out_non_activating: int = 5
+
+    def __post_init__(self) -> None:
+        if self.min_held_out_activating < 1 or self.min_held_out_non_activating < 1:
+            raise ValueError(
+                "min_held_out_activating and min_held_out_non_activating must be at least 1: "
+                "a detection score needs both classes"
+            )
 
 
 @dataclass
@@ -101,19 +115,66 @@ def shown(ex: Example, slot_names, cfg: AutointerpConfig, mark: bool, activating
     return Shown(text, ex.tokens, marks, activating, ex)
 
 
+@dataclass
+class FeatureSplit:
+    """One feature's examples: what the explainer sees and the disjoint held-out test set."""
+
+    explain: list[Example]
+    baseline: list[Example]  # non-activating contexts shown to the explainer
+    test_activating: list[Example]
+    test_non_activating: list[Example]
+
+    def shortfall(self, cfg: AutointerpConfig) -> str | None:
+        """Why the feature cannot be scored (None when it can)."""
+        n_pos, n_neg = len(self.test_activating), len(self.test_non_activating)
+        if n_pos >= cfg.min_held_out_activating and n_neg >= cfg.min_held_out_non_activating:
+            return None
+        return (
+            f"{n_pos} held-out activating and {n_neg} non-activating examples; scoring needs at "
+            f"least {cfg.min_held_out_activating} and {cfg.min_held_out_non_activating} "
+            "(collect statistics over more studies, or lower min_held_out_*)"
+        )
+
+
+def split_examples(stats: FeatureStats, f: int, cfg: AutointerpConfig) -> FeatureSplit:
+    """Explainer examples and held-out test examples, with no sequence in both.
+
+    Held-out activating examples are sampled across activation intervals; when fewer than
+    ``min_held_out_activating`` lie outside the explainer's top examples, sampled sequences move
+    from the explainer's set to the test set (the explainer always keeps at least one).
+    """
+    top = stats.top_examples(f, cfg.n_explain, private=cfg.private)
+    groups = stats.quantile_groups(f, cfg.n_test_groups, cfg.n_test_per_group, private=cfg.private,
+                                   seed=cfg.seed)  # fmt: skip
+    sampled: dict[int, Example] = {}
+    for g in groups:
+        for e in g.examples:
+            sampled.setdefault(e.seq, e)
+    top_seqs = {e.seq for e in top}
+    held = [e for seq, e in sampled.items() if seq not in top_seqs]
+    movable = [e for seq, e in sampled.items() if seq in top_seqs]
+    need = cfg.min_held_out_activating - len(held)
+    if need > 0 and movable:
+        moved = movable[: max(0, min(need, len(top) - 1))]
+        held += moved
+        moved_seqs = {e.seq for e in moved}
+        top = [e for e in top if e.seq not in moved_seqs]
+    negatives = stats.non_activating_examples(f, None, private=cfg.private)
+    test_neg = negatives[: cfg.n_non_activating]
+    baseline = negatives[cfg.n_non_activating : 2 * cfg.n_non_activating]
+    return FeatureSplit(top, baseline, held, test_neg)
+
+
 def explainer_examples(stats: FeatureStats, f: int, cfg: AutointerpConfig) -> list[Shown]:
-    exs = stats.top_examples(f, cfg.n_explain, private=cfg.private)
+    exs = split_examples(stats, f, cfg).explain
     return [shown(e, stats.slot_names, cfg, mark=True, activating=True) for e in exs]
 
 
 def scoring_examples(stats: FeatureStats, f: int, cfg: AutointerpConfig) -> list[Shown]:
     """Held-out activating examples across activation intervals plus non-activating ones, shuffled."""
-    used = {e.seq for e in stats.top_examples(f, cfg.n_explain, private=cfg.private)}
-    groups = stats.quantile_groups(f, cfg.n_test_groups, cfg.n_test_per_group, private=cfg.private,
-                                   seed=cfg.seed)  # fmt: skip
-    pos = [e for g in groups for e in g.examples if e.seq not in used]
-    neg = stats.non_activating_examples(f, cfg.n_non_activating, private=cfg.private)
-    out = [shown(e, stats.slot_names, cfg, mark=False, activating=True) for e in pos]
-    out += [shown(e, stats.slot_names, cfg, mark=False, activating=False) for e in neg]
+    split = split_examples(stats, f, cfg)
+    out = [shown(e, stats.slot_names, cfg, mark=False, activating=True) for e in split.test_activating]
+    out += [shown(e, stats.slot_names, cfg, mark=False, activating=False)
+            for e in split.test_non_activating]  # fmt: skip
     random.Random(cfg.seed * 1_000_003 + f).shuffle(out)
     return out

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def detection_metrics(predicted: Sequence[bool], actual: Sequence[bool]) -> dict[str, float | int]:
-    """Confusion counts, accuracy, balanced accuracy ((TPR + TNR) / 2), precision, recall and F1."""
+def detection_metrics(
+    predicted: Sequence[bool], actual: Sequence[bool]
+) -> dict[str, float | int | None]:
+    """Confusion counts, accuracy, balanced accuracy ((TPR + TNR) / 2; None unless both classes are
+    present), precision, recall and F1."""
     if len(predicted) != len(actual):
         raise ValueError(f"{len(predicted)} predictions for {len(actual)} examples")
     tp = sum(p and a for p, a in zip(predicted, actual, strict=True))
@@ -16,10 +19,10 @@ def detection_metrics(predicted: Sequence[bool], actual: Sequence[bool]) -> dict
     pos, neg = tp + fn, tn + fp
     tpr = tp / pos if pos else 0.0
     tnr = tn / neg if neg else 0.0
-    halves = [x for x, n in ((tpr, pos), (tnr, neg)) if n]
     precision = tp / (tp + fp) if tp + fp else 0.0
     return {
-        "balanced_accuracy": sum(halves) / len(halves) if halves else 0.0,
+        # one class alone says nothing about the explanation: no score rather than half a score
+        "balanced_accuracy": (tpr + tnr) / 2 if pos and neg else None,
         "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
         "accuracy": (tp + tn) / len(actual) if len(actual) else 0.0,
         "precision": precision,

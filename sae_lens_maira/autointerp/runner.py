@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Protocol
 
@@ -12,9 +14,9 @@ from tqdm.auto import tqdm
 from sae_lens_maira.autointerp.examples import (
     AutointerpConfig,
     Shown,
-    explainer_examples,
     scoring_examples,
     shown,
+    split_examples,
 )
 from sae_lens_maira.autointerp.metrics import detection_metrics
 from sae_lens_maira.dashboards.explanations import (
@@ -23,6 +25,23 @@ from sae_lens_maira.dashboards.explanations import (
     load_explanations,
 )
 from sae_lens_maira.dashboards.stats_store import FeatureStats
+from sae_lens_maira.http_retry import HTTPRequestError
+
+logger = logging.getLogger(__name__)
+
+
+class AutointerpStopped(RuntimeError):
+    """A request failed for good (not transient): no further features were scheduled."""
+
+    def __init__(self, feature: int, error: HTTPRequestError, n_done: int, n_unscheduled: int):
+        super().__init__(
+            f"autointerp stopped at feature {feature}: {error}. {n_done} features are saved; "
+            f"{n_unscheduled} were not started. Fix the cause (endpoint, model name, key) and rerun: "
+            "the run resumes from the output file"
+        )
+        self.feature, self.error, self.n_done, self.n_unscheduled = (
+            feature, error, n_done, n_unscheduled,
+        )  # fmt: skip
 
 
 class Explainer(Protocol):
@@ -40,21 +59,30 @@ class Scorer(Protocol):
 def score_explanation(
     stats: FeatureStats, f: int, explanation: str, scorer: Scorer, cfg: AutointerpConfig
 ) -> dict:
-    """Detection: predictions over held-out activating and non-activating examples, in prompt batches."""
+    """Detection: predictions over held-out activating and non-activating examples, in prompt batches.
+
+    Below the configured minimum of held-out examples the result is ``scored: False`` with the
+    reason and counts, and no balanced accuracy (never a score from one class alone).
+    """
+    split = split_examples(stats, f, cfg)
+    reason = split.shortfall(cfg)
+    if reason is not None:
+        return {"scored": False, "reason": reason, "n_activating": len(split.test_activating),
+                "n_non_activating": len(split.test_non_activating)}  # fmt: skip
     tests = scoring_examples(stats, f, cfg)
     preds: list[bool] = []
     k = cfg.examples_per_prompt
     for i in range(0, len(tests), k):
         preds += scorer.predict(explanation, tests[i : i + k])
-    return detection_metrics(preds, [t.activating for t in tests])
+    return {"scored": True, **detection_metrics(preds, [t.activating for t in tests])}
 
 
 def explain_feature(
     stats: FeatureStats, f: int, explainer: Explainer, cfg: AutointerpConfig
 ) -> str:
-    examples = explainer_examples(stats, f, cfg)
-    baseline = [shown(e, stats.slot_names, cfg, mark=False, activating=False)
-                for e in stats.non_activating_examples(f, cfg.n_non_activating, private=cfg.private)]  # fmt: skip
+    split = split_examples(stats, f, cfg)
+    examples = [shown(e, stats.slot_names, cfg, mark=True, activating=True) for e in split.explain]
+    baseline = [shown(e, stats.slot_names, cfg, mark=False, activating=False) for e in split.baseline]
     return explainer.explain(examples, baseline)
 
 
@@ -82,12 +110,40 @@ def run_autointerp(
         det = score_explanation(stats, f, text, scorer, cfg)
         return Explanation(f, text, explainer.name, scorer.name, detection=det)
 
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        futures = {pool.submit(one, f): f for f in todo}
-        for fut in tqdm(
-            as_completed(futures), total=len(futures), desc="autointerp", unit="feature"
-        ):
-            exp = fut.result()
-            append_explanation(out, exp)
-            done[exp.feature] = exp
+    stop: tuple[int, HTTPRequestError] | None = None
+    retry_later: list[int] = []
+    queue = iter(todo)
+    width = max(1, concurrency)
+    # Features are submitted as workers free up (never all at once), so a failure for good stops
+    # the schedule: only requests already in flight finish, and their results are kept.
+    with ThreadPoolExecutor(max_workers=width) as pool, tqdm(
+        total=len(todo), desc="autointerp", unit="feature"
+    ) as bar:
+        running = {pool.submit(one, f): f for f in itertools.islice(queue, width)}
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                f = running.pop(fut)
+                bar.update()
+                try:
+                    exp = fut.result()
+                except HTTPRequestError as err:
+                    if err.transient:  # retries exhausted: left for the rerun, keep going
+                        retry_later.append(f)
+                    elif stop is None:  # the first failure for good: schedule nothing more
+                        stop = (f, err)
+                    continue
+                append_explanation(out, exp)
+                done[exp.feature] = exp
+            if stop is None:
+                for f in itertools.islice(queue, width - len(running)):
+                    running[pool.submit(one, f)] = f
+    if stop is not None:
+        unscheduled = sum(1 for _ in queue)
+        raise AutointerpStopped(stop[0], stop[1], sum(f in done for f in todo), unscheduled)
+    if retry_later:
+        logger.warning(
+            "autointerp: %d features failed with transient errors after all retries (%s); "
+            "rerun to retry them", len(retry_later), sorted(retry_later)[:20],
+        )
     return {f: done[f] for f in feats if f in done}

@@ -16,18 +16,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import httpx
 from tqdm.auto import tqdm
 
 from sae_lens_maira.dashboards.schemas import read_jsonl, validate
-from sae_lens_maira.http_retry import RetryPolicy, post_json
+from sae_lens_maira.http_retry import HTTPRequestError, RetryPolicy, make_client, post_json
 
 log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://www.neuronpedia.org/api"
 MAX_FEATURES_PER_BATCH = 128
 
 
-class UploadError(RuntimeError):
+class UploadError(HTTPRequestError):
     """Neuronpedia refused a request (or kept failing after every retry)."""
 
 
@@ -46,7 +45,7 @@ class NeuronpediaClient:
     ):
         self.base_url = base_url.rstrip("/")
         self.dry_run_dir = Path(dry_run_dir) if dry_run_dir is not None else None
-        self._policy = RetryPolicy(max_retries, backoff_s, max_backoff_s)
+        self._policy = RetryPolicy(max_retries, backoff_s, max_backoff_s, deadline_s=timeout_s)
         self._n_written = 0
         self._key = os.environ.get(api_key_env, "")
         if self.dry_run_dir is None and not self._key:
@@ -54,7 +53,7 @@ class NeuronpediaClient:
                 f"no Neuronpedia API key: set the environment variable {api_key_env} (from "
                 "neuronpedia.org/account), or use a dry run to write the payloads instead"
             )
-        self._http = None if self.dry_run_dir else httpx.Client(timeout=timeout_s)
+        self._http = None if self.dry_run_dir else make_client(timeout_s)
 
     def __repr__(self) -> str:  # never show the key
         mode = f"dry_run_dir={str(self.dry_run_dir)!r}" if self.dry_run_dir else "live"

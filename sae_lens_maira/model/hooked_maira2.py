@@ -11,6 +11,7 @@ images in an attached :class:`ImageBank`, which lets SAELens's token-only code d
 from __future__ import annotations
 
 import json
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Literal
@@ -42,8 +43,10 @@ from sae_lens_maira.model.weight_conversion import (
     ZERO_FILLED,
     canonical_key,
     hub_key_to_tl,
+    hub_text_config_flags,
     tl_to_hub_state_dict,
 )
+from sae_lens_maira.processing.images import PREPROCESSOR_CONFIG, ImagePreprocessor
 
 
 class HookedMaira2(HookedSAETransformer):
@@ -80,6 +83,7 @@ class HookedMaira2(HookedSAETransformer):
         torch.nn.init.normal_(self.embed.W_E, std=tl_cfg.initializer_range)
         self.embed.resolve_virtual = self._embed_virtual_tokens
         self.image_bank: ImageBank | None = None
+        self.image_preprocessor: ImagePreprocessor | None = None  # saved with the checkpoint
         self.image_cache_size = 8
         self._image_cache: OrderedDict[int, torch.Tensor] = OrderedDict()
         if tokenizer is not None:
@@ -102,10 +106,17 @@ class HookedMaira2(HookedSAETransformer):
     ) -> HookedMaira2:
         """A randomly initialised model from a preset (``"maira-2"``, ``"small"``) or a config.
 
-        With a tokenizer, the vocabulary size and image token id are taken from it. Pass
-        ``device="meta"`` to build the full-size model without allocating it.
+        With a tokenizer, the vocabulary size and image token id are taken from it. Without one,
+        ``"small"`` gets :func:`small_preset_tokenizer` (2207 ids, fits the preset); ``"maira-2"``
+        has none (the real tokenizer ships with the checkpoint: pass
+        ``tokenizer=load_tokenizer(folder)`` or use ``from_pretrained``). Pass ``device="meta"`` to
+        build the full-size model without allocating it.
         """
         cfg = Maira2Config.preset(config) if isinstance(config, str) else config
+        if tokenizer is None and cfg.model_name == "maira-2-small":
+            from sae_lens_maira.processing.tokenizer import small_preset_tokenizer
+
+            tokenizer = small_preset_tokenizer()
         if tokenizer is not None:
             from sae_lens_maira.processing.tokenizer import image_token_id
 
@@ -140,7 +151,13 @@ class HookedMaira2(HookedSAETransformer):
         if tokenizer is None and load_tokenizer:
             from sae_lens_maira.processing.tokenizer import load_tokenizer as _load_tok
 
-            tokenizer = _load_tok(folder)
+            try:
+                tokenizer = _load_tok(folder)
+            except ValueError as err:
+                raise ValueError(
+                    f"{err}. Pass tokenizer=... (e.g. small_preset_tokenizer() for the small preset) "
+                    "or load_tokenizer=False to load the weights without one"
+                ) from err
         device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         with torch.device("meta"):
             model = cls(config, None, device=device, dtype=dtype, move_to_device=False)
@@ -152,8 +169,27 @@ class HookedMaira2(HookedSAETransformer):
 
             check_tokenizer(tokenizer, source=f"the tokenizer of {folder}")
             model.set_tokenizer(tokenizer)
+        model.image_preprocessor = _folder_image_preprocessor(folder, config)
         model.eval()
         return model
+
+    def to_tokens(self, input: Any, *args: Any, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
+        """TransformerLens's ``to_tokens``, with a clear error when the model has no tokenizer."""
+        if self.tokenizer is None:
+            raise ValueError(
+                "this model has no tokenizer, so it cannot tokenize strings. from_config('maira-2') "
+                "comes without one: pass tokenizer=load_tokenizer(<checkpoint folder>) or load the "
+                "model with from_pretrained"
+            )
+        texts = [input] if isinstance(input, str) else list(input)
+        if any("<image>" in t for t in texts):
+            raise ValueError(
+                "a string prompt contains '<image>', which stands for one image's "
+                f"{self.n_patches} patch tokens; build image prompts with Maira2Processor "
+                "(processor(study) or processor.encode(pieces, images)) and pass its input_ids "
+                "with pixel_values"
+            )
+        return super().to_tokens(input, *args, **kwargs)
 
     def set_tokenizer(self, tokenizer: PreTrainedTokenizerBase, default_padding_side=None) -> None:  # type: ignore[override]
         """TransformerLens's ``set_tokenizer``, keeping our tokenizer object when it adds BOS itself.
@@ -233,11 +269,26 @@ class HookedMaira2(HookedSAETransformer):
                     p.zero_()
 
     def save_pretrained(self, folder: str | Path, *, max_shard_size: str | int = "5GB") -> None:
-        """Write a checkpoint in the hub layout: config.json, safetensors (+ index), tokenizer."""
+        """Write a checkpoint in the hub layout: config.json, safetensors (+ index), tokenizer and
+        ``preprocessor_config.json`` (the loaded one, else RAD-DINO's at the model's image size), so
+        ``from_pretrained`` and ``Maira2Processor.from_pretrained`` both read it back."""
+        from sae_lens_maira.processing.images import ImagePreprocessor
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        save_state_dict(self.checkpoint_state_dict(), folder, max_shard_size=max_shard_size)
-        (folder / CONFIG_NAME).write_text(json.dumps(self.maira_config.to_hf_dict(), indent=2))
+        size = self.maira_config.image_size
+        preprocessor = self.image_preprocessor or ImagePreprocessor(size=size, crop_size=size)
+        preprocessor.save_pretrained(folder)
+        if self.tokenizer is None:
+            warnings.warn(
+                f"{folder} gets no tokenizer (the model has none): pass tokenizer=... when loading it",
+                stacklevel=2,
+            )
+        state = self.checkpoint_state_dict()
+        save_state_dict(state, folder, max_shard_size=max_shard_size)
+        config = self.maira_config.to_hf_dict()
+        config["text_config"].update(hub_text_config_flags(state))
+        (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(str(folder))
 
@@ -288,18 +339,21 @@ class HookedMaira2(HookedSAETransformer):
         image_idx, patch_idx = split_virtual_ids(ids, self.cfg.d_vocab, self.n_patches)
         unique = image_idx.unique().tolist()
         use_cache = not torch.is_grad_enabled()
-        todo = [i for i in unique if not (use_cache and i in self._image_cache)]
+        cached = {i: self._image_cache[i] for i in unique if use_cache and i in self._image_cache}
+        todo = [i for i in unique if i not in cached]
         fresh: dict[int, torch.Tensor] = {}
         if todo:
             feats = self.encode_images(self.image_bank.pixel_values(todo))
             fresh = dict(zip(todo, feats))
-            if use_cache:
-                for i, f in fresh.items():
-                    self._image_cache[i] = f
-                    self._image_cache.move_to_end(i)
-                while len(self._image_cache) > self.image_cache_size:
-                    self._image_cache.popitem(last=False)
-        table = torch.stack([fresh[i] if i in fresh else self._image_cache[i] for i in unique])
+        # Build this pass's table before touching the cache: eviction may only drop images this
+        # pass does not use, however many distinct images it references.
+        table = torch.stack([fresh[i] if i in fresh else cached[i] for i in unique])
+        if use_cache:
+            for i in unique:  # least recently used first out
+                self._image_cache[i] = fresh[i] if i in fresh else cached[i]
+                self._image_cache.move_to_end(i)
+            while len(self._image_cache) > self.image_cache_size:
+                self._image_cache.popitem(last=False)
         lookup = {i: j for j, i in enumerate(unique)}
         rows = torch.tensor([lookup[i] for i in image_idx.tolist()], device=table.device)
         return table[rows, patch_idx.to(table.device)]
@@ -417,35 +471,44 @@ class HookedMaira2(HookedSAETransformer):
         top_p: float | None = None,
         temperature: float = 1.0,
         use_past_kv_cache: bool = True,
+        prepend_bos: bool | None = None,
+        padding_side: Literal["left", "right"] | None = None,
         return_type: Literal["tokens", "str", "input"] = "input",
         verbose: bool = False,
         **unused: Any,
     ) -> Any:
         """Greedy (default, as MAIRA-2 uses) or sampled generation with images and a KV cache.
 
-        Returns the prompt followed by the new tokens (``"tokens"``), or only the generated text
-        (``"str"``; one string per prompt). Finished rows are padded with EOS. Hooks added with
-        ``hooks()`` / ``add_hook`` fire on the prompt and on every generated position.
+        Takes TransformerLens's arguments. As in TransformerLens, batches are left padded
+        (``padding_side`` is accepted; lists of strings are always padded on the left) and, without
+        ``attention_mask``, the mask is inferred from the leading pad tokens exactly as ``forward``
+        infers it, so a padded batch generates what each row generates alone. ``prepend_bos``
+        applies to string input (default: the model's ``default_prepend_bos``).
+
+        Returns the prompt followed by the new tokens (``"tokens"``), or the generated text
+        (``"str"``; one string per prompt). Deliberate difference from TransformerLens: ``"str"``
+        holds only the completion, not the prompt, because a MAIRA-2 prompt decodes to 1369
+        ``<image>`` strings per image and the report is what callers want; decode
+        ``return_type="tokens"`` for prompt plus completion. Finished rows are padded with EOS.
+        Hooks added with ``hooks()`` / ``add_hook`` fire on the prompt and on every generated
+        position.
         """
         if unused:
             raise TypeError(f"unsupported generate() arguments: {sorted(unused)}")
+        if padding_side not in (None, "left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', not {padding_side!r}")
         if return_type == "input":
             return_type = "str" if isinstance(input, (str, list)) else "tokens"
+        bos = self.cfg.default_prepend_bos if prepend_bos is None else bool(prepend_bos)
         if isinstance(input, (str, list)):
-            tokens = self.to_tokens(input, padding_side="left")
-            if attention_mask is None and isinstance(input, list) and len(input) > 1:
-                from transformer_lens.utils import get_attention_mask
-
-                attention_mask = get_attention_mask(
-                    self.tokenizer, tokens, True, padding_side="left"
-                )
+            tokens = self.to_tokens(input, prepend_bos=bos, padding_side="left")
         else:
             tokens = input if input.ndim == 2 else input[None]
         tokens = tokens.to(self.cfg.device)
         B = tokens.shape[0]
-        mask = (attention_mask if attention_mask is not None else torch.ones_like(tokens)).to(
-            self.cfg.device
-        )
+        if attention_mask is None:
+            attention_mask = self._infer_left_padding_mask(tokens, bos)
+        mask = attention_mask.to(self.cfg.device)
         self._check_inputs(tokens, pixel_values, image_embeds, {"attention_mask": mask})
         if pixel_values is not None:
             image_embeds = self.encode_images(pixel_values)
@@ -497,6 +560,14 @@ class HookedMaira2(HookedSAETransformer):
             return texts[0] if isinstance(input, str) else texts
         return torch.cat([tokens, generated], dim=1)
 
+    def _infer_left_padding_mask(self, tokens: torch.Tensor, prepend_bos: bool) -> torch.Tensor:
+        """The mask ``forward`` infers for left-padded tokens: leading pad ids are not attended."""
+        if self.tokenizer is None or self.tokenizer.pad_token_id is None:
+            return torch.ones_like(tokens)
+        from transformer_lens.utils import get_attention_mask
+
+        return get_attention_mask(self.tokenizer, tokens, prepend_bos, padding_side="left")
+
     def _eos_id(self) -> int:
         if self.tokenizer is None or self.tokenizer.eos_token_id is None:
             raise ValueError("stop_at_eos needs eos_token_id=... when the model has no tokenizer")
@@ -506,6 +577,20 @@ class HookedMaira2(HookedSAETransformer):
     def n_checkpoint_params(self) -> int:
         """Parameters MAIRA-2's checkpoint holds (TransformerLens's zero bias slots excluded)."""
         return sum(t.numel() for t in self.checkpoint_state_dict().values())
+
+
+def _folder_image_preprocessor(folder: Path, config: Maira2Config) -> ImagePreprocessor | None:
+    """The folder's preprocessor config, checked against the model's image size (None if absent)."""
+    if not (folder / PREPROCESSOR_CONFIG).is_file():
+        return None
+    preprocessor = ImagePreprocessor.from_pretrained(folder)
+    if preprocessor.crop_size != config.image_size:
+        raise ValueError(
+            f"{folder / PREPROCESSOR_CONFIG} crops images to {preprocessor.crop_size} px but the "
+            f"model's vision tower takes {config.image_size} px (config.json vision_config.image_size); "
+            "fix one of the two files"
+        )
+    return preprocessor
 
 
 def hook_layer(hook_name: str) -> int | None:

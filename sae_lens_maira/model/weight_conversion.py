@@ -64,6 +64,9 @@ def hub_key_to_tl(
     if key == "language_model.lm_head.weight":
         yield "unembed.W_U", tensor.T
         return
+    if key == "language_model.lm_head.bias":
+        yield "unembed.b_U", tensor
+        return
     m = _LAYER.match(key)
     if m is None:
         raise KeyError(key)
@@ -104,12 +107,25 @@ def hub_key_to_tl(
             lambda t: einops.rearrange(t, "(n h) -> n h", n=n_kv),
         ),
         "self_attn.o_proj.bias": ("attn.b_O", lambda t: t),
+        "mlp.down_proj.bias": ("mlp.b_out", lambda t: t),
+        TL_ONLY_B_IN: ("mlp.b_in", lambda t: t),
     }
+    if rest in ("mlp.gate_proj.bias", "mlp.up_proj.bias"):
+        if bool(tensor.any()):
+            raise ValueError(
+                f"checkpoint tensor {key} is non-zero: a bias inside the gated MLP's product has no "
+                "TransformerLens counterpart (TransformerLens adds b_in after the product)"
+            )
+        return
     if rest not in simple:
         raise KeyError(key)
     name, fn = simple[rest]
     yield p + name, fn(tensor)
 
+
+#: Where TransformerLens's gated-MLP ``b_in`` (added after the gate product, unlike transformers'
+#: ``up_proj.bias``) is saved when non-zero; transformers ignores the key, this package reads it.
+TL_ONLY_B_IN = "mlp.b_in"
 
 #: Our parameters that MAIRA-2's checkpoint does not have: TransformerLens's bias slots (zero).
 ZERO_FILLED = re.compile(r"(attn\.(_?b_[QKV]|b_O)|mlp\.b_(in|out)|unembed\.b_U)$")
@@ -121,10 +137,22 @@ def tl_to_hub_state_dict(
     """Our state dict -> the hub layout (for saving checkpoints in the real format).
 
     Vision keys get transformers 4.x Dinov2 names, as in the published snapshot. TransformerLens's
-    bias slots are dropped: MAIRA-2 (Vicuna) has no attention or MLP biases.
+    bias slots are dropped while they are all zero (MAIRA-2 has no attention or MLP biases); a
+    model edited in TransformerLens keeps them: attention biases as ``self_attn.*_proj.bias`` (all
+    four, as transformers' ``attention_bias=True`` expects), ``b_out`` as ``mlp.down_proj.bias``
+    (with zero gate/up biases, as ``mlp_bias=True`` expects), ``b_U`` as ``lm_head.bias`` and
+    ``b_in`` under :data:`TL_ONLY_B_IN`. After ``fold_ln`` (RMSPre) the norms are saved as ones.
     """
     n_heads = cfg.n_heads
+    n_kv = cfg.n_key_value_heads or n_heads
     gqa = "_" if cfg.n_key_value_heads is not None else ""
+    meta = any(t.is_meta for t in state_dict.values())
+    attn_bias = not meta and any(
+        bool(t.any()) for n, t in state_dict.items() if re.search(r"attn\.(_?b_[QKV]|b_O)$", n)
+    )
+    mlp_bias = not meta and any(
+        bool(t.any()) for n, t in state_dict.items() if n.endswith("mlp.b_out")
+    )
     out: dict[str, torch.Tensor] = {}
     for name, t in state_dict.items():
         if name.startswith("vision_tower."):
@@ -135,9 +163,26 @@ def tl_to_hub_state_dict(
         if name.startswith("multi_modal_projector."):
             out[name] = t
             continue
-        if ZERO_FILLED.search(name) or name.endswith(
-            ("rotary_sin", "rotary_cos", ".mask", ".IGNORE")
-        ):
+        if name.endswith(("rotary_sin", "rotary_cos", ".mask", ".IGNORE")):
+            continue
+        m = re.match(r"^blocks\.(\d+)\.(.+)$", name)
+        p = f"language_model.model.layers.{m.group(1)}." if m else ""
+        rest = m.group(2) if m else name
+        if ZERO_FILLED.search(name):
+            if rest in ("attn.b_Q", f"attn.{gqa}b_K", f"attn.{gqa}b_V") and attn_bias:
+                n = n_heads if rest == "attn.b_Q" else n_kv
+                proj = {"attn.b_Q": "q", f"attn.{gqa}b_K": "k", f"attn.{gqa}b_V": "v"}[rest]
+                out[p + f"self_attn.{proj}_proj.bias"] = einops.rearrange(t, "n h -> (n h)", n=n)
+            elif rest == "attn.b_O" and attn_bias:
+                out[p + "self_attn.o_proj.bias"] = t
+            elif rest == "mlp.b_out" and mlp_bias:
+                out[p + "mlp.down_proj.bias"] = t
+                out[p + "mlp.gate_proj.bias"] = t.new_zeros(cfg.d_mlp)
+                out[p + "mlp.up_proj.bias"] = t.new_zeros(cfg.d_mlp)
+            elif rest == "mlp.b_in" and not meta and bool(t.any()):
+                out[p + TL_ONLY_B_IN] = t
+            elif name == "unembed.b_U" and not meta and bool(t.any()):
+                out["language_model.lm_head.bias"] = t
             continue
         if name == "embed.W_E":
             out["language_model.model.embed_tokens.weight"] = t
@@ -146,11 +191,8 @@ def tl_to_hub_state_dict(
         elif name == "unembed.W_U":
             out["language_model.lm_head.weight"] = t.T
         else:
-            m = re.match(r"^blocks\.(\d+)\.(.+)$", name)
             if m is None:
                 raise KeyError(f"no checkpoint name for parameter {name}")
-            p = f"language_model.model.layers.{m.group(1)}."
-            rest = m.group(2)
             rules = {
                 "ln1.w": ("input_layernorm.weight", lambda x: x),
                 "ln2.w": ("post_attention_layernorm.weight", lambda x: x),
@@ -178,4 +220,20 @@ def tl_to_hub_state_dict(
                 raise KeyError(f"no checkpoint name for parameter {name}")
             key, fn = rules[rest]
             out[p + key] = fn(t)
+    if cfg.normalization_type == "RMSPre":  # fold_ln folded the norm weights into the next matrices
+        like = state_dict["embed.W_E"]
+        out["language_model.model.norm.weight"] = like.new_ones(cfg.d_model)
+        for layer in range(cfg.n_layers):
+            p = f"language_model.model.layers.{layer}."
+            out[p + "input_layernorm.weight"] = like.new_ones(cfg.d_model)
+            out[p + "post_attention_layernorm.weight"] = like.new_ones(cfg.d_model)
     return {k: v.contiguous() for k, v in out.items()}
+
+
+def hub_text_config_flags(hub_state_dict: dict[str, torch.Tensor]) -> dict[str, bool]:
+    """``attention_bias`` / ``mlp_bias`` for config.json, matching the biases a state dict holds."""
+    keys = list(hub_state_dict)
+    return {
+        "attention_bias": any(k.endswith("self_attn.q_proj.bias") for k in keys),
+        "mlp_bias": any(k.endswith("mlp.down_proj.bias") for k in keys),
+    }

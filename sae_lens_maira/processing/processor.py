@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 
 from sae_lens_maira.data.study import ImageRef, Study
 from sae_lens_maira.processing.grounding import GroundedPhrase, parse_grounded_output
-from sae_lens_maira.processing.images import ImagePreprocessor, load_image
+from sae_lens_maira.processing.images import PREPROCESSOR_CONFIG, ImagePreprocessor, load_image
 from sae_lens_maira.processing.prompt import (
     ChatFormat,
     Piece,
@@ -116,19 +116,24 @@ class Maira2Processor:
 
         folder = resolve_checkpoint(folder)
         tokenizer = load_tokenizer(folder)
-        patch_size, max_length = 14, None
+        patch_size, max_length, image_size = 14, None, None
         config_path = folder / "config.json"
         if config_path.is_file():
             from sae_lens_maira.model.config import Maira2Config
 
             cfg = Maira2Config.from_hf_dict(json.loads(config_path.read_text()))
-            patch_size, max_length = cfg.patch_size, cfg.n_ctx
-        return cls(
-            tokenizer,
-            ImagePreprocessor.from_pretrained(folder),
-            patch_size=patch_size,
-            max_length=max_length,
-        )
+            patch_size, max_length, image_size = cfg.patch_size, cfg.n_ctx, cfg.image_size
+        if (folder / PREPROCESSOR_CONFIG).is_file():
+            image_processor = ImagePreprocessor.from_pretrained(folder)
+            if image_size is not None and image_processor.crop_size != image_size:
+                raise ValueError(
+                    f"{folder / PREPROCESSOR_CONFIG} crops images to {image_processor.crop_size} px "
+                    f"but config.json's vision tower takes {image_size} px; fix one of the two files"
+                )
+        else:  # RAD-DINO's preprocessing at the model's own image size
+            size = image_size or ImagePreprocessor.crop_size
+            image_processor = ImagePreprocessor(size=size, crop_size=size)
+        return cls(tokenizer, image_processor, patch_size=patch_size, max_length=max_length)
 
     def save_pretrained(self, folder: str | Path) -> None:
         self.tokenizer.save_pretrained(str(folder))

@@ -8,7 +8,9 @@ tokens in the same order, so every code path that looks tokens up by name works 
 
 from __future__ import annotations
 
+import functools
 import json
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -35,11 +37,15 @@ _SPECIALS = ("<unk>", "<s>", "</s>")
 _BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))
 
 
-def build_maira2_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerBase:
+def build_maira2_tokenizer(
+    texts: Iterable[str], vocab_size: int = 2000, *, pad_vocab: bool = False
+) -> PreTrainedTokenizerBase:
     """Train a LLaMA-style BPE tokenizer on ``texts`` and add MAIRA-2's tokens.
 
     Layout mirrors LLaMA's: ``<unk>``=0, ``<s>``=1, ``</s>``=2, 256 byte-fallback tokens, the learned
     merges, then MAIRA-2's added tokens. ``vocab_size`` counts the base vocabulary (LLaMA: 32000).
+    ``pad_vocab`` fills a base vocabulary the corpus cannot reach with unused ``<unusedN>`` entries,
+    so the added tokens land on fixed ids (the small preset's ``<image>`` = 2204).
     """
     n_reserved = len(_SPECIALS) + len(_BYTE_TOKENS)
     if vocab_size <= n_reserved + 16:
@@ -64,10 +70,67 @@ def build_maira2_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreT
     for tok, _ in learned:
         if tok not in vocab:
             vocab[tok] = len(vocab)
+    for i in range(vocab_size - len(vocab) if pad_vocab else 0):
+        vocab[f"<unused{i}>"] = len(vocab)
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     tokenizer = LlamaTokenizer(vocab=vocab, merges=merges, add_bos_token=True, add_eos_token=False)
     add_maira2_tokens(tokenizer)
     return tokenizer
+
+
+#: Base vocabulary of the ``small`` preset: 2000 + MAIRA-2's 207 added tokens = 2207 ids.
+SMALL_PRESET_BASE_VOCAB = 2000
+_PRESET_REPORT_TEXT = (
+    "The heart size is normal. The lungs are clear. No pleural effusion or pneumothorax.",
+    "Cardiomegaly. Small bilateral pleural effusions. Right internal jugular central venous catheter.",
+    "Left-sided pacemaker with leads in the right atrium and ventricle. No focal consolidation.",
+    "Stable mild enlargement of the cardiac silhouette. Blunting of the left costophrenic angle.",
+    "Patchy opacity at the right lung base may reflect atelectasis or pneumonia. Mild pulmonary edema.",
+)
+
+
+@functools.lru_cache(maxsize=1)
+def _preset_tokenizer_state() -> str:
+    from sae_lens_maira.processing.prompt import (
+        FINDINGS_INSTRUCTION,
+        GROUNDED_INSTRUCTION,
+        PHRASE_GROUNDING_INSTRUCTION,
+        SYSTEM_PROMPT,
+        ChatFormat,
+    )
+
+    chat = ChatFormat()
+    prompt = [
+        SYSTEM_PROMPT,
+        FINDINGS_INSTRUCTION,
+        GROUNDED_INSTRUCTION,
+        PHRASE_GROUNDING_INSTRUCTION + " Finding:",
+        "Given the current frontal image only and the current lateral image and the prior frontal image",
+        "PRIOR_REPORT: INDICATION: TECHNIQUE: COMPARISON: N/A",
+        chat.user_prefix + chat.assistant_prefix,
+    ]
+    tok = build_maira2_tokenizer(
+        (prompt + list(_PRESET_REPORT_TEXT)) * 20, SMALL_PRESET_BASE_VOCAB, pad_vocab=True
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.save_pretrained(tmp)
+        return json.dumps(
+            {n: Path(tmp, n).read_text() for n in ("tokenizer.json", "tokenizer_config.json")}
+        )
+
+
+def small_preset_tokenizer() -> PreTrainedTokenizerBase:
+    """A fresh copy of the ``small`` preset's tokenizer (2207 ids, ``<image>`` = 2204).
+
+    Trained once per process on MAIRA-2's prompt text and a few report sentences: it tokenizes any
+    prompt (byte fallback), so a random small model can be saved, reloaded and run; a model trained
+    on real reports should bring a tokenizer trained on them (see ``build_maira2_tokenizer``).
+    """
+    files = json.loads(_preset_tokenizer_state())
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, text in files.items():
+            Path(tmp, name).write_text(text)
+        return AutoTokenizer.from_pretrained(tmp)
 
 
 def add_maira2_tokens(tokenizer: PreTrainedTokenizerBase) -> None:

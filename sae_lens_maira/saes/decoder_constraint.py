@@ -40,6 +40,14 @@ def _fused(impl: str, *tensors: Tensor) -> ModuleType | None:
     return fused_kernels(impl, tensors[0].device)
 
 
+def _accumulation_dtype(*tensors: Tensor) -> torch.dtype:
+    """float32 at least (bf16/fp16 weights), the weights' own precision above it (float64)."""
+    out = torch.float32
+    for t in tensors:
+        out = torch.promote_types(out, t.dtype)
+    return out
+
+
 @torch.no_grad()
 def remove_parallel_component_(W_dec: Tensor, grad: Tensor, impl: str = "auto") -> Tensor:
     """In place: ``grad -= <grad, w_hat> w_hat`` per row, with dictionary_learning's 1e-6 guard.
@@ -50,10 +58,11 @@ def remove_parallel_component_(W_dec: Tensor, grad: Tensor, impl: str = "auto") 
     fused = _fused(impl, W_dec, grad)
     if fused is not None:
         return fused.remove_parallel_component_(W_dec, grad, PROJECTION_EPS)
-    norm = torch.linalg.vector_norm(W_dec, dim=1, keepdim=True, dtype=torch.float32)
+    acc = _accumulation_dtype(W_dec, grad)
+    norm = torch.linalg.vector_norm(W_dec, dim=1, keepdim=True, dtype=acc)
     norm += PROJECTION_EPS
     # <grad_i, w_i> without an N x D temporary.
-    dots = torch.bmm(grad.unsqueeze(1).float(), W_dec.unsqueeze(2).float()).view(-1, 1)
+    dots = torch.bmm(grad.unsqueeze(1).to(acc), W_dec.unsqueeze(2).to(acc)).view(-1, 1)
     coef = (dots / norm.square()).to(grad.dtype)
     grad.addcmul_(W_dec.to(grad.dtype), coef, value=-1.0)
     return grad
@@ -67,7 +76,7 @@ def renormalize_rows_(W_dec: Tensor, impl: str = "auto") -> Tensor:
     fused = _fused(impl, W_dec)
     if fused is not None:
         return fused.renormalize_rows_(W_dec, eps)
-    norm = torch.linalg.vector_norm(W_dec, dim=1, keepdim=True, dtype=torch.float32)
+    norm = torch.linalg.vector_norm(W_dec, dim=1, keepdim=True, dtype=_accumulation_dtype(W_dec))
     W_dec.div_((norm + eps).to(W_dec.dtype))
     return W_dec
 

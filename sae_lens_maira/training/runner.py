@@ -5,7 +5,8 @@ virtual image tokens (:mod:`sae_lens_maira.activations.saelens_bridge`) as ``ove
 Training reads the activation cache (the study's token selection) with
 ``use_cached_activations``; without a cache it streams every non-pad position live. Evals (CE
 loss recovered, KL, explained variance, L0) run on the same multimodal prompts with the SAE
-spliced into MAIRA-2; checkpoints and wandb (offline works) are SAELens's.
+spliced into MAIRA-2; checkpoints and wandb are SAELens's (wandb off unless ``train.wandb``,
+offline without a login: :mod:`wandb_setup`).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from sae_lens_maira.training.checkpoints import (
     mark_checkpoints_complete,
 )
 from sae_lens_maira.training.nonfinite import NonFiniteGuard
+from sae_lens_maira.training.wandb_setup import WandbStatus, resolve_wandb, wandb_environment
 
 logger = logging.getLogger(__name__)
 
@@ -51,12 +53,23 @@ RUNNER_KEYS = (
 )  # fmt: skip
 
 
+def _runner_default(name: str) -> Any:
+    """SAELens's own default for a runner field (one default per key: SAELens's)."""
+    import dataclasses
+
+    for f in dataclasses.fields(LanguageModelSAERunnerConfig):
+        if f.name == name:
+            return f.default
+    raise KeyError(name)
+
+
 @dataclass
 class TrainResult:
     sae: Any
     output_path: Path
     checkpoint_path: Path | None
     metrics: dict[str, float]
+    wandb: WandbStatus | None = None
 
 
 def training_sae_config(sae_spec: dict[str, Any], d_in: int, hook_name: str):
@@ -85,9 +98,10 @@ def train_sae(
     processor: Maira2Processor | None = None,
     resume: bool = False,
 ) -> TrainResult:
-    train = exp.section("train")
+    exp.section("train")  # required
+    train = exp.typed("train")
     cache_spec = exp.section("cache", required=False)
-    hook = str(train.get("hook_name") or cache_spec.get("hook_name") or "")
+    hook = str(train.hook_name or cache_spec.get("hook_name") or "")
     if not hook:
         raise ValueError("set train.hook_name (or cache.hook_name), e.g. blocks.15.hook_resid_post")
     model = model or exp.load_model()
@@ -96,7 +110,7 @@ def train_sae(
     sae_cfg = training_sae_config(exp.section("sae"), model.cfg.d_model, hook)
     check_sae_fits(sae_cfg, model, hook)
 
-    use_cache = bool(train.get("use_cached_activations", True))
+    use_cache = bool(train.use_cached_activations)
     cache_dir = exp.path(cache_spec.get("output_dir")) if use_cache else None
     if use_cache:
         if cache_dir is None or not (cache_dir / INFO_FILE).is_file():
@@ -111,14 +125,19 @@ def train_sae(
                 f"but training reads {hook} (d_in {model.cfg.d_model}); rebuild the cache"
             )
     # evals always see whole prompts; the cache's rows are only a packing unit for training
-    prompt_context = int(train.get("context_size") or max_prompt_length(processor, studies))
+    prompt_context = int(train.context_size or max_prompt_length(processor, studies))
     context_size = int(info["context_size"]) if use_cache else prompt_context
 
-    buffer = int(train.get("n_batches_in_buffer", 20)) * context_size
-    if buffer < int(train.get("train_batch_size_tokens", 4096)):
+    runner_kwargs = {k: getattr(train, k) for k in RUNNER_KEYS if getattr(train, k) is not None}
+    n_buffer = runner_kwargs.get("n_batches_in_buffer", _runner_default("n_batches_in_buffer"))
+    batch_tokens = runner_kwargs.get(
+        "train_batch_size_tokens", _runner_default("train_batch_size_tokens")
+    )
+    buffer = int(n_buffer) * context_size
+    if buffer < int(batch_tokens):
         raise ValueError(
             f"train.n_batches_in_buffer x context_size = {buffer} positions cannot fill a training batch of "
-            f"{train.get('train_batch_size_tokens', 4096)}; raise n_batches_in_buffer or cache.context_size"
+            f"{batch_tokens}; raise n_batches_in_buffer or cache.context_size"
         )
     bank = ImageBank(preprocessor=processor.image_processor)
     skipped: dict[str, str] = {}
@@ -132,8 +151,8 @@ def train_sae(
     )
     model.attach_image_bank(bank)
 
-    out = exp.path(train.get("output_dir", "sae"))
-    checkpoints = exp.path(train.get("checkpoint_dir", "checkpoints"))
+    out = exp.path(train.output_dir)
+    checkpoints = exp.path(train.checkpoint_dir)
     resume_from = latest_checkpoint(checkpoints) if resume else None
     if resume and resume_from is None:
         torn = describe_incomplete(checkpoints) if checkpoints.is_dir() else []
@@ -142,12 +161,12 @@ def train_sae(
             + (f" (incomplete: {'; '.join(torn[:3])})" if torn else "")
             + "; run `train` without --resume to start over"
         )
-    runner_kwargs = {k: train[k] for k in RUNNER_KEYS if k in train}
-    runner_kwargs.setdefault("lr_end", runner_kwargs.get("lr", 3e-4) / 10)
+    wandb = resolve_wandb(bool(train.wandb), exp.path(train.wandb_dir))
+    runner_kwargs.setdefault("lr_end", runner_kwargs.get("lr", _runner_default("lr")) / 10)
     device = exp.device()
     cfg = LanguageModelSAERunnerConfig(
         sae=sae_cfg,
-        model_name=str(exp.section("model").get("checkpoint")),
+        model_name=str(exp.typed("model").checkpoint),
         model_class_name="HookedMaira2",
         hook_name=hook,
         dataset_path="",
@@ -164,18 +183,22 @@ def train_sae(
         checkpoint_path=str(checkpoints),
         resume_from_checkpoint=str(resume_from) if resume_from else None,
         logger=LoggingConfig(
-            log_to_wandb=bool(train.get("wandb", True)),
-            wandb_project=str(train.get("wandb_project", "sae-lens-maira")),
-            run_name=train.get("run_name"),
-            wandb_log_frequency=int(train.get("wandb_log_frequency", 10)),
-            eval_every_n_wandb_logs=int(train.get("eval_every_n_wandb_logs", 100)),
+            log_to_wandb=wandb.enabled,
+            wandb_project=str(train.wandb_project),
+            run_name=train.run_name,
+            wandb_log_frequency=int(train.wandb_log_frequency),
+            eval_every_n_wandb_logs=int(train.eval_every_n_wandb_logs),
         ),
         **runner_kwargs,
     )
     if cfg.logger.log_to_wandb and resume_from is not None:
         cfg.logger.wandb_id = _wandb_id(resume_from)
     torch.manual_seed(cfg.seed)  # SAELens does not seed: `seed` makes init and shuffling repeat
-    runner = LanguageModelSAETrainingRunner(cfg, override_dataset=dataset, override_model=model)
+    logger.info("%s", wandb.describe())
+    with wandb_environment(wandb):
+        runner = LanguageModelSAETrainingRunner(
+            cfg, override_dataset=dataset, override_model=model
+        )
     mark_checkpoints_complete(runner)
     guard = NonFiniteGuard(
         f"the activation cache at {cache_dir}"
@@ -183,8 +206,8 @@ def train_sae(
         else f"live {hook} activations of the studies",
         check_every=1
         if str(device).startswith("cpu")
-        else int(train.get("nonfinite_check_every", 50)),
-        skip_bad_batches=bool(train.get("skip_bad_batches", False)),
+        else int(train.nonfinite_check_every),
+        skip_bad_batches=bool(train.skip_bad_batches),
     )
     guard.install(runner)
     if use_cache:
@@ -204,12 +227,14 @@ def train_sae(
         cfg.training_tokens,
         context_size,
     )
-    sae = runner.run()
+    with wandb_environment(wandb):
+        sae = runner.run()
+    logger.info("%s", wandb.describe())
     metrics = evaluate_on_store(runner, sae)
     if guard.skip_bad_batches:
         metrics["training/skipped_nonfinite_batches"] = float(guard.skipped_batches)
     (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=1))
-    return TrainResult(sae, out, checkpoints, metrics)
+    return TrainResult(sae, out, checkpoints, metrics, wandb)
 
 
 def evaluate_on_store(

@@ -132,3 +132,39 @@ def test_mismatched_cache_and_missing_cache_are_clear(hub_checkpoint, manifest, 
         match="the SAE reads d_in=48 but blocks.1.hook_resid_post of this model has width 64",
     ):
         train_sae(exp3)
+
+
+def test_train_without_a_wandb_login_logs_offline_and_says_where(
+    trained, tmp_path, monkeypatch
+):
+    """wandb asked for, no login anywhere: the run goes offline instead of raising UsageError."""
+    from sae_lens_maira.training.wandb_setup import has_wandb_login, resolve_wandb
+
+    exp, model, _ = trained
+    for key in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_DIR", "NETRC", "WANDB_IDENTITY_TOKEN_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    assert not has_wandb_login()
+    assert resolve_wandb(False, tmp_path).mode == "off"
+    exp.raw["train"].update(wandb=True, wandb_dir=str(tmp_path / "logs"), training_tokens=2_000,
+                            output_dir=str(tmp_path / "sae"), checkpoint_dir=str(tmp_path / "ck"))  # fmt: skip
+    result = train_sae(exp, model=model, processor=exp.load_processor())
+    assert result.wandb is not None and result.wandb.mode == "offline"
+    run = result.wandb.latest_run_dir()
+    assert run is not None and run.name.startswith("offline-run-")
+    assert run.is_relative_to(tmp_path / "logs")
+    assert f"wandb sync {run}" in result.wandb.describe()
+    assert "WANDB_MODE" not in __import__("os").environ  # restored after the run
+    (tmp_path / ".netrc").write_text("machine api.wandb.ai login user password " + "k" * 40 + "\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    assert has_wandb_login() and resolve_wandb(True, tmp_path).mode == "online"
+
+
+def test_wandb_is_off_unless_asked_for(trained, tmp_path):
+    exp, model, _ = trained
+    exp.raw["train"].pop("wandb")
+    exp.raw["train"].update(training_tokens=2_000, output_dir=str(tmp_path / "sae"),
+                            checkpoint_dir=str(tmp_path / "ck"), wandb_dir=str(tmp_path / "logs"))  # fmt: skip
+    result = train_sae(exp, model=model, processor=exp.load_processor())
+    assert result.wandb.mode == "off" and not (tmp_path / "logs").exists()
+    assert "train.wandb: true" in result.wandb.describe()
