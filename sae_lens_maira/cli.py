@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -221,6 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sae-lens-maira",
         description="MAIRA-2 + sparse autoencoders: model, SAEs, activations, dashboards, steering.",
     )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help=f"show the full traceback of an error (anywhere on the line; or set {DEBUG_ENV}=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("version", help="print the package version")
     p.set_defaults(handler=_cmd_version)
@@ -267,11 +273,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEBUG_ENV = "SAE_LENS_MAIRA_DEBUG"
+#: Errors the package raises for bad configs, inputs and files: shown as one line, no traceback.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, LookupError, RuntimeError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. Errors print one ``error: ...`` line and exit 1 (``--debug`` or
+    ``SAE_LENS_MAIRA_DEBUG=1`` shows the traceback instead); Ctrl-C exits 130."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args = parser.parse_args(argv)
     handler: Handler = args.handler
-    return handler(args)
+    if debug:
+        return handler(args)
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("error: interrupted; rerun the same command to resume where it can", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        print(f"error: {one_line(err)}", file=sys.stderr)
+    except (
+        Exception
+    ) as err:  # a bug rather than a bad input: still one line, with the way to see more
+        print(
+            f"error: internal error ({type(err).__name__}: {one_line(err)}); rerun with --debug "
+            f"(or {DEBUG_ENV}=1) for the traceback and report it",
+            file=sys.stderr,
+        )
+    return 1
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line; a bare KeyError's key gets its class name."""
+    text = " ".join(str(err).split())
+    if isinstance(err, KeyError) or not text:
+        text = f"{type(err).__name__}: {text or 'no message'}"
+    return text
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -67,6 +67,8 @@ class TrainSection:
     run_name: str | None = None
     wandb_log_frequency: int = 10
     eval_every_n_wandb_logs: int = 100
+    skip_bad_batches: bool = False  # drop (and count) NaN/inf activation batches instead of stopping
+    nonfinite_check_every: int = 50  # steps between NaN/inf checks on CUDA (each is a host sync)
     # passed to LanguageModelSAERunnerConfig when set
     training_tokens: int | None = None
     train_batch_size_tokens: int | None = None

@@ -118,9 +118,8 @@ def collect(exp, out: str | Path | None = None) -> Path:
     Reads ``dashboards: {sae, out, batch_size, limit, keep_images}`` (the SAE defaults to
     ``train.output_dir``); studies come from the ``data`` section.
     """
-    from sae_lens import SAE
-
     from sae_lens_maira.dashboards.collect import collect_dashboard_stats
+    from sae_lens_maira.loading.sae_folder import load_sae_folder
 
     spec = exp.section("dashboards", required=False)
     sae_dir = exp.path(
@@ -131,7 +130,7 @@ def collect(exp, out: str | Path | None = None) -> Path:
             f"no trained SAE at {sae_dir} (cfg.json missing); train one first or set dashboards.sae"
         )
     model = exp.load_model()
-    sae = SAE.load_from_disk(str(sae_dir), device=str(model.cfg.device))
+    sae = load_sae_folder(sae_dir, device=str(model.cfg.device))
     studies = exp.load_studies()
     if spec.get("limit"):
         studies = studies[: int(spec["limit"])]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,11 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
         raise ValueError(
             f"{path} holds objects other than tensors and was refused (weights_only=True); "
             "re-save it as a plain state dict of tensors."
+        ) from err
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"{path} is truncated or not a torch checkpoint ({type(err).__name__}: {err}); "
+            "download or copy it again."
         ) from err
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a state dict (got {type(state).__name__}).")

@@ -11,9 +11,8 @@ from sae_lens_maira.steering.sweep import SweepResult, steering_sweep
 def steer(exp, features: list[int] | None = None, finding: str | None = None,
           coefficients: list[float] | None = None, out: str | Path | None = None) -> tuple[SweepResult, Path]:  # fmt: skip
     """Reads ``steer: {features, finding, coefficients, positions, n_studies, max_new_tokens, out}``."""
-    from sae_lens import SAE
-
     from sae_lens_maira.activations.sae_fit import check_sae_fits
+    from sae_lens_maira.loading.sae_folder import load_sae_folder
 
     spec = exp.section("steer", required=False)
     features = features or spec.get("features")
@@ -26,7 +25,7 @@ def steer(exp, features: list[int] | None = None, finding: str | None = None,
         spec.get("sae") or exp.section("train", required=False).get("output_dir") or "sae"
     )
     model = exp.load_model()
-    sae = SAE.load_from_disk(str(sae_dir), device=str(model.cfg.device))
+    sae = load_sae_folder(sae_dir, device=str(model.cfg.device))
     hook = check_sae_fits(sae.cfg, model, spec.get("hook_name"))
     studies = exp.load_studies()[: int(spec.get("n_studies", 32))]
     result = steering_sweep(

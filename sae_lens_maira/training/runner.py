@@ -34,6 +34,12 @@ from sae_lens_maira.experiment import Experiment
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.model.image_bank import ImageBank
 from sae_lens_maira.processing.processor import Maira2Processor
+from sae_lens_maira.training.checkpoints import (
+    describe_incomplete,
+    latest_checkpoint,
+    mark_checkpoints_complete,
+)
+from sae_lens_maira.training.nonfinite import NonFiniteGuard
 from sae_lens_maira.training.wandb_setup import WandbStatus, resolve_wandb, wandb_environment
 
 logger = logging.getLogger(__name__)
@@ -149,7 +155,12 @@ def train_sae(
     checkpoints = exp.path(train.checkpoint_dir)
     resume_from = latest_checkpoint(checkpoints) if resume else None
     if resume and resume_from is None:
-        raise FileNotFoundError(f"--resume: no checkpoint under {checkpoints}")
+        torn = describe_incomplete(checkpoints) if checkpoints.is_dir() else []
+        raise FileNotFoundError(
+            f"--resume: no complete checkpoint under {checkpoints}"
+            + (f" (incomplete: {'; '.join(torn[:3])})" if torn else "")
+            + "; run `train` without --resume to start over"
+        )
     wandb = resolve_wandb(bool(train.wandb), exp.path(train.wandb_dir))
     runner_kwargs.setdefault("lr_end", runner_kwargs.get("lr", _runner_default("lr")) / 10)
     device = exp.device()
@@ -188,6 +199,17 @@ def train_sae(
         runner = LanguageModelSAETrainingRunner(
             cfg, override_dataset=dataset, override_model=model
         )
+    mark_checkpoints_complete(runner)
+    guard = NonFiniteGuard(
+        f"the activation cache at {cache_dir}"
+        if use_cache
+        else f"live {hook} activations of the studies",
+        check_every=1
+        if str(device).startswith("cpu")
+        else int(train.nonfinite_check_every),
+        skip_bad_batches=bool(train.skip_bad_batches),
+    )
+    guard.install(runner)
     if use_cache:
         runner.evaluator = LLMSaeEvaluator(
             model=model,
@@ -209,6 +231,8 @@ def train_sae(
         sae = runner.run()
     logger.info("%s", wandb.describe())
     metrics = evaluate_on_store(runner, sae)
+    if guard.skip_bad_batches:
+        metrics["training/skipped_nonfinite_batches"] = float(guard.skipped_batches)
     (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=1))
     return TrainResult(sae, out, checkpoints, metrics, wandb)
 
@@ -282,14 +306,6 @@ def prompt_store(
 
 def max_prompt_length(processor: Maira2Processor, studies: list, with_report: bool = True) -> int:
     return max(len(processor.encode_study(s, with_report=with_report)) for s in studies)
-
-
-def latest_checkpoint(root: Path | None) -> Path | None:
-    """The newest SAELens checkpoint folder (``<root>/<run id>/<n tokens>``) under ``root``."""
-    if root is None or not root.is_dir():
-        return None
-    found = [p for p in root.glob("*/*") if p.is_dir() and p.name.isdigit()]
-    return max(found, key=lambda p: (p.stat().st_mtime, int(p.name))) if found else None
 
 
 def _wandb_id(checkpoint: Path) -> str | None:
