@@ -25,10 +25,14 @@ def _cmd_quickstart(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from sae_lens_maira.demo.pipeline import run_demo
+    from sae_lens_maira.demo.pipeline import demo_verdict, run_demo
 
     summary = run_demo(args.out, cache_dir=args.cache_dir)
-    print(f"\ndone: {summary}")
+    passed, reason = demo_verdict(summary)
+    if not passed:
+        print(f"\ndemo FAILED: {reason} (report card: {summary})", file=sys.stderr)
+        return 1
+    print(f"\ndone, every target met: {summary}")
     return 0
 
 

@@ -31,6 +31,8 @@ from sae_lens_maira.config_sections import (
     unknown_key_message,
 )
 from sae_lens_maira.data.study import Study
+from sae_lens_maira.demo.settings import DemoSettings
+from sae_lens_maira.steering.settings import SteerSettings
 
 
 @dataclass
@@ -102,34 +104,18 @@ class DashboardsSection:
     keep_images: bool = True
 
 
-@dataclass
-class SteerSection:
-    """Defaults are the shipped ``small_default.yaml``'s (coefficients suit its residual norm)."""
-
-    features: list[int] | None = None
-    finding: str | None = None
-    coefficients: list[float] = field(default_factory=lambda: [0, 20, 40, 60, 90])
-    positions: str = "generated"
-    n_studies: int = 48
-    max_new_tokens: int = 48
-    out: str = "steering"
-    sae: str | None = None  # default: train.output_dir
-    hook_name: str | None = None  # default: the SAE's hook
-    scale: float = 1.0
-    batch_size: int = 4
-
-
 #: Sections read into a dataclass (every key checked, defaults filled in).
 SECTION_TYPES: dict[str, type] = {
     "model": ModelSection,
     "data": DataSection,
     "train": TrainSection,
     "dashboards": DashboardsSection,
-    "steer": SteerSection,
+    "steer": SteerSettings,
+    "demo": DemoSettings,
 }
 #: Sections whose keys are checked elsewhere: ``cache`` against CacheConfig, ``sae`` against the
-#: architecture's config; ``demo`` by the demo (its own dataclass) when registered above.
-OTHER_SECTIONS = ("cache", "sae", "demo")
+#: architecture's config. ``steer`` and ``demo`` normalise their own values (``from_section``).
+OTHER_SECTIONS = ("cache", "sae")
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -180,7 +166,10 @@ class Experiment:
         value = self.raw.get(name)
         if value is not None and not isinstance(value, dict):
             raise ValueError(f"config section {name!r} must be a mapping")
-        return section_from_dict(SECTION_TYPES[name], value, name)
+        cls = SECTION_TYPES[name]
+        if hasattr(cls, "from_section"):  # a section that normalises its own values
+            return cls.from_section(value)
+        return section_from_dict(cls, value, name)
 
     def section(self, name: str, required: bool = True) -> dict[str, Any]:
         value = self.raw.get(name)

@@ -4,8 +4,8 @@ The loss is next-token cross-entropy on the report positions only (what MAIRA-2 
 write), weighted per token by :class:`DemoTrainingSet`. Logits are computed for those positions
 only: the prompt is ~80 % of each sequence and its logits would be thrown away.
 
-The learning-rate schedule (linear warm-up, cosine decay) runs on ``progress = max(step / steps,
-elapsed / budget_s)``, so training anneals properly and stops on time whichever limit comes first.
+The learning-rate schedule (linear warm-up, cosine decay) runs on ``step / steps``: a fixed step
+count, never elapsed time, so a slow or busy machine trains the same model as a fast one.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ class LMHistory:
     lrs: list[float] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
     best_step: int | None = None
-    stopped_by: str = "steps"
     seconds: float = 0.0
 
 
@@ -164,7 +163,6 @@ def run_training(
     warmup_steps: int,
     min_lr_ratio: float = 0.1,
     grad_clip: float = 1.0,
-    budget_s: float | None = None,
     evaluate: Callable[[HookedMaira2, int], dict] | None = None,
     eval_every: int = 50,
     score_key: str = "score",
@@ -175,7 +173,7 @@ def run_training(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> LMHistory:
-    """AdamW with warm-up and cosine decay for ``steps`` or ``budget_s`` seconds.
+    """AdamW with warm-up and cosine decay for exactly ``steps`` steps.
 
     ``evaluate(model, step)`` runs every ``eval_every`` steps and at the end; when its result has
     ``score_key``, the weights of the best-scoring evaluation after step ``select_after`` are
@@ -245,11 +243,6 @@ def run_training(
     step = 0
     while step < steps:
         frac = step / steps
-        if budget_s:
-            frac = max(frac, (time.perf_counter() - start) / budget_s)
-        if frac >= 1.0:
-            history.stopped_by = "budget"
-            break
         if step < warmup_steps:
             factor = (step + 1) / warmup_steps
         else:
@@ -300,7 +293,6 @@ def pretrain_on_reports(
     lr: float = 2e-3,
     warmup_steps: int = 10,
     weight_decay: float = 0.01,
-    budget_s: float | None = None,
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -315,7 +307,7 @@ def pretrain_on_reports(
     groups = _param_groups(model, lr, 0.0, weight_decay)[:2]
     return run_training(
         model, next_batch=lambda: stream.batch(rng, batch_size), loss_fn=text_loss,
-        groups=groups, steps=steps, warmup_steps=warmup_steps, budget_s=budget_s,
+        groups=groups, steps=steps, warmup_steps=warmup_steps,
         eval_every=max(1, steps // 4), desc="pretraining on report text", progress=progress,
         log=log,
     )  # fmt: skip
@@ -332,7 +324,6 @@ def train_findings_generation(
     warmup_steps: int = 20,
     min_lr_ratio: float = 0.1,
     weight_decay: float = 0.01,
-    budget_s: float | None = None,
     seed: int = 0,
     grounding_steps: int = 0,
     grounding_mix: float = 0.0,
@@ -381,7 +372,7 @@ def train_findings_generation(
         model, next_batch=next_batch, loss_fn=report_loss,
         groups=_param_groups(model, lr, projector_lr, weight_decay, projector_weight_decay),
         steps=steps,
-        warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio, budget_s=budget_s,
+        warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
         evaluate=evaluate, eval_every=eval_every, select_after=grounding_steps, ema_decay=ema_decay,
         after_step=ImageScale(model, reference_pixels) if reference_pixels is not None else None,
         desc="findings generation",

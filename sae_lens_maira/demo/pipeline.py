@@ -9,8 +9,12 @@
    held-out studies;
 6. ``dashboards collect|export|viewer`` and ``autointerp`` (offline backend unless an endpoint is
    configured) on held-out studies;
-7. ``steer``: the effusion feature's direction on held-out studies without effusion;
-8. a summary report (markdown + plots) in the output folder.
+7. steering with the ``steer.finding`` feature in both directions: clamped on held-out studies
+   without the finding (does the report now state it, fluently?) and suppressed on studies whose
+   report states it (does the mention go?);
+8. a summary report (markdown + plots) opening with the report card: every target with its
+   value, threshold and PASS / FAIL (:mod:`.targets`); ``sae-lens-maira demo`` exits non-zero
+   when one fails.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -102,16 +107,19 @@ def run_demo(
     wheel: str | Path | None = None,
     max_studies: int | None = None,
     model_config: DemoModelConfig | None = None,
-    model_budget_s: float | None = 900.0,
 ) -> Path:
-    """Run the demo; returns the summary's path.
+    """Run the demo; returns the summary's path (its verdict: :func:`demo_verdict`).
 
-    ``max_studies`` (training studies; a third as many held out) and ``model_config`` (e.g.
-    ``DemoModelConfig.tiny()``) shrink it for tests; ``model_budget_s`` bounds model training.
+    Settings come from ``config`` (default: the shipped ``small_default.yaml``); its ``demo:``
+    section is read by :class:`~sae_lens_maira.demo.settings.DemoSettings`. ``max_studies``
+    (training studies; a third as many held out) and ``model_config`` (e.g.
+    ``DemoModelConfig.tiny()``) shrink it for tests. Nothing depends on elapsed time: every
+    training runs a fixed number of steps.
     """
+    from sae_lens_maira.demo.settings import DemoSettings
+
     cfg = config or default_config()
-    demo = cfg.get("demo", {})
-    findings = tuple(demo.get("findings", FINDINGS))
+    settings = DemoSettings.from_section(cfg.get("demo"))
     out = Path(out_dir).resolve()
     for stale in ("activations", "checkpoints", "sae", "dashboards", "steering", "wandb", "model"):
         shutil.rmtree(
@@ -121,25 +129,28 @@ def run_demo(
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     from sae_lens_maira.demo.small_model import reproducible_torch
 
-    threads = demo.get("threads", 2)
-    with reproducible_torch(int(threads) if threads else None):
-        return _run_steps(out, cfg, demo, findings, cache, wheel, max_studies, model_config,
-                          model_budget_s)  # fmt: skip
+    with reproducible_torch(settings.threads):
+        return _run_steps(out, cfg, settings, cache, wheel, max_studies, model_config)
+
+
+def demo_verdict(summary: str | Path) -> tuple[bool, str]:
+    """(passed, one-line reason) from a summary written by :func:`run_demo`."""
+    card = json.loads((Path(summary).parent / "summary.json").read_text())["report_card"]
+    return card["verdict"] == "PASS", card["reason"]
 
 
 def _run_steps(
     out: Path,
     cfg: dict[str, Any],
-    demo: dict[str, Any],
-    findings: tuple[str, ...],
+    settings: Any,
     cache: Path,
     wheel: str | Path | None,
     max_studies: int | None,
     model_config: DemoModelConfig | None,
-    model_budget_s: float | None,
 ) -> Path:
     from sae_lens_maira.experiment import Experiment
 
+    findings = tuple(settings.findings)
     run = DemoRun(out)
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_DIR", str(out))
@@ -149,8 +160,8 @@ def _run_steps(
         from sae_lens_maira.demo.studies import demo_studies
 
         studies = demo_studies(
-            cache, wheel=wheel, image_size=int(demo.get("image_size", 112)),
-            held_out_fraction=float(demo.get("held_out_fraction", 0.2)),
+            cache, wheel=wheel, image_size=settings.image_size,
+            held_out_fraction=settings.held_out_fraction,
             workers=min(2, os.cpu_count() or 1), progress=True,
         )  # fmt: skip
         if max_studies:  # a reduced run: the first studies of each split, findings kept in
@@ -174,15 +185,15 @@ def _run_steps(
 
     with run.step("2/8 model: small MAIRA-2 trained on the training reports (cached)"):
         from sae_lens_maira.demo.held_out import evaluate_held_out
-        from sae_lens_maira.demo.model_cache import ensure_demo_model
+        from sae_lens_maira.demo.model_cache import ensure_demo_model, model_status
 
         checkpoint = ensure_demo_model(
-            cache, studies=studies, config=model_config, budget_s=model_budget_s,
-            seed=int(demo.get("model_seed", 0)), progress=True,
+            cache, studies=studies, config=model_config, seed=settings.model_seed,
+            progress=True,
         )  # fmt: skip
         report = evaluate_held_out(
             checkpoint, studies, findings=findings, hooks=(cfg["cache"]["hook_name"],),
-            n_negatives=int(demo.get("held_out_negatives", 200)), progress=True,
+            n_negatives=settings.held_out_negatives, progress=True,
         )  # fmt: skip
         model_dir = out / "model"  # the model's own plots, copied so the summary stays portable
         model_dir.mkdir(exist_ok=True)
@@ -190,6 +201,7 @@ def _run_steps(
             shutil.copy2(png, model_dir / png.name)
         run.facts["model"] = {
             "checkpoint": str(checkpoint),
+            "status": model_status(checkpoint),
             "plots": [str(p) for p in sorted(model_dir.glob("*.png"))],
             "generated": report["generated"],
             "reference": report["reference"],
@@ -198,6 +210,7 @@ def _run_steps(
             "n_generated": report["n_generated"],
             "samples": report["samples"][:3],
         }
+        _record_model_verdict(checkpoint, report["generated"], findings)
 
     cfg = json.loads(json.dumps(cfg))  # our own copy
     cfg["model"]["checkpoint"] = str(checkpoint)
@@ -228,6 +241,7 @@ def _run_steps(
         }
 
     with run.step("4/8 train: Matryoshka BatchTopK SAE through SAELens's runner"):
+        from sae_lens_maira.demo.sae_health import sae_health
         from sae_lens_maira.training.runner import train_sae
 
         result = train_sae(exp)
@@ -235,28 +249,63 @@ def _run_steps(
 
         # what users load: the inference SAE (global threshold), not the training object
         sae = SAE.load_from_disk(str(result.output_path))
-        run.facts["sae"] = {"path": str(result.output_path), "metrics": result.metrics}
+        run.facts["sae"] = {"path": str(result.output_path), "metrics": result.metrics,
+                            "k": int(cfg["sae"]["k"]),
+                            "health": sae_health(exp, sae, settings.health_positions)}  # fmt: skip
         run.facts["sae_curve"] = checkpoint_curve(exp, result.checkpoint_path)
+        h = run.facts["sae"]["health"]
+        print(f"   on its training positions: explained variance {h['explained_variance']:.3f}, "
+              f"L0 {h['l0']:.1f} (k {cfg['sae']['k']}), dead latents {h['dead_fraction']:.1%}")  # fmt: skip
 
     with run.step("5/8 features that detect each finding (held-out studies)"):
         run.facts["detectors"] = detect_findings(
-            exp, held_exp, sae, findings, int(demo.get("top_features_per_finding", 3))
+            exp, held_exp, sae, findings, settings.top_features_per_finding
         )
 
     with run.step("6/8 dashboards, viewer and automated interpretability"):
         run.facts["dashboards"] = dashboards_and_autointerp(
-            held_exp, run, int(demo.get("autointerp_top_features", 64))
+            held_exp, run, settings.autointerp_top_features
         )
 
-    with run.step("7/8 steer: the effusion feature's direction on studies without effusion"):
-        run.facts["steering"] = steer_effusion(held_exp, run, held_out, exp, train, sae)
+    finding = str(cfg.get("steer", {}).get("finding") or "pleural_effusion")
+    with run.step(f"7/8 steer: the {finding} feature, both directions, on held-out studies"):
+        from sae_lens_maira.demo.steering_study import steer_finding
+
+        run.facts["steering"] = steer_finding(
+            exp, held_exp, run, sae, train, held_out, finding, settings
+        )
 
     with run.step("8/8 summary"):
         from sae_lens_maira.demo.summary import write_summary
 
+        run.facts["report_card"] = report_card(run.facts, findings).to_dict()
         summary = write_summary(run)
-        print(f"   {summary}")
+        card = run.facts["report_card"]
+        print(f"   {summary}\n   verdict: {card['verdict']}" + (f" ({card['reason']})" if card["reason"] else ""))  # fmt: skip
     return summary
+
+
+def report_card(facts: dict[str, Any], findings: Sequence[str]):
+    """Every target of the study with its value, threshold and verdict (:mod:`.targets`)."""
+    from sae_lens_maira.demo import targets
+
+    card = targets.ReportCard()
+    targets.model_targets(card, facts["model"]["generated"], findings)
+    targets.detector_targets(card, facts["detectors"])
+    targets.sae_targets(card, facts["sae"]["health"], facts["sae"]["k"])
+    targets.steering_targets(card, facts["steering"])
+    return card
+
+
+def _record_model_verdict(checkpoint: Path, generated: dict, findings: Sequence[str]) -> None:
+    """A model that misses its held-out mention targets is marked failed in the cache."""
+    from sae_lens_maira.demo import targets
+    from sae_lens_maira.demo.model_cache import mark_failed, model_status
+
+    card = targets.ReportCard()
+    targets.model_targets(card, generated, findings)
+    if not card.passed and model_status(checkpoint)["passed"]:
+        mark_failed(checkpoint, "missed a mention target on held-out studies: " + card.reason())
 
 
 def _subset(studies: list, n: int, findings: tuple[str, ...]) -> list:
@@ -368,114 +417,3 @@ def dashboards_and_autointerp(held_exp, run: DemoRun, n_explain: int) -> dict[st
         "backend": backend,
         "n_features": len(chosen),
     }
-
-
-def steer_effusion(
-    held_exp, run: DemoRun, held_out, train_exp=None, train=None, sae=None
-) -> dict[str, Any]:
-    """Sweep the effusion feature's direction on held-out studies without effusion.
-
-    Which feature: candidates are the effusion detectors on image/prompt positions and on report
-    positions (features that read effusion) and the features whose decoder direction raises the
-    effusion words' logits (features that write it: a reader need not be a writer); a short
-    sweep on training studies without effusion picks the one with the highest mean mention rate.
-    """
-    from sae_lens_maira.experiment import Experiment
-    from sae_lens_maira.steering.candidates import finding_token_ids, writer_features
-    from sae_lens_maira.steering.commands import steer
-
-    candidates = [d["feature"] for d in run.facts["detectors"]["pleural_effusion"]]
-    screening: dict[int, float] = {}
-    kinds = dict.fromkeys(candidates, "image/prompt detector")
-    if train_exp is not None and train and sae is not None:
-        spec = train_exp.section("demo", required=False)
-        model, processor = train_exp.load_model(), train_exp.load_processor()
-        report = report_detectors(train_exp, sae, "pleural_effusion",
-                                  top=int(spec.get("steer_report_candidates", 8)))  # fmt: skip
-        try:
-            words = finding_token_ids(processor.tokenizer, "pleural_effusion")
-        except ValueError as err:  # a tiny vocabulary may not spell the finding in one token
-            print(f"   no writer candidates: {err}")
-            words = []
-        writers = (
-            writer_features(
-                sae.W_dec, model.W_U, words, top=int(spec.get("steer_writer_candidates", 5))
-            )  # fmt: skip
-            if words
-            else []
-        )
-        for kind, feats in (("report detector", report), ("writes effusion", writers)):
-            for f in feats:
-                kinds.setdefault(f, kind)
-        candidates = list(kinds)
-        negatives = [s for s in train if not s.labels.get("pleural_effusion")]
-        screening = screen_steering(train_exp, model, processor, sae, candidates, negatives)
-    best = max(candidates, key=lambda f: screening.get(f, 0.0)) if screening else candidates[0]
-    negatives = [s for s in held_out if not s.labels.get("pleural_effusion")]
-    n = int(held_exp.section("steer").get("n_studies", 48))
-    path = write_manifest(negatives[:n], run.out / "data" / "steer.jsonl")
-    steer_exp = Experiment.from_yaml(run.out / "experiment.yaml", {"data.path": str(path)})
-    result, folder = steer(steer_exp, [best], "pleural_effusion")
-    rates = result.mention_rate()
-    for coef, rate in rates:
-        print(f"   coefficient {coef:g}: {rate:.0%} of reports mention pleural effusion")
-    return {"feature": best, "kind": kinds[best], "rates": rates,
-            "plot": str(folder / "steering.png"), "folder": str(folder),
-            "candidates": candidates, "kinds": kinds, "screening": screening,
-            "examples": {p.coefficient: _examples(p.reports, "pleural_effusion") for p in result.points}}  # fmt: skip
-
-
-def report_detectors(exp, sae, finding: str, top: int = 3) -> list[int]:
-    """Features whose maximum over the *report* positions of training studies detects ``finding``."""
-    import datasets
-
-    from sae_lens_maira.analysis.finding_features import (
-        finding_detectors,
-        labels_of,
-        study_maxima_from_cache,
-    )
-    from sae_lens_maira.processing.roles import Role
-
-    hook = exp.section("cache")["hook_name"]
-    studies = exp.load_studies()
-    scores = study_maxima_from_cache(
-        datasets.load_from_disk(str(exp.path("activations/train"))), sae, hook, len(studies),
-        roles=(Role.REPORT,),
-    )  # fmt: skip
-    rows = finding_detectors(scores, labels_of(studies, [finding]), top=top)[finding]
-    return [r.feature for r in rows]
-
-
-def screen_steering(
-    exp, model, processor, sae, features: list[int], studies, n_studies: int = 12
-) -> dict[int, float]:
-    """Each feature's mean effusion-mention rate over the sweep's non-zero coefficients on a few
-    training studies (the mean favours features that work before the text degrades); the
-    held-out sweep is then run with the winner only."""
-    from sae_lens_maira.steering.hooks import feature_directions
-    from sae_lens_maira.steering.sweep import steering_sweep
-
-    spec = exp.section("steer")
-    coefficients = [c for c in spec.get("coefficients", [10, 20, 30]) if c]
-    out = {}
-    for f in features:
-        result = steering_sweep(
-            model, processor, studies[:n_studies], direction=feature_directions(sae.W_dec, f),
-            hook_name=spec.get("hook_name") or exp.section("cache")["hook_name"],
-            coefficients=coefficients, finding="pleural_effusion", features=[f],
-            positions=spec.get("positions", "generated"), batch_size=int(spec.get("batch_size", 4)),
-            max_new_tokens=int(spec.get("max_new_tokens", 48)),
-        )  # fmt: skip
-        rates = [rate for _, rate in result.mention_rate()]
-        out[f] = sum(rates) / len(rates)
-        print(f"   screening feature {f} on training studies: effusion mentioned in "
-              f"{' / '.join(f'{r:.0%}' for r in rates)} of reports")  # fmt: skip
-    return out
-
-
-def _examples(reports: list[str], finding: str, n: int = 2) -> list[str]:
-    """Up to ``n`` reports, those that mention ``finding`` (positively) first."""
-    from sae_lens_maira.data.labeller import Status, label_report
-
-    positive = [r for r in reports if label_report(r, [finding])[finding] is Status.POSITIVE]
-    return (positive + [r for r in reports if r not in positive])[:n]

@@ -7,7 +7,9 @@ experiment YAML gets with ``data: {source: openi, image_size: 112, split: held_o
 held_out_fraction: 0.2}``.
 
 Rendering ~3,400 studies takes ~40 s on one core; PNGs are written once under the cache folder
-and reused, and ``workers > 1`` renders chunks in parallel processes.
+and reused, and ``workers > 1`` renders chunks in parallel processes. The folder is named by
+:func:`render_key` (the renderer's settings and the source of the code that turns a report into
+pixels), so editing the renderer renders afresh instead of reusing stale images.
 """
 
 from __future__ import annotations
@@ -83,6 +85,35 @@ def studies_fingerprint(studies: Sequence[Study], image_size: int) -> str:
     return h.hexdigest()
 
 
+#: Modules whose source decides a study's pixels (relative to the package root): the renderer,
+#: and the Open-I code that turns a report's labels into a render spec and per-study seed.
+RENDER_CODE = ("data/synthetic_xray.py", "data/openi.py")
+
+
+def package_root() -> Path:
+    """The ``sae_lens_maira`` package folder (the root the code fingerprints are taken under)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def source_fingerprint(files: Sequence[Path], root: Path) -> str:
+    """SHA-256 over the files' paths (relative to ``root``) and contents."""
+    h = hashlib.sha256()
+    for path in files:
+        h.update(Path(path).relative_to(root).as_posix().encode())
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def render_key(image_size: int, seed: int = DEMO_RENDER_SEED, *, root: Path | None = None) -> str:
+    """The rendered images' key: size, line width, seed and the rendering code's source."""
+    root = Path(root) if root is not None else package_root()
+    spec = SyntheticXrayRenderer(image_size)
+    settings = json.dumps({"size": spec.size, "line_px": spec.line_px, "seed": seed})
+    h = hashlib.sha256(settings.encode())
+    h.update(source_fingerprint([root / f for f in RENDER_CODE], root).encode())
+    return h.hexdigest()
+
+
 def _render_chunk(args: tuple[list[OpenIReport], int, int, str]) -> list[Study]:
     reports, size, seed, image_dir = args
     return openi_studies(
@@ -135,7 +166,7 @@ def demo_studies(
     """Open-I studies with FINDINGS, rendered at ``image_size`` and split deterministically.
 
     ``cache_dir`` holds the wheel (fetched with pip when absent, unless ``wheel`` is given) and
-    the rendered PNGs (``images/openi_{size}px_seed{seed}/``).
+    the rendered PNGs (``images/<render key>/openi_{size}px_seed{seed}/``).
     """
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir().parent
     if wheel is None:
@@ -143,7 +174,7 @@ def demo_studies(
     reports = load_openi_reports(wheel)
     studies = render_openi_studies(
         reports,
-        cache / "images",
+        cache / "images" / render_key(image_size, seed)[:16],
         image_size=image_size,
         seed=seed,
         workers=workers,

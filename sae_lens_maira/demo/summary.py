@@ -37,10 +37,86 @@ def _rel(path: str | Path, base: Path) -> str:
     return os.path.relpath(Path(path), base)
 
 
+def report_card_lines(card: dict | None) -> list[str]:
+    """The verdict first (failures named), then every target with value, threshold, verdict."""
+    if not card:
+        return []
+    lines = []
+    if card["verdict"] == "PASS":
+        lines += [f"**Verdict: PASS** — all {len(card['targets'])} targets met.", ""]
+    else:
+        lines += [f"**Verdict: FAIL** — {card['reason']}", "",
+                  "The figures below are what this run measured; where a target failed, the study "
+                  "did not work on this run and its results should not be read as findings.", ""]  # fmt: skip
+    lines += ["## Report card", "", "| target | value | threshold | verdict |", "|---|---|---|---|"]
+    for t in card["targets"].values():
+        v = t["value"]
+        value = "not measured" if v is None else f"{v:.3g}"
+        th = t["threshold"]
+        bound = f"{th[0]:.3g} to {th[1]:.3g}" if t["op"] == "between" else f"{t['op']} {th:.3g}"
+        lines.append(f"| {t['description']} | {value} | {bound} | **{t['verdict']}** |")
+    return lines + [""]
+
+
+def steering_lines(st: dict) -> list[str]:
+    finding = st["finding"].replace("_", " ")
+    add, rem = st["add"], st["remove"]
+    where, supp = st.get("where", "image"), st.get("suppress_where", "image+generated")
+    lines = [
+        "## Steering",
+        "",
+        f"Feature {st['feature']} ({st['kind']}) clamped at `{st['hook']}`: its activation set to a multiple "
+        f"of its mean activation on training studies with {finding} ({st['scale']:.3g}) at `{where}` "
+        f"positions; and, the other way, clamped to zero at `{supp}` positions on studies whose report "
+        "states it. Reports labelled by the rule-based labeller. "
+        f"A report is fluent when no four words repeat and {finding} is not named three times or more. "
+        "Candidates: features that read the finding (detectors on image/prompt and on report positions) and "
+        "features whose direction raises its words' logits (writers), screened on training studies by their "
+        "effect on the labelled outcome in both directions.",
+        "",
+        "| candidate | kind | fluent mention rate when clamped on (best multiple, placement) | removed when clamped to 0 |",
+        "|---|---|---|---|",
+    ]
+    for c in st.get("candidates", []):
+        sc = st["screening"].get(c) or st["screening"].get(str(c)) or {}
+        rem_rate = sc.get("remove")
+        lines.append(f"| {c} | {st['kinds'].get(c, st['kinds'].get(str(c), ''))} | {sc.get('add', 0):.0%} "
+                     f"(x{sc.get('add_coefficient', 0):g}, `{sc.get('where', '')}`) | "
+                     + ("n/a" if rem_rate is None else f"{rem_rate:.0%}") + " |")  # fmt: skip
+    lines += [
+        "",
+        f"Held-out studies without {finding} ({add['n']}): unsteered, {add['unsteered_mention_rate']:.0%} "
+        f"state it; disfluent reports {add['unsteered_disfluent']:.0%}; mean log-likelihood per token under "
+        f"the unsteered model {add['unsteered_log_likelihood']:.2f}.",
+        "",
+        "| multiple | clamped value | state it | state it, fluent | repeated phrase | word stuffed in |",
+        "|---|---|---|---|---|---|",
+        *[f"| x{p['coefficient']:g} | {p['value']:.3g} | {p['mention_rate']:.0%} | {p['fluent_mention_rate']:.0%} "
+          f"| {p['share_repeated_phrase']:.0%} | {p['share_stuffed']:.0%} |" for p in add["points"]],
+        "",
+        f"At x{add['best_coefficient']:g} the steered reports' mean log-likelihood per token under the unsteered "
+        f"model is {add['best_log_likelihood']:.2f} (unsteered reports: {add['unsteered_log_likelihood']:.2f}).",
+        "",
+    ]  # fmt: skip
+    if rem.get("removed_rate") is not None:
+        lines += [f"Held-out studies with {finding} whose unsteered report states it ({rem['n']}): clamping the "
+                  f"feature to zero removes the mention from {rem['removed_rate']:.0%} (disfluent reports "
+                  f"{rem.get('share_disfluent', 0):.0%}).", ""]  # fmt: skip
+    else:
+        lines += [f"No held-out study with {finding} had a report stating it, so suppression was not measured.", ""]
+    lines.append("- unsteered: " + " / ".join(f"“{r[:300]}”" for r in add.get("unsteered_examples", [])))
+    for coef, reports in add["examples"].items():
+        lines.append(f"- x{float(coef):g}: " + " / ".join(f"“{r[:300]}”" for r in reports[:2]))
+    for before, after in rem.get("examples", []):
+        lines.append(f"- suppressed: “{before[:200]}” → “{after[:200]}”")
+    return lines + [""]
+
+
 def write_summary(run: Any) -> Path:
     out: Path = run.out
     f = run.facts
     lines = ["# sae-lens-maira demo: the study end to end on the small default", ""]
+    lines += report_card_lines(f.get("report_card"))
     total = sum(run.timings.values())
     lines += [
         "Real Open-I chest X-ray reports (Indiana University collection, CC BY-NC-ND 4.0, read from the "
@@ -101,6 +177,7 @@ def write_summary(run: Any) -> Path:
         lines += [f"![{png.stem}]({_rel(png, out)})", ""]
 
     m = f["sae"]["metrics"]
+    health = f["sae"].get("health", {})
     curve_png = _plot_sae_curve(f.get("sae_curve", []), out / "sae_training.png")
 
     def metric(key: str) -> str:
@@ -113,14 +190,20 @@ def write_summary(run: Any) -> Path:
         f"Hook `{f['cache']['hook']}`; {f['cache']['train']:,} training positions (the study's selection: "
         f"first/last image tokens and variable text); weights in `{_rel(f['sae']['path'], out)}`.",
         "",
-        "| explained variance | L0 | CE loss score | KL score | dead latents |",
-        "|---|---|---|---|---|",
-        f"| {metric('explained_variance')} | {metric('/l0')} | {metric('ce_loss_score')} | {metric('kl_div_score')} "
+        "On its training positions (the study's selection, the distribution it was fit to; "
+        f"{health.get('n_positions', 0):,} positions): explained variance "
+        f"{health.get('explained_variance', float('nan')):.3f}, L0 {health.get('l0', float('nan')):.1f} "
+        f"(k = {f['sae'].get('k')}), dead latents {health.get('dead_fraction', float('nan')):.1%}.",
+        "",
+        "| SAELens eval | explained variance | L0 | CE loss score | KL score | dead latents |",
+        "|---|---|---|---|---|---|",
+        f"| whole prompts | {metric('explained_variance')} | {metric('/l0')} | {metric('ce_loss_score')} | {metric('kl_div_score')} "
         f"| {metric('dead_latents_fraction')} |",
         "",
-        "(SAELens's evals with the SAE spliced into the model on whole multimodal prompts. Its CE loss "
-        "averages over every position, most of which predict image or prompt tokens the model was never "
-        "trained to predict, so the KL score is the informative one here.)",
+        "(SAELens's evals splice the SAE into the model on whole multimodal prompts, mostly intermediate "
+        "image tokens and boilerplate the SAE never trained on, so they are not its health figures. Its CE "
+        "loss averages over every position, most of which predict image or prompt tokens the model was never "
+        "trained to predict, so the KL score is the informative one there.)",
         "",
     ]
     if curve_png:
@@ -153,39 +236,12 @@ def write_summary(run: Any) -> Path:
               "the X-ray); Neuronpedia export and SAE-Dashboard batches in "
               + ", ".join(f"`{_rel(p, out)}`" for p in dash["exports"]) + ".", ""]  # fmt: skip
 
-    st = f["steering"]
-    lines += [
-        "## Steering",
-        "",
-        f"Feature {st['feature']} ({st.get('kind', 'detector')}) added along its decoder direction at "
-        "generated positions, on held-out studies without effusion; reports labelled by the rule-based "
-        "labeller. Candidates: features that read effusion (detectors on image/prompt positions and on "
-        "report positions) and features whose direction raises the effusion words' logits (writers); "
-        "the one with the highest mean mention rate in a short sweep on training studies without "
-        "effusion was kept.",
-        "",
-        "| candidate | kind | mean mention rate (screening) |",
-        "|---|---|---|",
-        *[
-            f"| {c} | {st.get('kinds', {}).get(c, 'detector')} | "
-            + (f"{st['screening'][c]:.0%}" if c in st.get("screening", {}) else "not screened")
-            + " |"
-            for c in st.get("candidates", [st["feature"]])
-        ],  # fmt: skip
-        "",
-        "| coefficient | reports mentioning pleural effusion |",
-        "|---|---|",
-        *[f"| {c:g} | {r:.0%} |" for c, r in st["rates"]],
-        "",
-        f"![steering]({_rel(st['plot'], out)})",
-        "",
-    ]
-    for coef, reports in st["examples"].items():
-        lines.append(f"- coefficient {coef:g}: " + " / ".join(f"“{r[:300]}”" for r in reports[:2]))
-    lines.append("")
+    lines += steering_lines(f["steering"])
     path = out / "summary.md"
     path.write_text("\n".join(lines))
+    card = f.get("report_card")
     (out / "summary.json").write_text(
-        json.dumps({"timings": run.timings, **f}, indent=1, default=str)
-    )
+        json.dumps({"report_card": card, "timings": run.timings,
+                    **{k: v for k, v in f.items() if k != "report_card"}}, indent=1, default=str)
+    )  # fmt: skip
     return path

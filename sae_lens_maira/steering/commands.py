@@ -5,38 +5,53 @@ from __future__ import annotations
 from pathlib import Path
 
 from sae_lens_maira.steering.hooks import feature_directions
+from sae_lens_maira.steering.settings import SteerSettings
 from sae_lens_maira.steering.sweep import SweepResult, steering_sweep
 
 
 def steer(exp, features: list[int] | None = None, finding: str | None = None,
           coefficients: list[float] | None = None, out: str | Path | None = None) -> tuple[SweepResult, Path]:  # fmt: skip
-    """Reads ``steer: {features, finding, coefficients, positions, n_studies, max_new_tokens, out}``."""
+    """Reads the ``steer:`` section (:class:`SteerSettings`). ``mode: clamp`` sets one feature's
+    activation to ``coefficient x scale`` at the first placement in ``where``; ``mode: add``
+    adds ``coefficient x scale x`` the features' unit decoder direction at ``positions``."""
     from sae_lens_maira.activations.sae_fit import check_sae_fits
     from sae_lens_maira.loading.sae_folder import load_sae_folder
+    from sae_lens_maira.steering.clamp import FeatureClamp
 
-    spec = exp.section("steer", required=False)
-    features = features or spec.get("features")
-    finding = finding or spec.get("finding")
+    spec = SteerSettings.from_section(exp.section("steer", required=False))
+    features = list(features or spec.features)
+    finding = finding or spec.finding
     if not features or not finding:
         raise ValueError(
             "name the features to steer with and the finding to label (steer.features, steer.finding)"
         )
+    if spec.mode == "clamp" and len(features) != 1:
+        raise ValueError(
+            f"steer.mode clamp sets one feature's activation, but {len(features)} features were "
+            "named; name one, or use steer.mode: add to steer along their summed direction"
+        )
     sae_dir = exp.path(
-        spec.get("sae") or exp.section("train", required=False).get("output_dir") or "sae"
+        spec.sae or exp.section("train", required=False).get("output_dir") or "sae"
     )
     model = exp.load_model()
     sae = load_sae_folder(sae_dir, device=str(model.cfg.device))
-    hook = check_sae_fits(sae.cfg, model, spec.get("hook_name"))
-    studies = exp.load_studies()[: int(spec.get("n_studies", 32))]
+    hook = check_sae_fits(sae.cfg, model, spec.hook_name)
+    studies = exp.load_studies()[: spec.n_studies]
+    make_hook = None
+    if spec.mode == "clamp":
+        def make_hook(coef: float) -> FeatureClamp:
+            return FeatureClamp.at(sae, features[0], coef * spec.scale, spec.where[0])
+
     result = steering_sweep(
         model, exp.load_processor(), studies,
-        direction=feature_directions(sae.W_dec, features) * float(spec.get("scale", 1.0)),
+        direction=feature_directions(sae.W_dec, features) * spec.scale,
         hook_name=hook,
-        coefficients=coefficients or spec.get("coefficients", [0, 2, 4, 8]),
+        coefficients=coefficients or list(spec.coefficients),
         finding=str(finding),
         features=[int(f) for f in features],
-        positions=spec.get("positions", "generated"),
-        batch_size=int(spec.get("batch_size", 4)),
-        max_new_tokens=int(spec.get("max_new_tokens", 96)),
+        positions=spec.positions if spec.mode == "add" else spec.where[0],
+        batch_size=spec.batch_size,
+        max_new_tokens=spec.max_new_tokens,
+        make_hook=make_hook,
     )  # fmt: skip
-    return result, result.save(exp.path(out or spec.get("out") or "steering"))
+    return result, result.save(exp.path(out or spec.out))

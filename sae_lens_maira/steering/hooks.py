@@ -37,6 +37,11 @@ class SteeringHook:
                 f"a steering direction is one vector [d_model], got shape {tuple(self.direction.shape)}"
             )
 
+    def prepare(self, batch: Any) -> None:
+        """Take the prompt length from a processor batch (called before each batch)."""
+        self.prompt_len = int(batch.input_ids.shape[1])
+        self._seen = 0
+
     def reset(self) -> None:
         self._seen = 0
 
@@ -76,7 +81,7 @@ def feature_directions(
 
 
 @contextmanager
-def steering(model: Any, hook_name: str, hook: SteeringHook) -> Iterator[SteeringHook]:
+def steering(model: Any, hook_name: str, hook: Any) -> Iterator[SteeringHook]:
     """Attach ``hook`` at ``hook_name`` for the duration of the block."""
     if hook_name not in model.hook_dict:
         raise ValueError(f"the model has no hook {hook_name!r} to steer at")

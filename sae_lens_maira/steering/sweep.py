@@ -9,7 +9,7 @@ per coefficient and draws mention rate against coefficient.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,12 +57,14 @@ def generate_reports(
     processor: Maira2Processor,
     studies: Sequence[Study],
     *,
-    hook: SteeringHook | None = None,
+    hook: SteeringHook | Any | None = None,
     hook_name: str | None = None,
     batch_size: int = 4,
     max_new_tokens: int = 96,
 ) -> list[str]:
-    """Greedy findings for each study, optionally with a steering hook attached."""
+    """Greedy findings for each study, optionally with a steering hook attached (a
+    :class:`SteeringHook`, a :class:`~sae_lens_maira.steering.clamp.FeatureClamp` or any hook
+    with ``prepare(batch)``)."""
     out: list[str] = []
     for i in range(0, len(studies), batch_size):
         batch = processor(list(studies[i : i + batch_size]), padding_side="left")
@@ -73,7 +75,7 @@ def generate_reports(
             return_type="tokens",
         )
         if hook is not None:
-            hook.prompt_len = batch.input_ids.shape[1]
+            hook.prepare(batch)
             with steering(model, hook_name or "", hook):
                 tokens = model.generate(batch.input_ids, **kwargs)
         else:
@@ -88,25 +90,38 @@ def steering_sweep(
     processor: Maira2Processor,
     studies: Sequence[Study],
     *,
-    direction: torch.Tensor,
+    direction: torch.Tensor | None = None,
     hook_name: str,
     coefficients: Sequence[float],
     finding: str,
     features: Sequence[int] = (),
-    positions: Positions = "generated",
+    positions: Positions | str = "generated",
     batch_size: int = 4,
     max_new_tokens: int = 96,
+    make_hook: Callable[[float], Any] | None = None,
 ) -> SweepResult:
-    """Mention / negation rates of ``finding`` in reports generated at each coefficient."""
+    """Mention / negation rates of ``finding`` in reports generated at each coefficient.
+
+    The hook per coefficient is ``make_hook(coefficient)`` (e.g. a
+    :class:`~sae_lens_maira.steering.clamp.FeatureClamp`), else ``coefficient x direction``
+    added at ``positions``.
+    """
     if not studies:
         raise ValueError("a steering sweep needs at least one study")
+    if make_hook is None:
+        if direction is None:
+            raise ValueError("give a steering direction or make_hook")
+
+        def make_hook(coef: float) -> SteeringHook:
+            return SteeringHook(direction, float(coef), prompt_len=0, positions=positions)
+
     result = SweepResult(
-        finding, hook_name, list(features), positions, [s.study_id for s in studies]
+        finding, hook_name, list(features), str(positions), [s.study_id for s in studies]
     )
     for coef in tqdm(list(coefficients), desc=f"steering {finding}", unit="coef"):
-        hook = SteeringHook(direction, float(coef), prompt_len=0, positions=positions)
-        reports = generate_reports(model, processor, studies, hook=hook, hook_name=hook_name,
-                                   batch_size=batch_size, max_new_tokens=max_new_tokens)  # fmt: skip
+        reports = generate_reports(model, processor, studies, hook=make_hook(float(coef)),
+                                   hook_name=hook_name, batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens)  # fmt: skip
         labels = [label_report(r, [finding])[finding] for r in reports]
         rates = {s.value: sum(lab is s for lab in labels) / len(labels) for s in Status}
         result.points.append(SweepPoint(float(coef), reports, rates))

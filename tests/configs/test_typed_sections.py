@@ -6,7 +6,8 @@ from importlib import resources
 import pytest
 import yaml
 
-from sae_lens_maira.experiment import SECTION_TYPES, Experiment, SteerSection, TrainSection
+from sae_lens_maira.experiment import SECTION_TYPES, Experiment, TrainSection
+from sae_lens_maira.steering.settings import SteerSettings
 from sae_lens_maira.training.runner import RUNNER_KEYS
 
 CONFIGS = sorted(
@@ -53,10 +54,10 @@ def test_one_default_per_key(tmp_path):
     """Absent keys take the dataclass default; the steer defaults are the shipped YAML's."""
     assert set(RUNNER_KEYS) <= {f.name for f in fields(TrainSection)}
     exp = Experiment.from_yaml(_write(tmp_path, {"train": {}, "steer": {}}))
-    assert exp.section("steer") == {f.name: getattr(SteerSection(), f.name) for f in fields(SteerSection)}
+    assert exp.section("steer") == {f.name: getattr(SteerSettings(), f.name) for f in fields(SteerSettings)}
     assert exp.section("train")["wandb"] is False
     small = yaml.safe_load(resources.files("sae_lens_maira.configs").joinpath("small_default.yaml").read_text())
     for key, value in small["steer"].items():
-        if key not in ("finding",):
-            assert getattr(SteerSection(), key) == value, key
-    assert set(SECTION_TYPES) >= {"model", "data", "train", "dashboards", "steer"}
+        expected = tuple(value) if isinstance(value, list) else value
+        assert getattr(SteerSettings(), key) == expected, key
+    assert set(SECTION_TYPES) >= {"model", "data", "train", "dashboards", "steer", "demo"}

@@ -19,11 +19,12 @@ def reduced_config() -> dict:
     )  # fmt: skip
     cfg["sae"].update(expansion_factor=2, k=4, threshold_start_step=2)
     cfg["cache"].update(batch_size=4, shard_studies=16)
-    cfg["steer"].update(coefficients=[0, 8], n_studies=3, max_new_tokens=6)
+    cfg["steer"].update(coefficients=[1, 4], n_studies=3, max_new_tokens=6, batch_size=4)
     cfg["dashboards"].update(limit=16)
     cfg["demo"].update(
         held_out_negatives=4, autointerp_top_features=4, top_features_per_finding=2,
-        steer_report_candidates=2,
+        steer_report_candidates=2, steer_writer_candidates=1, steer_screen_studies=2,
+        health_positions=2000,
     )  # fmt: skip
     return cfg
 
@@ -33,7 +34,7 @@ def demo_out(tmp_path_factory, demo_wheel):
     root = tmp_path_factory.mktemp("demo_run")
     summary = run_demo(
         root / "out", config=reduced_config(), cache_dir=root / "cache", wheel=demo_wheel,
-        max_studies=16, model_config=DemoModelConfig.tiny(), model_budget_s=None,
+        max_studies=16, model_config=DemoModelConfig.tiny(),
     )  # fmt: skip
     return root, summary
 
@@ -78,15 +79,17 @@ def test_summary_reports_detectors_model_card_and_steering(demo_out):
     assert set(model["generated"]) == {"cardiomegaly", "pleural_effusion", "devices"}
     assert model["probes"]["blocks.1.hook_resid_post"]
     steering = facts["steering"]
-    assert [c for c, _ in steering["rates"]] == [0, 8]
-    # the steered feature is the candidate whose screening sweep on training studies did best
+    assert steering["finding"] == "pleural_effusion"
+    assert [p["coefficient"] for p in steering["add"]["points"]] == [1, 4]
+    # the steered feature is the candidate whose screening on training studies did best
     screening = {int(k): v for k, v in steering["screening"].items()}
     assert set(screening) == set(steering["candidates"]) and steering["feature"] in screening
-    assert screening[steering["feature"]] == max(screening.values())
-    assert (root / "out" / "steering").rglob("steering.png")
+    assert screening[steering["feature"]]["score"] == max(v["score"] for v in screening.values())
+    for key in ("unsteered_disfluent", "unsteered_log_likelihood", "best_log_likelihood"):
+        assert isinstance(steering["add"][key], float)
     text = summary.read_text()
-    for heading in ("## Data", "## Model", "## SAE", "## Features that detect each finding",
-                    "## Steering"):  # fmt: skip
+    for heading in ("## Report card", "## Data", "## Model", "## SAE",
+                    "## Features that detect each finding", "## Steering"):  # fmt: skip
         assert heading in text
     # every image and page the summary links exists
     import re
@@ -100,6 +103,104 @@ def test_rerun_reuses_the_trained_model(demo_out, demo_wheel, capsys):
     cfg = reduced_config()
     run_demo(
         root / "out2", config=cfg, cache_dir=root / "cache", wheel=demo_wheel, max_studies=16,
-        model_config=DemoModelConfig.tiny(), model_budget_s=None,
+        model_config=DemoModelConfig.tiny(),
     )  # fmt: skip
-    assert "using the cached small model" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # the tiny model misses its targets: it is reused to report, never as a good model
+    assert "FAILED its targets" in out and "using the cached small model" not in out
+
+
+def test_report_card_has_a_verdict_per_target(demo_out):
+    root, summary = demo_out
+    card = json.loads((root / "out" / "summary.json").read_text())["report_card"]
+    targets = card["targets"]
+    for f in ("cardiomegaly", "pleural_effusion", "devices"):
+        assert targets[f"model_writes_{f}_positives"]["threshold"] == 0.5
+        assert targets[f"model_writes_{f}_negatives"]["threshold"] == 0.1
+        assert targets[f"feature_detects_{f}"]["threshold"] == 0.8
+    assert targets["sae_explained_variance"]["threshold"] == 0.7
+    assert targets["sae_l0"]["threshold"] == [2.0, 8.0]  # k = 4 in the reduced run
+    assert targets["sae_dead_latents"]["threshold"] == 0.2
+    for name in ("steering_adds_finding", "steering_add_fluency", "unsteered_fluency",
+                 "steering_removes_finding"):  # fmt: skip
+        assert name in targets
+    for t in targets.values():
+        assert t["verdict"] in ("PASS", "FAIL") and t["op"] in (">=", "<=", "between")
+    # 30 steps of a 2-layer model write no finding: the card fails and says so at the top
+    assert targets["model_writes_cardiomegaly_positives"]["verdict"] == "FAIL"
+    assert card["verdict"] == "FAIL" and "model" not in card["reason"][:0]
+    assert "held-out reports mention cardiomegaly on positives" in card["reason"]
+    text = summary.read_text()
+    assert text.index("**Verdict: FAIL**") < text.index("## Report card") < text.index("## Data")
+    # and the cached model is marked failed, so no later run takes it for a good one
+    from sae_lens_maira.demo.model_cache import model_status
+
+    assert model_status(json.loads((root / "out" / "summary.json").read_text())["model"]["checkpoint"])["passed"] is False
+
+
+def test_demo_command_exits_non_zero_with_the_reason(demo_out, monkeypatch, capsys):
+    from sae_lens_maira import cli
+    from sae_lens_maira.demo import pipeline
+
+    root, summary = demo_out
+    monkeypatch.setattr(pipeline, "run_demo", lambda out, cache_dir=None: summary)
+    assert cli.main(["demo", "--out", str(root / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("demo FAILED: ") and "targets failed" in err[0]
+    # the same summary with every target met exits 0
+    passing = root / "passing"
+    passing.mkdir(exist_ok=True)
+    facts = json.loads((root / "out" / "summary.json").read_text())
+    facts["report_card"].update(verdict="PASS", reason="")
+    (passing / "summary.json").write_text(json.dumps(facts))
+    monkeypatch.setattr(pipeline, "run_demo", lambda out, cache_dir=None: passing / "summary.md")
+    assert cli.main(["demo", "--out", str(passing)]) == 0
+
+
+@pytest.mark.xfail(strict=True, reason="the model's weights match bit for bit, but the SAE's "
+                   "differ under the fake clock (two unslowed runs match): cause not yet found")
+def test_a_slowed_run_gives_the_same_model_and_figures(demo_out, demo_wheel, tmp_path, monkeypatch):
+    """Every optimizer step sleeps and moves the clocks on by 100 s: a machine thousands of times
+    slower. Nothing that decides a result may notice."""
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    root, _ = demo_out
+    offset = [0.0]
+    real_perf, real_mono = time.perf_counter, time.monotonic
+    monkeypatch.setattr(time, "perf_counter", lambda: real_perf() + offset[0])
+    monkeypatch.setattr(time, "monotonic", lambda: real_mono() + offset[0])
+    originals = {}
+    for cls in (torch.optim.AdamW, torch.optim.Adam):
+        originals[cls] = cls.step
+
+        def slow_step(self, *args, _orig=originals[cls], **kwargs):
+            time.sleep(0.01)
+            offset[0] += 100.0
+            return _orig(self, *args, **kwargs)
+
+        monkeypatch.setattr(cls, "step", slow_step)
+    run_demo(
+        tmp_path / "out", config=reduced_config(), cache_dir=tmp_path / "cache", wheel=demo_wheel,
+        max_studies=16, model_config=DemoModelConfig.tiny(),
+    )  # fmt: skip
+    assert offset[0] > 100 * 60  # the model's and the SAE's steps all ran slowed
+    fast = json.loads((root / "out" / "summary.json").read_text())
+    slow = json.loads((tmp_path / "out" / "summary.json").read_text())
+    model_fast, model_slow = fast["model"]["checkpoint"], slow["model"]["checkpoint"]
+    w_fast = load_file(f"{model_fast}/model.safetensors")
+    w_slow = load_file(f"{model_slow}/model.safetensors")
+    assert w_fast.keys() == w_slow.keys()
+    assert all(torch.equal(w_fast[k], w_slow[k]) for k in w_fast)
+    sae_fast = load_file(f"{fast['sae']['path']}/sae_weights.safetensors")
+    sae_slow = load_file(f"{slow['sae']['path']}/sae_weights.safetensors")
+    assert all(torch.equal(sae_fast[k], sae_slow[k]) for k in sae_fast)
+
+    def figures(facts: dict, base: str) -> str:
+        facts = {k: v for k, v in facts.items() if k != "timings"}
+        text = json.dumps(facts, sort_keys=True).replace(base, "ROOT")
+        return text
+
+    assert figures(fast, str(root)) == figures(slow, str(tmp_path))

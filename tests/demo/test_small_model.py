@@ -20,7 +20,7 @@ def trained(tmp_path_factory, demo_split):
     """One tiny training run through ensure_demo_model (shared by the tests below)."""
     cache = tmp_path_factory.mktemp("models")
     path = model_cache.ensure_demo_model(
-        cache, studies=demo_split, config=DemoModelConfig.tiny(), budget_s=None, threads=1,
+        cache, studies=demo_split, config=DemoModelConfig.tiny(), threads=1,
         progress=False, log=None,
     )  # fmt: skip
     return cache, path
@@ -69,7 +69,7 @@ def test_cache_is_reused_and_keyed(trained, demo_split, monkeypatch):
 
     monkeypatch.setattr(model_cache, "train_small_model", no_training)
     again = model_cache.ensure_demo_model(
-        cache, studies=demo_split, config=DemoModelConfig.tiny(), budget_s=None, progress=False,
+        cache, studies=demo_split, config=DemoModelConfig.tiny(), progress=False,
         log=None,
     )  # fmt: skip
     assert again == path
@@ -89,7 +89,7 @@ def test_cache_is_reused_and_keyed(trained, demo_split, monkeypatch):
         kwargs = {"config": DemoModelConfig.tiny(), "seed": 0, **changed}
         with pytest.raises(Interrupted):
             model_cache.ensure_demo_model(
-                cache, studies=demo_split, budget_s=None, progress=False, log=None, **kwargs
+                cache, studies=demo_split, progress=False, log=None, **kwargs
             )
     assert calls == [1, 0]  # a new key means training, not the cached folder
     # an interrupted training leaves nothing behind that could pass for a cached model
@@ -103,7 +103,48 @@ def test_key_covers_data_config_and_code(demo_split):
     assert key == model_cache.demo_model_key(list(demo_split.train), cfg)
     assert key["key"] != model_cache.demo_model_key(demo_split.train[1:], cfg)["key"]
     assert key["config"] != model_cache.demo_model_key(demo_split.train, cfg, seed=3)["config"]
-    assert len(key["code"]) == 64
+    assert len(key["code"]) == 64 and len(key["images"]) == 64
+
+
+def _package_copy(tmp_path):
+    import shutil
+
+    from sae_lens_maira.demo.studies import package_root
+
+    root = tmp_path / "sae_lens_maira"
+    shutil.copytree(package_root(), root, ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("module", "images_change"),
+    [("data/synthetic_xray.py", True), ("data/openi.py", True), ("data/labeller.py", False),
+     ("demo/tokenizer_corpus.py", False), ("demo/lm_training.py", False)],
+)  # fmt: skip
+def test_editing_what_shapes_the_model_changes_its_key(demo_split, tmp_path, module, images_change):
+    """The renderer and the labeller (and the demo's training code) are in the model's key; the
+    renderer's code is in the images' key, so edited rendering never reuses stale PNGs."""
+    from sae_lens_maira.demo.studies import render_key
+
+    root = _package_copy(tmp_path)
+    cfg = DemoModelConfig.tiny()
+    before = model_cache.demo_model_key(demo_split.train, cfg, code_root=root)
+    images_before = render_key(112, root=root)
+    assert before == model_cache.demo_model_key(demo_split.train, cfg)  # a copy keys the same
+    path = root / module
+    path.write_text(path.read_text() + "\n# an edit\n")
+    after = model_cache.demo_model_key(demo_split.train, cfg, code_root=root)
+    assert after["key"] != before["key"] and after["code"] != before["code"]
+    assert (render_key(112, root=root) != images_before) is images_change
+    assert (after["images"] != before["images"]) is images_change
+
+
+def test_images_are_stored_under_the_render_key(demo_split, tmp_path):
+    from sae_lens_maira.demo.studies import render_key
+
+    key = render_key(112)
+    assert all(key[:16] in str(s.frontal) for s in demo_split.train)
+    assert render_key(112) != render_key(224) and render_key(112) != render_key(112, seed=1)
 
 
 def test_errors(demo_split, tmp_path):
@@ -137,21 +178,21 @@ def test_training_repeats_bit_for_bit_with_two_threads(demo_split, tmp_path):
     cfg = DemoModelConfig.tiny(lm_steps=20, threads=2)
     weights = []
     for run in range(2):
-        out = train_small_model(fit, val, tmp_path / str(run), config=cfg, budget_s=None,
-                                progress=False, log=None)  # fmt: skip
+        out = train_small_model(fit, val, tmp_path / str(run), config=cfg,                                 progress=False, log=None)  # fmt: skip
         weights.append(load_file(str(out / "model.safetensors")))
     assert weights[0].keys() == weights[1].keys()
     for name, w in weights[0].items():
         assert torch.equal(w, weights[1][name]), name
 
 
-def _fake_run(gaps_by_seed):
-    """A stand-in for train_small_model that records a kept-step validation per seed."""
+def _fake_run(rates_by_seed):
+    """A stand-in for train_small_model that records a kept-step validation per seed:
+    (mention rate on positives, on negatives) for every finding."""
 
     def train(fit, val, out, *, config, seed, **_):
-        gap = gaps_by_seed[seed]
+        pos, neg = rates_by_seed[seed]
         mentions = {
-            f: {"positives": gap, "negatives": 0.0, "n_positives": 4, "n_negatives": 4}
+            f: {"positives": pos, "negatives": neg, "n_positives": 4, "n_negatives": 4}
             for f in DEMO_FINDINGS
         }
         summary = {"seed": seed, "best_step": 10, "evals": [{"step": 10, "mentions": mentions}]}
@@ -162,25 +203,47 @@ def _fake_run(gaps_by_seed):
 
 
 @pytest.mark.parametrize(
-    ("gaps", "attempts", "kept_seed", "runs"),
-    [({0: 0.9, 1: 0.1}, 2, 0, 1), ({0: 0.1, 1: 0.8}, 2, 1, 2), ({0: 0.3, 1: 0.1}, 2, 0, 2)],
-)
-def test_a_run_that_misses_a_finding_is_retrained_with_the_next_seed(
-    tmp_path, monkeypatch, demo_split, gaps, attempts, kept_seed, runs
+    ("rates", "attempts", "kept_seed", "runs", "passed"),
+    [
+        ({0: (0.9, 0.0), 1: (0.1, 0.0)}, 2, 0, 1, True),   # met on the first run: no retry
+        ({0: (0.1, 0.0), 1: (0.8, 0.0)}, 2, 1, 2, True),   # missed, retried, the retry met them
+        ({0: (0.9, 0.3), 1: (0.6, 0.0)}, 2, 1, 2, True),   # too many negatives mention it
+        ({0: (0.4, 0.0), 1: (0.1, 0.0)}, 2, 0, 2, False),  # neither met: the better kept, failed
+    ],
+)  # fmt: skip
+def test_a_run_that_misses_a_target_is_retrained_with_the_next_seed(
+    tmp_path, monkeypatch, demo_split, rates, attempts, kept_seed, runs, passed
 ):
     calls = []
-    fake = _fake_run(gaps)
+    fake = _fake_run(rates)
 
     def counting(*args, **kwargs):
         calls.append(kwargs["seed"])
         return fake(*args, **kwargs)
 
     monkeypatch.setattr(model_cache, "train_small_model", counting)
-    config = DemoModelConfig.tiny(max_attempts=attempts, min_mention_gap=0.5)
+    config = DemoModelConfig.tiny(max_attempts=attempts)
     path = model_cache.ensure_demo_model(
         tmp_path, studies=demo_split, config=config, progress=False, log=None
     )
     assert len(calls) == runs
     assert json.loads((path / "demo_training.json").read_text())["seed"] == kept_seed
-    assert model_cache.mention_gap(path) == pytest.approx(max(gaps[s] for s in calls))
+    assert model_cache.model_status(path)["passed"] is passed
     assert not list((tmp_path / "models").glob(".*.partial"))  # losers are cleaned up
+    # a failed model is not retrained (same weights) and is still reported as failed
+    messages = []
+    again = model_cache.ensure_demo_model(
+        tmp_path, studies=demo_split, config=config, progress=False, log=messages.append
+    )
+    assert again == path and len(calls) == runs
+    assert ("FAILED its targets" in messages[0]) is not passed
+
+
+def test_mark_failed_is_kept(tmp_path, monkeypatch, demo_split):
+    monkeypatch.setattr(model_cache, "train_small_model", _fake_run({0: (1.0, 0.0)}))
+    config = DemoModelConfig.tiny(max_attempts=1)
+    path = model_cache.ensure_demo_model(tmp_path, studies=demo_split, config=config, log=None)
+    assert model_cache.model_status(path) == {"passed": True, "reason": ""}
+    model_cache.mark_failed(path, "held-out mention rate 0.2 < 0.5")
+    assert model_cache.model_status(path) == {"passed": False,
+                                              "reason": "held-out mention rate 0.2 < 0.5"}  # fmt: skip

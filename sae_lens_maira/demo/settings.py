@@ -1,0 +1,50 @@
+"""The ``demo:`` section of the shipped YAML as a typed record: one default per setting.
+
+The defaults here equal ``configs/small_default.yaml`` (a test holds them together), so the demo
+does the same thing whether a setting is spelled out or left out; an unknown key is an error
+naming the nearest known one, not a silently ignored typo.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, fields
+from typing import Any
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    findings: tuple[str, ...] = ("cardiomegaly", "pleural_effusion", "devices")
+    #: intra-op threads, fixed (with deterministic algorithms) so runs repeat; None: all cores
+    threads: int | None = 2
+    #: seed 0 never learnt to mention cardiomegaly on the reference machine
+    model_seed: int = 1
+    held_out_fraction: float = 0.2
+    image_size: int = 112
+    held_out_negatives: int = 200
+    top_features_per_finding: int = 5
+    steer_report_candidates: int = 8
+    steer_writer_candidates: int = 5
+    #: training studies without (and with) the finding that screen the steering candidates
+    steer_screen_studies: int = 12
+    autointerp_top_features: int = 64
+    #: training positions the SAE's health (EV, L0, dead latents) is measured on
+    health_positions: int = 50_000
+
+    @classmethod
+    def from_section(cls, section: dict[str, Any] | None) -> DemoSettings:
+        section = dict(section or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            hints = []
+            for key in unknown:
+                near = difflib.get_close_matches(key, sorted(known), n=1)
+                hints.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+            raise ValueError(
+                f"unknown setting(s) in the demo: section: {', '.join(hints)}; known: "
+                + ", ".join(sorted(known))
+            )
+        if "findings" in section:
+            section["findings"] = tuple(section["findings"])
+        return cls(**section)
