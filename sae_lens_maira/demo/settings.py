@@ -7,9 +7,10 @@ naming the nearest known one, not a silently ignored typo.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, fields
 from typing import Any
+
+from sae_lens_maira.config_sections import check_keys
 
 
 @dataclass(frozen=True)
@@ -34,17 +35,7 @@ class DemoSettings:
     @classmethod
     def from_section(cls, section: dict[str, Any] | None) -> DemoSettings:
         section = dict(section or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            hints = []
-            for key in unknown:
-                near = difflib.get_close_matches(key, sorted(known), n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-            raise ValueError(
-                f"unknown setting(s) in the demo: section: {', '.join(hints)}; known: "
-                + ", ".join(sorted(known))
-            )
+        check_keys("demo", section, [f.name for f in fields(cls)])
         if "findings" in section:
             section["findings"] = tuple(section["findings"])
         return cls(**section)

@@ -10,9 +10,10 @@ Suppression clamps the feature to zero at ``suppress_where``.
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, fields
 from typing import Any
+
+from sae_lens_maira.config_sections import check_keys
 
 
 @dataclass(frozen=True)
@@ -38,17 +39,7 @@ class SteerSettings:
     @classmethod
     def from_section(cls, section: dict[str, Any] | None) -> SteerSettings:
         section = dict(section or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            hints = []
-            for key in unknown:
-                near = difflib.get_close_matches(key, sorted(known), n=1)
-                hints.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-            raise ValueError(
-                f"unknown setting(s) in the steer: section: {', '.join(hints)}; known: "
-                + ", ".join(sorted(known))
-            )
+        check_keys("steer", section, [f.name for f in fields(cls)])
         if isinstance(section.get("where"), str):
             section["where"] = [section["where"]]
         for key, kind in (("features", int), ("coefficients", float), ("where", str)):
