@@ -160,7 +160,7 @@ def ensure_demo_model(
                 fit, val, run_dir, config=config, seed=seed + attempt, threads=threads,
                 progress=progress, log=log,
             )  # fmt: skip
-            if tmp is None or mention_gap(run_dir) > mention_gap(tmp):
+            if tmp is None or _rank(run_dir, config) > _rank(tmp, config):
                 if tmp is not None:
                     shutil.rmtree(tmp, ignore_errors=True)
                 tmp = run_dir
@@ -236,6 +236,11 @@ def validation_passes(model_dir: Path, config: DemoModelConfig) -> bool:
         if m["positives"] < config.min_positive_rate or m["negatives"] > config.max_negative_rate:
             return False
     return True
+
+
+def _rank(model_dir: Path, config: DemoModelConfig) -> tuple[bool, float]:
+    """A run that meets every target beats one that does not; then the larger mention gap."""
+    return validation_passes(model_dir, config), mention_gap(model_dir)
 
 
 def _kept_eval(model_dir: Path) -> dict | None:

@@ -402,7 +402,14 @@ def dashboards_and_autointerp(held_exp, run: DemoRun, n_explain: int) -> dict[st
         base_url=os.environ.get("SAE_LENS_MAIRA_LLM_BASE_URL", "https://api.openai.com/v1"), features=spec,
     )  # fmt: skip
     model_cfg = json.loads((Path(held_exp.checkpoint()) / "config.json").read_text())["text_config"]
-    exported = export(stats_dir, run.out / "dashboards", explanations=explanations, features=spec,
+    from sae_lens_maira.dashboards.neuronpedia_rules import EXPLANATION_MODELS
+
+    # Neuronpedia shows explanations only from models it has registered: the offline backend's
+    # stay in the viewer, an LLM's go into the export when Neuronpedia knows that model
+    llm = os.environ.get("SAE_LENS_MAIRA_LLM_MODEL")
+    np_explanations = explanations if llm in EXPLANATION_MODELS else None
+    exported = export(stats_dir, run.out / "dashboards", explanations=np_explanations, features=spec,
+                      explanation_model=llm if np_explanations else None,
                       n_layers=int(model_cfg["num_hidden_layers"]), d_model=int(model_cfg["hidden_size"]))  # fmt: skip
     page = viewer(
         stats_dir, run.out / "dashboards" / "viewer", explanations=explanations, features=spec
