@@ -100,3 +100,17 @@ def test_feature_page_renders_in_chromium(viewer_dir, tmp_path, stats):
     shot = tmp_path / "feature.png"
     _run_chromium(["--window-size=1200,1400", f"--screenshot={shot}", page], tmp_path)
     assert shot.stat().st_size > 20_000
+
+
+def test_an_unscored_feature_says_so(stats, tmp_path):
+    """autointerp writes ``scored: False`` (no balanced accuracy) below its held-out minimum."""
+    unscored = {
+        TOKEN_FEATURE: Explanation(
+            TOKEN_FEATURE, "effusion words", "offline", "offline",
+            detection={"scored": False, "reason": "only 2 held-out activating examples (need 5)"},
+        )  # fmt: skip
+    }
+    write_viewer(stats, tmp_path, explanations=unscored, features=[TOKEN_FEATURE])
+    page = (tmp_path / "features" / f"{TOKEN_FEATURE}.html").read_text()
+    assert "not scored (only 2 held-out activating examples (need 5))" in page
+    assert "balanced accuracy" not in page
