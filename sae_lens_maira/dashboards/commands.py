@@ -53,11 +53,8 @@ def export(
             explanation_method=explanation_method, explanation_model=explanation_model,
         ))  # fmt: skip
     if fmt in ("saedashboard", "both"):
-        done.append(
-            write_saedashboard(
-                stats, Path(out) / "saedashboard", feats, batch_size, private=private
-            )
-        )
+        done.append(write_saedashboard(stats, Path(out) / "saedashboard", feats, batch_size,
+                                       private=private, n_layers=n_layers, d_model=d_model))  # fmt: skip
     return done
 
 

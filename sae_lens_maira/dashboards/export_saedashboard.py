@@ -57,6 +57,8 @@ def write_saedashboard(
     per_group: int = 5,
     min_log_density: float = -10.0,
     private: bool = False,
+    n_layers: int | None = None,
+    d_model: int | None = None,
 ) -> Path:
     """Write ``<out>/<model>_<sae_set>_<hook>_<d_sae>/`` with run settings, skipped indexes,
     ``batch-<i>.json`` files of ``batch_size`` features and their sidecars. Returns that folder.
@@ -65,7 +67,7 @@ def write_saedashboard(
     metadata, and writes no thumbnails."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    m = export_meta(stats, private)
+    m = export_meta(stats, private, n_layers, d_model)  # ids, folder names, SAE of this model
     folder = inside(out_dir, saedashboard_dirname(m, stats.d_sae))
     folder.mkdir(parents=True, exist_ok=True)
     for old in [*folder.glob("batch-*.json"), *folder.glob("extras-*.json")]:

@@ -21,6 +21,48 @@ _PRIVATE_ROLES = {int(r) for r in (Role.INDICATION, Role.TECHNIQUE, Role.COMPARI
                                    Role.PRIOR_REPORT, Role.PHRASE, Role.REPORT)}  # fmt: skip
 
 
+def _is(value: Any, kind: str) -> bool:
+    return {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "str": isinstance(value, str), "dict": isinstance(value, dict),
+        "str|None": value is None or isinstance(value, str),
+        "str-list": isinstance(value, list) and all(isinstance(x, str) for x in value),
+        "str-dict": isinstance(value, dict) and all(isinstance(x, str) for x in value.values()),
+    }[kind]  # fmt: skip
+
+
+_TOP_KEYS = {"meta": "dict", "config": "dict", "n_tokens": "int", "n_sequences": "int",
+             "n_corr_positions": "int", "study_ids": "str-list", "token_strings": "str-dict",
+             "vocab_strings": "str-dict", "thumbnails": "dict", "slot_names": "str-list"}  # fmt: skip
+_META_KEYS = {"model_id": "str", "layer": "int", "hook_name": "str", "sae_set": "str", "d_sae": "int",
+              "source_set": "str", "sae_id_suffix": "str|None", "dataset": "str", "creator": "str",
+              "release": "str", "hf_repo_id": "str|None", "hf_folder_id": "str|None",
+              "saelens_release": "str|None", "saelens_sae_id": "str|None",
+              "saelens_config": "dict", "description": "str"}  # fmt: skip
+
+
+def _check_stats_json(meta: dict[str, Any], path: Path) -> None:
+    """Types of everything stats.json feeds into exports and file names: a tampered or hand-edited
+    file fails here, naming the key, instead of deep inside an export."""
+    for where, obj, keys in (("", meta, _TOP_KEYS), ("meta.", meta.get("meta"), _META_KEYS)):
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: {where or 'the file'} must be a JSON object")
+        for key, kind in keys.items():
+            if key in obj and not _is(obj[key], kind):
+                raise ValueError(
+                    f"{path}: {where}{key} must be {kind.replace('-', ' of ')}, got "
+                    f"{type(obj[key]).__name__} {obj[key]!r:.60}; fix or rewrite the statistics"
+                )
+    grid = meta.get("grid")
+    if not (isinstance(grid, list) and len(grid) == 2 and all(_is(g, "int") and g > 0 for g in grid)):
+        raise ValueError(f"{path}: grid must be [rows, cols] of positive integers, got {grid!r:.60}")
+    for seq, names in meta.get("thumbnails", {}).items():
+        for n in names if isinstance(names, list) else [names]:
+            if n is not None and not (isinstance(n, str) and n == Path(n).name and n.endswith(".png")):
+                raise ValueError(f"{path}: thumbnail name {n!r:.60} of sequence {seq} is not a "
+                                 "plain .png file name")  # fmt: skip
+
+
 @dataclass
 class Heatmap:
     """A feature's activations over one image's patch grid (row-major)."""
@@ -126,8 +168,9 @@ class FeatureStats:
                 "FeatureStatsCollector(...).finalize(...).save(dir)"
             )
         meta = json.loads((d / META_FILE).read_text())
-        if meta.get("format") != "sae-lens-maira-feature-stats/1":
+        if not isinstance(meta, dict) or meta.get("format") != "sae-lens-maira-feature-stats/1":
             raise ValueError(f"{d / META_FILE} is not a sae-lens-maira feature statistics file")
+        _check_stats_json(meta, d / META_FILE)
         thumbnails = {}
         for seq, names in meta["thumbnails"].items():
             thumbnails[int(seq)] = [
