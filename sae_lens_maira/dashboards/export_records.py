@@ -6,6 +6,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from sae_lens_maira.dashboards import neuronpedia_rules as rules
 from sae_lens_maira.dashboards.explanations import Explanation
@@ -49,9 +50,22 @@ def export_meta(stats: FeatureStats, private: bool, n_layers: int | None = None,
         )
     if not private:
         return m
+    secrets = [x for x in (m.dataset, m.description) if isinstance(x, str) and len(x) >= 3]
     return replace(m, dataset=PRIVATE, description=f"SAE on {m.model_id} layer {m.layer}",
-                   saelens_config={k: (PRIVATE if _DATASET_KEYS.search(k) else v)
-                                   for k, v in cfg.items()})  # fmt: skip
+                   saelens_config=scrub(cfg, secrets))  # fmt: skip
+
+
+def scrub(value: Any, secrets: list[str]) -> Any:
+    """``value`` with every entry under a dataset/path-like key (at any depth) and every string that
+    contains one of ``secrets`` (the dataset name, free-text description) replaced by PRIVATE."""
+    if isinstance(value, dict):
+        return {k: PRIVATE if _DATASET_KEYS.search(str(k)) else scrub(v, secrets)
+                for k, v in value.items()}  # fmt: skip
+    if isinstance(value, list):
+        return [scrub(v, secrets) for v in value]
+    if isinstance(value, str) and any(s in value for s in secrets):
+        return PRIVATE
+    return value
 
 
 def _norm(name: str) -> str:
