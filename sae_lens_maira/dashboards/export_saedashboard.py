@@ -77,10 +77,11 @@ def write_saedashboard(
     settings = {"meta": asdict(m), "stats_config": config, "n_top": n_top, "n_groups": n_groups,
                 "per_group": per_group, "private": private, "min_log_density": min_log_density}  # fmt: skip
     (folder / "run_settings.json").write_text(json.dumps(settings, indent=1))
+    # SAE-Dashboard writes the layer as a string here (NeuronpediaRunner.record_skipped_features)
     (folder / "skipped_indexes.json").write_text(json.dumps({
         "model_id": m.model_id, "layer": str(m.layer), "sae_set": m.sae_set,
         "log_sparsity": min_log_density, "skipped_indexes": skipped,
-    }))  # fmt: skip  (SAE-Dashboard writes the layer as a string here)
+    }))  # fmt: skip
     batches = [keep[i : i + batch_size] for i in range(0, len(keep), batch_size)]
     bar = tqdm(total=len(keep), desc="SAE-Dashboard export", unit="feature")
     for i, chunk in enumerate(batches):
