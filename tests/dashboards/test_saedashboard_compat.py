@@ -159,8 +159,9 @@ def test_top_group_and_intervals_mean_what_sae_dashboard_means(folder, stats, sy
             assert seen[0.0] >= 1 - float(stats.density[f]) - 1e-3
 
 
-def test_activation_histogram_bins_like_sae_dashboard(folder, synthetic, stats):
+def test_activation_histogram_bins_like_sae_dashboard(folder, synthetic, stats, decoder):
     acts, *_, counted = _reference(synthetic)
+    logits = decoder[0] @ decoder[1]
     for f in (TOKEN_FEATURE, REGION_FEATURE, 5):
         feat = _feature(folder, f)
         nz = acts[..., f][counted]
@@ -180,8 +181,10 @@ def test_activation_histogram_bins_like_sae_dashboard(folder, synthetic, stats):
         assert float((cdf - ref_cdf).abs().max()) < 0.1, f
         assert feat["frac_nonzero"] == pytest.approx(float(stats.density[f]))
         # the logit histogram is exact: 50 bins over [min, max] of W_dec[f] @ W_U
-        assert len(feat["logits_hist_data_bar_heights"]) == 50
-        assert sum(feat["logits_hist_data_bar_heights"]) == len(synthetic.vocab)
+        assert feat["logits_hist_data_bar_heights"] == torch.histc(logits[f], bins=50).int().tolist()
+        lo, hi = float(logits[f].min()), float(logits[f].max())
+        centres = (torch.linspace(lo, hi, 51)[:-1] + (hi - lo) / 100).tolist()
+        assert feat["logits_hist_data_bar_values"] == pytest.approx(centres, abs=1.1e-3)
 
 
 def test_sidecar_holds_what_the_batch_cannot(folder, stats):
