@@ -180,6 +180,62 @@ class FeatureStats:
         last = int(nz[-1]) + 1 if nz.numel() else 0
         return [(i + 0.5) * width for i in range(last)], h[:last].tolist()
 
+    def _value_range(self, f: int | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """(smallest, largest) nonzero activation; statistics saved before ``act_min`` existed
+        use the lower edge of the first nonempty histogram bin."""
+        hi = self.max_act[f].double()
+        if "act_min" in self.tensors:
+            return self.tensors["act_min"][f].double(), hi
+        h = self.tensors["hist"][f]
+        first = (h > 0).double().argmax(dim=-1)
+        width = 2.0 ** self.tensors["hist_exp"][f].double() / h.shape[-1]
+        return first * width, hi
+
+    def _mass_between(self, lo: torch.Tensor, hi: torch.Tensor, f: slice | int = slice(None),
+                      closed_hi: bool = True) -> torch.Tensor:  # fmt: skip
+        """Nonzero activations of each feature in ``[lo, hi]`` (``[lo, hi)`` unless ``closed_hi``),
+        estimated from the streaming histogram: each bin's count spread evenly over the part of it
+        that lies inside the feature's ``[min, max]``."""
+        hist = self.tensors["hist"][f].double()
+        n = hist.shape[-1]
+        width = (2.0 ** self.tensors["hist_exp"][f].double() / n).unsqueeze(-1)
+        vmin, vmax = (x.unsqueeze(-1) for x in self._value_range(f))
+        j = torch.arange(n, dtype=torch.float64)
+        a = torch.maximum(j * width, vmin)
+        b = torch.minimum((j + 1) * width, vmax)
+        lo, hi = lo.double().unsqueeze(-1), hi.double().unsqueeze(-1)
+        span = b - a
+        part = (torch.minimum(b, hi) - torch.maximum(a, lo)).clamp_min(0) / span.clamp_min(1e-300)
+        point = ((a >= lo) & ((a <= hi) if closed_hi else (a < hi))).double()  # a bin of one value
+        share = torch.where(span > 0, part.clamp(max=1), point) * (b >= a)
+        return (hist * share).sum(dim=-1)
+
+    def dashboard_histogram(self, f: int, n_bins: int = 50) -> tuple[list[float], list[int]]:
+        """SAE-Dashboard's activation histogram (``HistogramData.from_data`` over the nonzero
+        activations): ``n_bins`` equal bins over [min, max], bin centres and integer heights.
+        The pass keeps no activations, so heights are the streaming histogram's counts spread over
+        these bins (totals exact, rounded by largest remainder)."""
+        count = int(self.tensors["nonzero"][f])
+        if count == 0:
+            return [], []  # from_data on no data: an empty histogram
+        lo, hi = (float(x) for x in self._value_range(f))
+        if hi <= lo:  # one distinct value: torch.histc widens the range by 1 each side
+            heights = [0] * n_bins
+            heights[n_bins // 2] = count
+            return [lo] * n_bins, heights
+        edges = torch.linspace(lo, hi, n_bins + 1, dtype=torch.float64)
+        mass = torch.stack([
+            self._mass_between(edges[i], edges[i + 1], f, closed_hi=i == n_bins - 1)
+            for i in range(n_bins)
+        ])  # fmt: skip
+        mass = mass * count / mass.sum().clamp_min(1e-300)
+        heights = mass.floor().long()
+        short = count - int(heights.sum())
+        if short > 0:
+            heights[torch.argsort(mass - heights, descending=True)[:short]] += 1
+        size = (hi - lo) / n_bins
+        return [round(lo + (i + 0.5) * size, 5) for i in range(n_bins)], heights.tolist()
+
     def logit_histogram(self, f: int) -> tuple[list[float], list[int]]:
         if "logit_hist" not in self.tensors:
             return [], []
@@ -272,7 +328,9 @@ class FeatureStats:
     def quantile_groups(
         self, f: int, n_groups: int = 5, per_group: int = 5, private: bool = False, seed: int = 0
     ) -> list[QuantileGroup]:
-        """Examples sampled uniformly from ``n_groups`` equal-width activation intervals of (0, max].
+        """Examples sampled uniformly from ``n_groups`` equal-width activation intervals of (0, max],
+        lowest first. ``bin_contains`` is SAE-Dashboard's: the share of all counted tokens whose
+        activation lies in ``[bin_min, bin_max]`` (the lowest interval includes the zeros).
 
         The reservoir keeps a uniform sample per fine bin; candidates are re-weighted by
         ``count(bin) / kept(bin)`` so each interval's sample is uniform over its sequences.
@@ -314,18 +372,19 @@ class FeatureStats:
         vmax = self.max_act[:, None]
         out = torch.full((f, n_groups, per_group), -1, dtype=torch.long)
         bounds = torch.zeros(f, n_groups, 3)
-        hist = t["hist"].double()
-        centres = (torch.arange(hist.shape[1]) + 0.5)[None, :] * rng[:, None] / hist.shape[1]
-        total = hist.sum(dim=1).clamp_min(1)
+        n_tok = max(self.n_tokens, 1)
+        zeros = (self.n_tokens - t["nonzero"]).double().clamp_min(0)
         for g in range(n_groups):  # over groups, not features
             lo, hi = vmax * g / n_groups, vmax * (g + 1) / n_groups
             inside = valid & (vals > lo) & ((vals <= hi) if g == n_groups - 1 else (vals < hi))
             k = min(per_group, s)
             kv, ki = torch.where(inside, es_key, torch.full_like(es_key, -float("inf"))).topk(k, 1)
             out[:, g, :k] = torch.where(kv > -float("inf"), ki, torch.full_like(ki, -1))
-            in_bin = (centres > lo) & (centres <= hi)
+            # SAE-Dashboard: share of ALL tokens with lo <= act <= hi (the lowest interval, lo = 0,
+            # so also counts the tokens where the feature is zero)
+            within = self._mass_between(lo[:, 0], hi[:, 0]) + (zeros if g == 0 else 0)
             bounds[:, g, 0], bounds[:, g, 1] = lo[:, 0], hi[:, 0]
-            bounds[:, g, 2] = ((hist * in_bin).sum(dim=1) / total).float()
+            bounds[:, g, 2] = (within / n_tok).clamp(max=1).float()
         res = {"slots": out, "bounds": bounds}
         self._groups = (key, res)
         return res
