@@ -210,6 +210,7 @@ def train_sae(
         skip_bad_batches=bool(train.skip_bad_batches),
     )
     guard.install(runner)
+    constrain_trainer_optimizer(runner)
     if use_cache:
         runner.evaluator = LLMSaeEvaluator(
             model=model,
@@ -235,6 +236,22 @@ def train_sae(
         metrics["training/skipped_nonfinite_batches"] = float(guard.skipped_batches)
     (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=1))
     return TrainResult(sae, out, checkpoints, metrics, wandb)
+
+
+def constrain_trainer_optimizer(runner: LanguageModelSAETrainingRunner) -> None:
+    """Attach the decoder renormalisation to the Adam that SAETrainer builds inside ``run()``:
+    the runner hands its trainer to ``run_trainer_with_interruption_handling`` (a hook on that
+    optimiser only, no process-wide optimiser hook)."""
+    from sae_lens_maira.saes.decoder_constraint import constrain_optimizer, wants_unit_norm_decoder
+
+    run_trainer = runner.run_trainer_with_interruption_handling
+
+    def constrained(trainer: Any, *args: Any, **kwargs: Any) -> Any:
+        if wants_unit_norm_decoder(trainer.sae):
+            constrain_optimizer(trainer.optimizer, trainer.sae)
+        return run_trainer(trainer, *args, **kwargs)
+
+    runner.run_trainer_with_interruption_handling = constrained  # type: ignore[method-assign]
 
 
 def evaluate_on_store(
