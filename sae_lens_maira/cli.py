@@ -47,14 +47,11 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
     result = cache_from_experiment(_experiment(args))
     if result is not None:
-        print(
-            f"cached {result.n_rows} rows from {result.n_studies} studies into {result.path}"
-            + (
-                f"; skipped {len(result.skipped)} studies (see cache_info.json)"
-                if result.skipped
-                else ""
-            )
-        )
+        print(f"cached {result.n_rows} rows from {result.n_studies} studies into {result.path}")
+        if result.skipped_studies:
+            from sae_lens_maira.data.skips import announce
+
+            announce(result.skip_summary())
     return 0
 
 

@@ -124,9 +124,12 @@ def collect(exp, out: str | Path | None = None) -> Path:
     """Run the model and the trained SAE over the config's studies and save the statistics.
 
     Reads ``dashboards: {sae, out, batch_size, limit, keep_images}`` (the SAE defaults to
-    ``train.output_dir``); studies come from the ``data`` section.
+    ``train.output_dir``); studies come from the ``data`` section. Studies left out (missing,
+    unreadable, too large or too small images) are listed in ``<out>/skipped_studies.json`` and
+    summarised on the console.
     """
     from sae_lens_maira.dashboards.collect import collect_dashboard_stats
+    from sae_lens_maira.data.skips import SKIPS_FILE, SkipCollector, announce
     from sae_lens_maira.loading.sae_folder import load_sae_folder
 
     spec = exp.section("dashboards", required=False)
@@ -139,12 +142,17 @@ def collect(exp, out: str | Path | None = None) -> Path:
         )
     model = exp.load_model()
     sae = load_sae_folder(sae_dir, device=str(model.cfg.device))
-    studies = exp.load_studies()
+    skips = SkipCollector()
+    studies = exp.load_studies(skips)
     if spec.get("limit"):
         studies = studies[: int(spec["limit"])]
-    skipped: dict[str, str] = {}
+    n_listed = len(studies) + len(skips)
     stats = collect_dashboard_stats(
         model, sae, exp.load_processor(), studies, batch_size=int(spec.get("batch_size", 4)),
-        keep_images=bool(spec.get("keep_images", True)), skipped=skipped,
+        keep_images=bool(spec.get("keep_images", True)), skipped=skips,
     )  # fmt: skip
-    return stats.save(exp.path(out or spec.get("out") or "dashboards/stats"))
+    folder = stats.save(exp.path(out or spec.get("out") or "dashboards/stats"))
+    report = skips.write(folder / SKIPS_FILE, n_listed)
+    if len(skips):
+        announce(skips.summary(n_listed, report))
+    return folder
