@@ -37,6 +37,7 @@ from sae_lens_maira.model.checkpoint import (
 from sae_lens_maira.model.config import Maira2Config
 from sae_lens_maira.model.embed import MultimodalEmbed
 from sae_lens_maira.model.image_bank import ImageBank, split_virtual_ids
+from sae_lens_maira.model.position_marks import strip_marks
 from sae_lens_maira.model.vision import Maira2Projector, build_vision_tower
 from sae_lens_maira.model.weight_conversion import (
     IGNORED_KEY,
@@ -370,7 +371,8 @@ class HookedMaira2(HookedSAETransformer):
         """TransformerLens's forward plus ``pixel_values`` ([n_images, 3, H, W], in order of appearance).
 
         ``image_embeds`` may replace ``pixel_values`` with already projected features (e.g. reused
-        across a steering sweep).
+        across a steering sweep). Ids marked outside an SAE's selection (:mod:`position_marks`)
+        run as their plain ids.
         """
         if kwargs.get("start_at_layer") is not None:
             return super().forward(input, **kwargs)
@@ -383,6 +385,7 @@ class HookedMaira2(HookedSAETransformer):
         if isinstance(input, torch.Tensor):
             if input.ndim == 1:
                 input = input[None]
+            input = strip_marks(input)  # positions marked outside an SAE's selection run as usual
             self._check_inputs(input, pixel_values, image_embeds, kwargs)
         if pixel_values is not None:
             image_embeds = self.encode_images(pixel_values)
