@@ -137,11 +137,18 @@ class SelectionEvaluator(LLMSaeEvaluator):
             compute_variance_metrics=True,
         )
         pause: AbstractContextManager[None] = (
-            data_provider.paused() if isinstance(data_provider, PrefetchingIterator) else nullcontext()
+            data_provider.paused()
+            if isinstance(data_provider, PrefetchingIterator)
+            else nullcontext()
         )
         with pause:
             metrics, _, positions = run_selection_evals(
-                sae, self.activations_store, self.model, eval_config, activation_scaler, self.model_kwargs
+                sae,
+                self.activations_store,
+                self.model,
+                eval_config,
+                activation_scaler,
+                self.model_kwargs,
             )
         metrics["positions"] = {
             "reconstruction_positions": positions["reconstruction_positions"],
@@ -150,7 +157,9 @@ class SelectionEvaluator(LLMSaeEvaluator):
         return metrics
 
 
-def flat_metrics(metrics: Mapping[str, Any], groups: Iterable[str] | None = None) -> dict[str, float]:
+def flat_metrics(
+    metrics: Mapping[str, Any], groups: Iterable[str] | None = None
+) -> dict[str, float]:
     """``group/name`` -> value for the numeric entries of run_evals's nested metrics."""
     return {
         f"{group}/{k}": float(v)

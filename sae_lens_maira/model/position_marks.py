@@ -59,7 +59,13 @@ class _OutsideSelection:
 
     def __ne__(self, other: Any) -> Any:
         result = self.__eq__(other)
-        return result if result is NotImplemented else ~result if isinstance(result, torch.Tensor) else not result
+        return (
+            result
+            if result is NotImplemented
+            else ~result
+            if isinstance(result, torch.Tensor)
+            else not result
+        )
 
     def __repr__(self) -> str:
         return "OUTSIDE_SELECTION"

@@ -15,7 +15,12 @@ from sae_lens_maira.activations.saelens_bridge import studies_to_token_dataset
 from sae_lens_maira.activations.selection import selection_mask
 from sae_lens_maira.activations.selection_store import SelectionActivationsStore, SelectionEvaluator
 from sae_lens_maira.model.image_bank import ImageBank
-from sae_lens_maira.model.position_marks import OUTSIDE_SELECTION, is_marked, mark_outside, strip_marks
+from sae_lens_maira.model.position_marks import (
+    OUTSIDE_SELECTION,
+    is_marked,
+    mark_outside,
+    strip_marks,
+)
 from sae_lens_maira.processing.images import ImageLoadError
 from sae_lens_maira.processing.roles import Role
 from sae_lens_maira.training.runner import max_prompt_length, prompt_store, train_sae
@@ -90,7 +95,9 @@ def trained(request, tmp_path_factory, hub_checkpoint, manifest):
         from sae_lens_maira.activations.cache import CacheConfig, cache_activations
 
         spec = dict(exp.section("cache"), output_dir=str(exp.path("acts")))
-        cache_activations(model, processor, exp.load_studies(), CacheConfig(**spec), show_progress=False)
+        cache_activations(
+            model, processor, exp.load_studies(), CacheConfig(**spec), show_progress=False
+        )
     result = train_sae(exp, model=model, processor=processor)
     model.attach_image_bank(None)  # the reference runs on real pixels, not virtual ids
     saved = SAE.load_from_disk(str(result.output_path), device="cpu")
@@ -105,12 +112,17 @@ def test_final_evals_measure_the_selection_positions(trained):
     ref = _reference(model, processor, studies, saved, _study_keep, context)
     m = result.metrics
     assert result.positions["selection"] == "study"
-    assert "image_middle" not in result.positions["roles"] and "image_first" in result.positions["roles"]
+    assert (
+        "image_middle" not in result.positions["roles"]
+        and "image_first" in result.positions["roles"]
+    )
     assert result.positions["sparsity_variance_positions"] == ref["n"]
     assert m["reconstruction_quality/explained_variance"] == pytest.approx(ref["ev"], abs=1e-4)
     assert m["sparsity/l0"] == pytest.approx(ref["l0"], abs=1e-4)
     assert m["sparsity/dead_latents_fraction"] == pytest.approx(ref["dead"], abs=1e-9)
-    assert m["model_performance_preservation/ce_loss_without_sae"] == pytest.approx(ref["ce"], rel=1e-4)
+    assert m["model_performance_preservation/ce_loss_without_sae"] == pytest.approx(
+        ref["ce"], rel=1e-4
+    )
     # over every non-pad position (SAELens's default) the figures are different ones
     everywhere = _reference(model, processor, studies, saved, _all_keep, context)
     assert everywhere["n"] > ref["n"]
@@ -144,7 +156,9 @@ def test_training_time_evaluator_measures_the_selection_positions(trained):
     ref = _reference(model, processor, studies, saved, _study_keep)
     assert metrics["positions"]["sparsity_variance_positions"] == ref["n"]
     assert metrics["sparsity"]["l0"] == pytest.approx(ref["l0"], abs=1e-4)
-    assert metrics["reconstruction_quality"]["explained_variance"] == pytest.approx(ref["ev"], abs=1e-4)
+    assert metrics["reconstruction_quality"]["explained_variance"] == pytest.approx(
+        ref["ev"], abs=1e-4
+    )
     assert again["sparsity"]["l0"] == metrics["sparsity"]["l0"]
 
 
@@ -167,7 +181,9 @@ def test_uncached_training_batches_hold_only_selected_positions(hub_checkpoint, 
         want = []
         for s in studies:
             batch = processor([s], with_report=True, padding_side="right")
-            _, cache = model.run_with_cache(batch.input_ids, pixel_values=batch.pixel_values, names_filter=[HOOK])
+            _, cache = model.run_with_cache(
+                batch.input_ids, pixel_values=batch.pixel_values, names_filter=[HOOK]
+            )
             want.append(cache[HOOK][0][_study_keep(batch.roles[0])])
     want = torch.cat(want)
     assert served.shape == want.shape and torch.allclose(served, want, atol=1e-5)
@@ -199,7 +215,9 @@ def test_selection_store_needs_no_marks_to_run_plain_rows(hub_checkpoint, manife
     model.attach_image_bank(bank)
     cfg = type("Cfg", (), dict(training_tokens=1000, store_batch_size_prompts=2, train_batch_size_tokens=32,
                                act_store_device="cpu", dtype="float32"))()  # fmt: skip
-    store: SelectionActivationsStore = prompt_store(model, ds, HOOK, context, processor.pad_token_id, cfg)
+    store: SelectionActivationsStore = prompt_store(
+        model, ds, HOOK, context, processor.pad_token_id, cfg
+    )
     served = store.get_filtered_llm_batch()
     model.attach_image_bank(None)
     n_real = sum(len(processor.encode_study(s, with_report=True)) for s in studies)
