@@ -62,7 +62,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in sorted(result.metrics.items())
                         if k.split("/")[-1] in ("explained_variance", "l0", "ce_loss_score", "kl_div_score",
                                                 "dead_latents_fraction"))  # fmt: skip
-    print(f"SAE saved to {result.output_path}; {summary}")
+    where = ""
+    if result.positions:
+        where = (f" (evals on {result.positions['sparsity_variance_positions']} positions of the "
+                 f"{result.positions['selection']!s} selection)")  # fmt: skip
+    print(f"SAE saved to {result.output_path}; {summary}{where}")
     print(result.wandb.describe() if result.wandb else "")
     return 0
 
