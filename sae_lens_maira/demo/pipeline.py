@@ -111,12 +111,12 @@ def run_demo(
     """Run the demo; returns the summary's path (its verdict: :func:`demo_verdict`).
 
     Settings come from ``config`` (default: the shipped ``small_default.yaml``); its ``demo:``
-    section is read by :class:`~sae_lens_maira.demo.settings.DemoSettings`. ``max_studies``
+    section is read by :class:`~sae_lens_maira.demo_settings.DemoSettings`. ``max_studies``
     (training studies; a third as many held out) and ``model_config`` (e.g.
     ``DemoModelConfig.tiny()``) shrink it for tests. Nothing depends on elapsed time: every
     training runs a fixed number of steps.
     """
-    from sae_lens_maira.demo.settings import DemoSettings
+    from sae_lens_maira.demo_settings import DemoSettings
 
     cfg = config or default_config()
     settings = DemoSettings.from_section(cfg.get("demo"))

@@ -288,10 +288,8 @@ def load_dictionary_learning_sae(
     ``load_dictionary_learning_sae("path/to/folder")`` or
     ``load_dictionary_learning_sae(repo_id="microsoft/maira-2-sae", folder="ef4")``.
     """
-    from sae_lens_maira.registration import register
     from sae_lens_maira.saes.matryoshka_sae import MatryoshkaSAE
 
-    register()
     overrides = dict(cfg_overrides or {})
     if dtype is not None:
         overrides["dtype"] = dtype
