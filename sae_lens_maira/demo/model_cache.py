@@ -268,9 +268,9 @@ def mention_gap(model_dir: Path) -> float:
 
 def _models_dir(cache_dir: str | Path | None) -> Path:
     if cache_dir is None:
-        from sae_lens_maira.data.openi import default_cache_dir
+        from sae_lens_maira.cache_dirs import default_cache_dir
 
-        return default_cache_dir().parent / "models"
+        return default_cache_dir() / "models"
     return Path(cache_dir).expanduser() / "models"
 
 
