@@ -25,16 +25,14 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import sample_logits
 from transformers import PreTrainedTokenizerBase
 
-from sae_lens_maira.model.attention import use_fused_attention
-from sae_lens_maira.model.checkpoint import (
+from sae_lens_maira.checkpoint_config import (
     CONFIG_NAME,
-    iter_tensors,
+    Maira2Config,
     read_config,
     resolve_checkpoint,
-    save_state_dict,
-    weight_files,
 )
-from sae_lens_maira.model.config import Maira2Config
+from sae_lens_maira.model.attention import use_fused_attention
+from sae_lens_maira.model.checkpoint import iter_tensors, save_state_dict, weight_files
 from sae_lens_maira.model.embed import MultimodalEmbed
 from sae_lens_maira.model.image_bank import ImageBank, split_virtual_ids
 from sae_lens_maira.model.position_marks import strip_marks
