@@ -5,8 +5,9 @@ Inference (``MatryoshkaSAE``): ``f = relu((x - b_dec) W_enc + b_enc)``, kept whe
 
 Training (``MatryoshkaTrainingSAE``): BatchTopK picks the batch's ``k * B`` largest activations
 under ``no_grad``; only those pre-activations are recomputed with gradient (sparse encoder), and
-every prefix reconstruction comes from one grouped sparse decode. ``decoder_impl="dense"`` keeps
-the dense encoder for shapes where sparse cannot win. See ``training_forward_pass``.
+every prefix reconstruction comes from one grouped sparse decode. ``decoder_impl`` picks the
+kernels' backend (``"dense"``: matmuls, for shapes where sparse cannot win); the step is the same
+code for each. See ``training_forward_pass``.
 """
 
 from __future__ import annotations
@@ -454,19 +455,15 @@ class MatryoshkaTrainingSAE(
     def _encode_selected(
         self,
         impl: str,
-        rows_and_bias: tuple[Tensor, Tensor] | None,
-        post: Tensor | None,
+        rows_and_bias: tuple[Tensor, Tensor],
         acts: Tensor,
         sel: Selection,
     ) -> Tensor:
         """Activations (with gradient) at the selected (row, latent) pairs only.
 
         The values are read from ``acts``, the batch's pre-activations already computed (without
-        gradient) to select; the sparse backward then touches only the selected latents.
+        gradient) to select; a sparse backward then touches only the selected latents.
         """
-        if post is not None:  # dense encoder: gather from the full activations
-            return post[sel.rows(), sel.indices]
-        assert rows_and_bias is not None
         rows, bias = rows_and_bias
         pre = kernels.sparse_encode_csr(
             rows,
@@ -510,15 +507,10 @@ class MatryoshkaTrainingSAE(
         impl = self._resolve_decoder_impl(x.device)
         batch = x.shape[0]
         centered = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
-        post: Tensor | None = None
         # addmm fuses the bias into the GEMM and, under autocast, keeps the [B, N] activations
         # in bf16 (``matmul + b_enc`` would promote them to an fp32 copy twice the size)
-        if impl == "dense":
-            post = torch.addmm(self.b_enc, centered, self.W_enc).relu()
-            acts = post.detach()
-        else:
-            with torch.no_grad():
-                acts = torch.addmm(self.b_enc, centered, self.W_enc).relu_()
+        with torch.no_grad():
+            acts = torch.addmm(self.b_enc, centered, self.W_enc).relu_()
         k = self.cfg.k_at_step(step)
         sel = batch_topk(acts, k)
         dead, n_dead = self._update_dead_counters(sel, batch)
@@ -527,13 +519,11 @@ class MatryoshkaTrainingSAE(
             aux_sel = None
 
         # Under autocast the sparse ops gather from bf16 copies of the tables (half the traffic)
-        # and write fp32 weight gradients directly; the dense fallback's matmuls run in bf16.
-        enc_in = self._encoder_rows_and_bias(centered) if post is None else None
-        values = self._encode_selected(impl, enc_in, post, acts, sel)
+        # and write fp32 weight gradients directly; the dense backend's matmuls run in bf16.
+        enc_in = self._encoder_rows_and_bias(centered)
+        values = self._encode_selected(impl, enc_in, acts, sel)
         aux_values = (
-            self._encode_selected(impl, enc_in, post, acts, aux_sel)
-            if aux_sel is not None
-            else None
+            self._encode_selected(impl, enc_in, acts, aux_sel) if aux_sel is not None else None
         )
         del acts, enc_in
         if step > self.cfg.threshold_update_start:
@@ -551,7 +541,7 @@ class MatryoshkaTrainingSAE(
         target = x - self.b_dec
         weights = small_constant(tuple(self.cfg.group_weights), torch.float32, x.device)
         prefix_losses, residual = kernels.matryoshka_prefix_mse(
-            partials, target, return_residual=True, impl="auto" if impl == "dense" else impl
+            partials, target, return_residual=True, impl=impl
         )
         prefix_losses = prefix_losses * weights
         mse_loss = prefix_losses.mean()
