@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from sae_lens.registry import get_sae_training_class
 from sae_lens_maira.activations.cache import INFO_FILE
 from sae_lens_maira.activations.sae_fit import check_sae_fits
 from sae_lens_maira.activations.saelens_bridge import studies_to_token_dataset
+from sae_lens_maira.data.skips import SKIPS_FILE, SkipCollector, SkippedStudy, announce
 from sae_lens_maira.experiment import Experiment
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.model.image_bank import ImageBank
@@ -70,6 +71,7 @@ class TrainResult:
     checkpoint_path: Path | None
     metrics: dict[str, float]
     wandb: WandbStatus | None = None
+    skipped_studies: list[SkippedStudy] = field(default_factory=list)
 
 
 def training_sae_config(sae_spec: dict[str, Any], d_in: int, hook_name: str):
@@ -106,7 +108,9 @@ def train_sae(
         raise ValueError("set train.hook_name (or cache.hook_name), e.g. blocks.15.hook_resid_post")
     model = model or exp.load_model()
     processor = processor or exp.load_processor()
-    studies = exp.load_studies()
+    skips = SkipCollector()  # the source's missing files, then images that cannot be read
+    studies = exp.load_studies(skips)
+    n_listed = len(studies) + len(skips)
     sae_cfg = training_sae_config(exp.section("sae"), model.cfg.d_model, hook)
     check_sae_fits(sae_cfg, model, hook)
 
@@ -140,15 +144,15 @@ def train_sae(
             f"{batch_tokens}; raise n_batches_in_buffer or cache.context_size"
         )
     bank = ImageBank(preprocessor=processor.image_processor)
-    skipped: dict[str, str] = {}
     dataset = studies_to_token_dataset(
         studies,
         processor,
         bank,
         d_vocab=model.cfg.d_vocab,
         context_size=prompt_context,
-        skipped=skipped,
+        skipped=skips,
     )
+    skips.check_some_left(n_listed, "train")
     model.attach_image_bank(bank)
 
     out = exp.path(train.output_dir)
@@ -234,7 +238,10 @@ def train_sae(
     if guard.skip_bad_batches:
         metrics["training/skipped_nonfinite_batches"] = float(guard.skipped_batches)
     (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=1))
-    return TrainResult(sae, out, checkpoints, metrics, wandb)
+    report = skips.write(out / SKIPS_FILE, n_listed)
+    if len(skips):
+        announce(skips.summary(n_listed, report))
+    return TrainResult(sae, out, checkpoints, metrics, wandb, skips.items)
 
 
 def evaluate_on_store(

@@ -105,6 +105,14 @@ def test_training_through_the_runner_lowers_loss_and_raises_explained_variance(t
     assert cfg["metadata"]["hook_name"] == HOOK and cfg["d_in"] == model.cfg.d_model
 
 
+def test_training_lists_the_study_it_could_not_read(trained):
+    """The manifest's s4 has a broken PNG: left out of training's prompts, listed with its reason."""
+    _, _, result = trained
+    assert [(s.study_id, s.reason) for s in result.skipped_studies] == [("s4", "unreadable_image")]
+    report = json.loads((result.output_path / "skipped_studies.json").read_text())
+    assert report["n_studies"] == 9 and report["skipped_studies"][0]["study_id"] == "s4"
+
+
 def test_resume_from_checkpoint(trained, tmp_path):
     exp, model, result = trained
     ck = latest_checkpoint(result.checkpoint_path)
