@@ -32,7 +32,7 @@ from sae_lens_maira.config_sections import (
 )
 from sae_lens_maira.data.skips import SkipCollector, SkippedStudy
 from sae_lens_maira.data.study import Study
-from sae_lens_maira.demo.settings import DemoSettings
+from sae_lens_maira.demo_settings import DemoSettings
 from sae_lens_maira.steering.settings import SteerSettings
 
 

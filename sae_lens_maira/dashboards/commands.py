@@ -53,22 +53,30 @@ def export(
             explanation_method=explanation_method, explanation_model=explanation_model,
         ))  # fmt: skip
     if fmt in ("saedashboard", "both"):
-        done.append(
-            write_saedashboard(
-                stats, Path(out) / "saedashboard", feats, batch_size, private=private
-            )
-        )
+        done.append(write_saedashboard(stats, Path(out) / "saedashboard", feats, batch_size,
+                                       private=private, n_layers=n_layers, d_model=d_model))  # fmt: skip
     return done
 
 
 def viewer(
-    stats_dir: str | Path, out: str | Path, explanations: str | Path | None = None,
-    features: str | None = None, private: bool = False,
+    stats_dir: str | Path | None, out: str | Path, explanations: str | Path | None = None,
+    features: str | None = None, private: bool = False, saedashboard: str | Path | None = None,
 ) -> Path:  # fmt: skip
+    """The offline viewer from saved statistics or from an SAE-Dashboard export folder."""
+    if (stats_dir is None) == (saedashboard is None):
+        raise ValueError("give either --stats (statistics) or --saedashboard (an export folder)")
+    exps = load_explanations(explanations) if explanations else None
+    if saedashboard is not None:
+        from sae_lens_maira.dashboards.viewer_batches import write_viewer_from_saedashboard
+
+        if features or private:
+            raise ValueError(
+                "--features and --private apply to --stats; an export folder is viewed as written"
+            )
+        return write_viewer_from_saedashboard(saedashboard, out, exps)
     from sae_lens_maira.dashboards.viewer import write_viewer
 
     stats = FeatureStats.load(stats_dir)
-    exps = load_explanations(explanations) if explanations else None
     return write_viewer(stats, out, exps, parse_features(features), private=private)
 
 

@@ -7,7 +7,6 @@ in order of appearance and labels every position with its :class:`Role`, image s
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -118,16 +117,13 @@ class Maira2Processor:
     def from_pretrained(cls, folder: str | Path) -> Maira2Processor:
         """Tokenizer, preprocessor config and patch size/context from a checkpoint folder (or a
         hub repo id already in the local cache)."""
-        from sae_lens_maira.model.checkpoint import resolve_checkpoint
+        from sae_lens_maira.checkpoint_config import CONFIG_NAME, read_config, resolve_checkpoint
 
         folder = resolve_checkpoint(folder)
         tokenizer = load_tokenizer(folder)
         patch_size, max_length, image_size = 14, None, None
-        config_path = folder / "config.json"
-        if config_path.is_file():
-            from sae_lens_maira.model.config import Maira2Config
-
-            cfg = Maira2Config.from_hf_dict(json.loads(config_path.read_text()))
+        if (folder / CONFIG_NAME).is_file():
+            cfg = read_config(folder)
             patch_size, max_length, image_size = cfg.patch_size, cfg.n_ctx, cfg.image_size
         if (folder / PREPROCESSOR_CONFIG).is_file():
             image_processor = ImagePreprocessor.from_pretrained(folder)

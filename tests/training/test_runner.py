@@ -89,6 +89,9 @@ def test_training_through_the_runner_lowers_loss_and_raises_explained_variance(t
         ev = 1 - resid / (acts - acts.mean(0)).pow(2).sum()
         return out.loss.item(), ev.item()
 
+    # the runner attached the decoder renormalisation to SAETrainer's optimizer
+    norms = trained_sae.W_dec.detach().norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
     loss0, ev0 = loss_and_ev(fresh)
     loss1, ev1 = loss_and_ev(trained_sae)
     assert loss1 < 0.5 * loss0 and ev1 > ev0 + 0.2 and ev1 > 0.5
