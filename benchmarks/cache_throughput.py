@@ -28,8 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from sae_lens_maira.activations.cache import CacheConfig, cache_activations  # noqa: E402
+from sae_lens_maira.checkpoint_config import Maira2Config  # noqa: E402
 from sae_lens_maira.data.study import Study  # noqa: E402
-from sae_lens_maira.model.config import Maira2Config  # noqa: E402
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2  # noqa: E402
 from sae_lens_maira.processing.images import ImagePreprocessor  # noqa: E402
 from sae_lens_maira.processing.processor import Maira2Processor  # noqa: E402

@@ -12,15 +12,15 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "HookedMaira2": "sae_lens_maira.model.hooked_maira2",
-    "Maira2Config": "sae_lens_maira.model.config",
+    "Maira2Config": "sae_lens_maira.checkpoint_config",
     "Maira2Processor": "sae_lens_maira.processing.processor",
     "ImageBank": "sae_lens_maira.model.image_bank",
     "Study": "sae_lens_maira.data.study",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
+    from sae_lens_maira.checkpoint_config import Maira2Config
     from sae_lens_maira.data.study import Study
-    from sae_lens_maira.model.config import Maira2Config
     from sae_lens_maira.model.hooked_maira2 import HookedMaira2
     from sae_lens_maira.model.image_bank import ImageBank
     from sae_lens_maira.processing.processor import Maira2Processor

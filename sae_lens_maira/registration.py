@@ -4,10 +4,11 @@
 SAELens is already imported, else right after it is (a post-import hook, ``wrapt``), so importing
 the plugin (or a light submodule such as ``sae_lens_maira.kernels``) does not import SAELens,
 transformers or triton. When one of our own packages is what imports SAELens, registering from
-the hook would re-enter that half-imported package; the hook then leaves it to the package, which
-calls :func:`register_if_sae_lens_loaded` as its last line. :func:`register` is idempotent
-(re-imports and reloads are harmless); a different class already registered as ``matryoshka`` is
-an error.
+the hook would re-enter that half-imported package; the hook then waits for the package's last
+line, the import of its ``_complete`` module (a second post-import hook), and registers then. So
+``saes/`` and ``loading/`` never import this module: registration depends on them, not back.
+:func:`register` is idempotent (re-imports and reloads are harmless); a different class already
+registered as ``matryoshka`` is an error.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-#: Our packages that register things; each sets ``_fully_imported = True`` when done.
-_PACKAGES = ("sae_lens_maira.saes", "sae_lens_maira.loading")
+#: Our packages that define registered things -> the module each imports as its last line.
+_COMPLETE_MARKERS = {
+    "sae_lens_maira.saes": "sae_lens_maira.saes._complete",
+    "sae_lens_maira.loading": "sae_lens_maira.loading._complete",
+}
 _registering = False
 
 
@@ -45,19 +49,30 @@ def _register(
         registry[name] = entry  # the same classes again, or a reload of them: refresh
 
 
-def _packages_ready() -> bool:
-    """No package of ours is half-imported (importing it again from a hook would fail)."""
-    for name in _PACKAGES:
-        module = sys.modules.get(name)
-        if module is not None and not getattr(module, "_fully_imported", False):
-            return False
-    return True
+def _half_imported() -> list[str]:
+    """Our packages that are being imported now (importing them again from a hook would fail)."""
+    return [
+        package
+        for package, marker in _COMPLETE_MARKERS.items()
+        if package in sys.modules and marker not in sys.modules
+    ]
 
 
 def register_if_sae_lens_loaded() -> None:
-    """Register if SAELens is imported and our packages can be imported; else do nothing."""
-    if "sae_lens" in sys.modules and _packages_ready():
+    """Register if SAELens is imported; when one of our packages is mid-import, register as soon
+    as it completes; without SAELens do nothing."""
+    if "sae_lens" not in sys.modules:
+        return
+    half = _half_imported()
+    if not half:
         register()
+        return
+    import wrapt
+
+    for package in half:
+        wrapt.register_post_import_hook(
+            lambda _module: register_if_sae_lens_loaded(), _COMPLETE_MARKERS[package]
+        )
 
 
 def register_when_sae_lens_loads() -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from sae_lens_maira.analysis.metrics import balanced_accuracy
 from sae_lens_maira.processing.roles import Role
 
 #: Positions that carry what the model saw, not what the report says.
@@ -108,14 +109,6 @@ def best_thresholds(
     return torch.cat(bas), torch.cat(ths)
 
 
-def balanced_accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float:
-    labels = labels.bool()
-    pred = pred.bool()
-    tpr = (pred & labels).sum() / labels.sum().clamp_min(1)
-    tnr = (~pred & ~labels).sum() / (~labels).sum().clamp_min(1)
-    return float((tpr + tnr) / 2)
-
-
 def finding_detectors(
     train_scores: torch.Tensor,
     train_labels: dict[str, Sequence[bool]],
@@ -155,6 +148,6 @@ def detector_table(detectors: dict[str, list[FeatureDetector]]) -> list[dict[str
 
 
 __all__ = [
-    "DETECTION_ROLES", "FeatureDetector", "detector_table", "balanced_accuracy", "best_thresholds",
+    "DETECTION_ROLES", "FeatureDetector", "detector_table", "best_thresholds",
     "finding_detectors", "labels_of", "study_maxima_from_cache",
 ]  # fmt: skip

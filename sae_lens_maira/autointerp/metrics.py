@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from sae_lens_maira.analysis.metrics import balanced_accuracy
+
 
 def detection_metrics(
     predicted: Sequence[bool], actual: Sequence[bool]
@@ -18,11 +20,10 @@ def detection_metrics(
     fn = sum(not p and a for p, a in zip(predicted, actual, strict=True))
     pos, neg = tp + fn, tn + fp
     tpr = tp / pos if pos else 0.0
-    tnr = tn / neg if neg else 0.0
     precision = tp / (tp + fp) if tp + fp else 0.0
     return {
         # one class alone says nothing about the explanation: no score rather than half a score
-        "balanced_accuracy": (tpr + tnr) / 2 if pos and neg else None,
+        "balanced_accuracy": balanced_accuracy(predicted, actual),
         "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
         "accuracy": (tp + tn) / len(actual) if len(actual) else 0.0,
         "precision": precision,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import gzip
 import io
-import os
 import re
 import subprocess
 import sys
@@ -29,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm.auto import tqdm
+
+from sae_lens_maira.cache_dirs import openi_wheel_dir
 
 from .study import Study
 from .synthetic_xray import RenderSpec, SyntheticXrayRenderer, stable_seed
@@ -117,12 +118,6 @@ def mesh_labels(mesh_major: Iterable[str]) -> dict[str, bool]:
     return out
 
 
-def default_cache_dir() -> Path:
-    """Where the wheel is cached: ``$SAE_LENS_MAIRA_CACHE/openi`` or ``~/.cache/sae-lens-maira/openi``."""
-    base = os.environ.get("SAE_LENS_MAIRA_CACHE") or Path.home() / ".cache" / "sae-lens-maira"
-    return Path(base).expanduser() / "openi"
-
-
 def ensure_openi_wheel(
     cache_dir: str | Path | None = None,
     version: str = OPENI_WHEEL_VERSION,
@@ -134,7 +129,7 @@ def ensure_openi_wheel(
     Runs ``python -m pip download --no-deps torchxrayvision==VERSION -d cache_dir`` with the
     current interpreter (about 29 MB). Never downloads again when the wheel is present.
     """
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else openi_wheel_dir()
     found = sorted(cache.glob(f"torchxrayvision-{version}-*.whl"))
     if found:
         return found[0]

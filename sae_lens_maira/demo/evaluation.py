@@ -11,14 +11,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sae_lens_maira.data.labeller import Status, label_report
 from sae_lens_maira.data.study import Study
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.processing.processor import Maira2Processor
-from sae_lens_maira.processing.roles import Role
+from sae_lens_maira.steering.fluency import teacher_forced_loss
 
 
 @torch.no_grad()
@@ -44,34 +43,6 @@ def generate_findings(
             return_type="str",
         )
     return out
-
-
-@torch.no_grad()
-def teacher_forced_loss(
-    model: HookedMaira2,
-    processor: Maira2Processor,
-    studies: Sequence[Study],
-    *,
-    batch_size: int = 16,
-) -> float:
-    """Mean next-token loss over the report tokens of ``studies`` (EOS included)."""
-    total, count = 0.0, 0
-    for start in range(0, len(studies), batch_size):
-        batch = processor(
-            list(studies[start : start + batch_size]), with_report=True, padding_side="right"
-        )
-        resid = model(
-            batch.input_ids,
-            pixel_values=batch.pixel_values,
-            attention_mask=batch.attention_mask,
-            stop_at_layer=model.cfg.n_layers,
-        )
-        keep = batch.roles[:, 1:] == int(Role.REPORT)
-        logits = model.unembed(model.ln_final(resid[:, :-1][keep][None]))[0]
-        ce = F.cross_entropy(logits.float(), batch.input_ids[:, 1:][keep], reduction="sum")
-        total += float(ce)
-        count += int(keep.sum())
-    return total / max(count, 1)
 
 
 def mention_summary(

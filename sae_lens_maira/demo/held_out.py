@@ -113,15 +113,3 @@ def evaluate_held_out(
                 f"(reference reports: {r['positives']:.0%} / {r['negatives']:.0%})"
             )
     return result
-
-
-def probe_table(result: dict) -> str:
-    """The probe accuracies as a plain-text table (hooks x groups x findings)."""
-    lines = []
-    for hook, groups in result["probes"].items():
-        findings = list(next(iter(groups.values())))
-        lines.append(f"{hook}: " + " | ".join(f"{f:>16}" for f in findings))
-        for group, row in groups.items():
-            cells = " | ".join(f"{row[f]:16.3f}" for f in findings)
-            lines.append(f"  {group:>14}: {cells}")
-    return "\n".join(lines)

@@ -41,10 +41,11 @@ from sae_lens_maira.demo.studies import (
 
 #: Code whose changes must retrain the model (relative to the package root).
 _CODE_DIRS = ("demo", "model", "processing", "data")
+_CODE_FILES = ("checkpoint_config.py",)  # the model's config, outside those folders
 #: Files in those folders that only use a trained model (editing them must not retrain it).
 _NOT_TRAINING = {
     "demo/pipeline.py", "demo/summary.py", "demo/held_out.py", "demo/probes.py",
-    "demo/targets.py", "demo/settings.py", "demo/plots.py", "demo/__init__.py",
+    "demo/targets.py", "demo/plots.py", "demo/__init__.py",
 }  # fmt: skip
 _KEY_FILE = "cache_key.json"
 #: Validation studies are carved out of the training split (never trained on).
@@ -61,7 +62,7 @@ def code_fingerprint(root: Path | None = None) -> str:
         for sub in _CODE_DIRS
         for path in sorted((root / sub).rglob("*.py"))
         if path.relative_to(root).as_posix() not in _NOT_TRAINING
-    ]
+    ] + [root / name for name in _CODE_FILES]
     return source_fingerprint(files, root)
 
 
@@ -267,9 +268,9 @@ def mention_gap(model_dir: Path) -> float:
 
 def _models_dir(cache_dir: str | Path | None) -> Path:
     if cache_dir is None:
-        from sae_lens_maira.data.openi import default_cache_dir
+        from sae_lens_maira.cache_dirs import default_cache_dir
 
-        return default_cache_dir().parent / "models"
+        return default_cache_dir() / "models"
     return Path(cache_dir).expanduser() / "models"
 
 

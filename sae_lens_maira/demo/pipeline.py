@@ -73,11 +73,9 @@ def default_config() -> dict[str, Any]:
     )
 
 
-def default_cache_dir() -> Path:
-    """The project's cache root (wheel, renders, models): the parent of the Open-I wheel's folder."""
-    from sae_lens_maira.data.openi import default_cache_dir as openi_dir
-
-    return openi_dir().parent
+def _score(value: float | None) -> str:
+    """A balanced accuracy for the log; None (one class in the studies) is no score."""
+    return "not scored" if value is None else f"{value:.2f}"
 
 
 def write_manifest(studies, path: Path) -> Path:
@@ -111,12 +109,12 @@ def run_demo(
     """Run the demo; returns the summary's path (its verdict: :func:`demo_verdict`).
 
     Settings come from ``config`` (default: the shipped ``small_default.yaml``); its ``demo:``
-    section is read by :class:`~sae_lens_maira.demo.settings.DemoSettings`. ``max_studies``
+    section is read by :class:`~sae_lens_maira.demo_settings.DemoSettings`. ``max_studies``
     (training studies; a third as many held out) and ``model_config`` (e.g.
     ``DemoModelConfig.tiny()``) shrink it for tests. Nothing depends on elapsed time: every
     training runs a fixed number of steps.
     """
-    from sae_lens_maira.demo.settings import DemoSettings
+    from sae_lens_maira.demo_settings import DemoSettings
 
     cfg = config or default_config()
     settings = DemoSettings.from_section(cfg.get("demo"))
@@ -126,6 +124,8 @@ def run_demo(
             out / stale, ignore_errors=True
         )  # a rerun starts clean (the model stays cached)
     out.mkdir(parents=True, exist_ok=True)
+    from sae_lens_maira.cache_dirs import default_cache_dir
+
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     from sae_lens_maira.demo.small_model import reproducible_torch
 
@@ -376,7 +376,7 @@ def detect_findings(exp, held_exp, sae, findings, top: int) -> dict[str, Any]:
     for f, rows in detectors.items():
         best = rows[0]
         print(f"   {f}: feature {best.feature} (threshold {best.threshold:.3g}) balanced accuracy "
-              f"{best.train_balanced_accuracy:.2f} train / {best.held_out_balanced_accuracy:.2f} held out")  # fmt: skip
+              f"{best.train_balanced_accuracy:.2f} train / {_score(best.held_out_balanced_accuracy)} held out")  # fmt: skip
     return {f: [d.to_dict() for d in rows] for f, rows in detectors.items()}
 
 

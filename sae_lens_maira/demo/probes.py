@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 import torch
 
+from sae_lens_maira.analysis.metrics import balanced_accuracy
 from sae_lens_maira.data.study import Study
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.processing.processor import Maira2Processor
@@ -112,16 +113,6 @@ def fit_logistic(
     return w.detach(), b.detach()
 
 
-def balanced_accuracy(pred: torch.Tensor, truth: torch.Tensor) -> float:
-    """Mean of the true-positive and true-negative rates."""
-    pred, truth = pred.bool(), truth.bool()
-    if truth.all() or not truth.any():
-        raise ValueError("balanced accuracy needs both positive and negative examples")
-    tpr = (pred & truth).sum() / truth.sum()
-    tnr = (~pred & ~truth).sum() / (~truth).sum()
-    return float((tpr + tnr) / 2)
-
-
 def probe_findings(
     model: HookedMaira2,
     processor: Maira2Processor,
@@ -155,6 +146,7 @@ def probe_findings(
                 mean, std = a.mean(0), a.std(0).clamp(min=1e-6)
                 w, b = fit_logistic((a - mean) / std, ytr.float(), l2=l2)
                 pred = (((xte[pte] - mean) / std).double() @ w + b) > 0
-                row[f] = balanced_accuracy(pred, yte)
+                score = balanced_accuracy(pred, yte)
+                row[f] = float("nan") if score is None else score
             result[hook][group] = row
     return result

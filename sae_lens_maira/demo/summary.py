@@ -229,8 +229,10 @@ def write_summary(run: Any) -> Path:
             score = dash["detection_scores"].get(feat)
             page = viewer_dir / "features" / f"{feat}.html"
             link = f"[{feat}]({_rel(page, out)})" if page.is_file() else str(feat)
+            held = d["held_out_balanced_accuracy"]  # None: the held-out studies lack a class
+            held_text = "not scored" if held is None else f"{held:.2f}"
             lines.append(f"| {finding} | {link} | {d['train_balanced_accuracy']:.2f} | "
-                         f"{d['held_out_balanced_accuracy']:.2f} | {exp.replace('|', '/')} | "
+                         f"{held_text} | {exp.replace('|', '/')} | "
                          f"{'' if score is None else f'{score:.2f}'} |")  # fmt: skip
     lines += ["", f"Dashboards: [offline viewer]({_rel(dash['viewer'], out)}) (feature pages draw the feature over "
               "the X-ray); Neuronpedia export and SAE-Dashboard batches in "

@@ -21,7 +21,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -335,10 +334,6 @@ class DemoTrainingSet:
             "target_weights": weights[:, 1:],
             "pixel_values": self.store.pixels(image_indices),
         }
-
-    def positive_rate(self) -> float:
-        return float(np.mean([ex.positive for ex in self.examples if ex.kind == "report"]))
-
 
 class ReportStream:
     """Report texts as one token stream (``<s> report </s>`` each), cut into packed sequences.

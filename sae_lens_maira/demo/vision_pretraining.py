@@ -137,25 +137,3 @@ def pretrain_vision_tower(
     tower.requires_grad_(False)
     tower.eval()
     return losses
-
-
-@torch.no_grad()
-def tower_accuracy(
-    model: HookedMaira2, store: PixelStore, indices: list[int], batch_size: int = 128
-) -> torch.Tensor:
-    """Balanced accuracy per target of a least-squares readout of the mean patch (a quick check
-    that the frozen tower separates what the images show)."""
-    feats = torch.cat(
-        [
-            tower_patch_features(model, store.pixels(indices[i : i + batch_size])).mean(1)
-            for i in range(0, len(indices), batch_size)
-        ]
-    )
-    y = store.target_tensor(indices)
-    x = torch.cat([feats, torch.ones(len(feats), 1)], 1)
-    w = torch.linalg.lstsq(x, y * 2 - 1).solution
-    pred = (x @ w) > 0
-    truth = y > 0.5
-    tpr = (pred & truth).sum(0) / truth.sum(0).clamp(min=1)
-    tnr = (~pred & ~truth).sum(0) / (~truth).sum(0).clamp(min=1)
-    return (tpr + tnr) / 2

@@ -1,9 +1,9 @@
 """torch.autocast support: the ops behave like a matmul under autocast.
 
 Inside an autocast region the ops compute in the autocast dtype and run their kernels with
-autocast switched off, so nothing inside them is re-cast behind our back. The dense fallback casts
-its inputs differentiably (:func:`cast_for_autocast`); the sparse autograd functions take the
-dtype (:func:`autocast_dtype`) and cast internally, writing fp32 weight gradients directly.
+autocast switched off, so nothing inside them is re-cast behind our back. Every backend takes
+the dtype (:func:`autocast_dtype`): the dense one casts its inputs differentiably, the sparse
+autograd functions cast internally, writing fp32 weight gradients directly.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
-from torch import Tensor
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
@@ -22,14 +21,6 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     except (RuntimeError, ValueError):  # a device type autocast does not know (e.g. meta)
         return None
     return None
-
-
-def cast_for_autocast(device: torch.device, *tensors: Tensor) -> tuple[Tensor, ...]:
-    """The tensors in the autocast dtype when autocast is on for ``device``, else unchanged."""
-    dtype = autocast_dtype(device)
-    if dtype is None:
-        return tensors
-    return tuple(t.to(dtype) for t in tensors)
 
 
 def autocast_off(device: torch.device) -> AbstractContextManager[object]:

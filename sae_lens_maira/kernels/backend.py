@@ -1,4 +1,12 @@
-"""The two primitives a sparse implementation provides; every op is built from them.
+"""What an implementation provides: the ops (:class:`OpsBackend`), and for the sparse ones the
+two primitives those ops are built from (:class:`SparseBackend`).
+
+Three backends stand behind the public ops: ``triton`` and ``embedding_bag`` (two primitives,
+turned into ops by :mod:`~sae_lens_maira.kernels.gather`) and ``dense`` (matmuls,
+:mod:`~sae_lens_maira.kernels.dense`). :mod:`~sae_lens_maira.kernels.ops` validates and picks one;
+it never branches on which.
+
+The two sparse primitives:
 
 * ``bag_sum(ptr, idx, weights, table, out_dtype=None)`` -> ``[R, D]``:
   ``out[r] = sum_{j in ptr[r]:ptr[r+1]} weights[j] * table[idx[j]]`` (fp32 accumulation, output in
@@ -14,7 +22,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -31,3 +39,31 @@ class SparseBackend:
     name: str
     bag_sum: BagSum
     sampled_dot: SampledDot
+
+
+#: ``(row_ptr, indices, values, W, compute_dtype) -> [B, D]``
+Decode = Callable[[Tensor, Tensor, Tensor, Tensor, "torch.dtype | None"], Tensor]
+#: ``(row_ptr, indices, values, W, group_ends, compute_dtype) -> [G, B, D]``
+GroupedDecode = Callable[
+    [Tensor, Tensor, Tensor, Tensor, Sequence[int], "torch.dtype | None"], Tensor
+]
+#: ``(row_ptr, indices, x, W_enc, b_enc, hidden_pre, compute_dtype) -> [nnz]``
+Encode = Callable[
+    [Tensor, Tensor, Tensor, Tensor, Tensor, "Tensor | None", "torch.dtype | None"], Tensor
+]
+
+
+@dataclass(frozen=True)
+class OpsBackend:
+    """One implementation of the three differentiable ops, on validated inputs.
+
+    Each runs with autocast off and takes autocast's dtype (None outside autocast) as
+    ``compute_dtype``: it computes in that dtype and gives weights gradients in their own dtype.
+    ``hidden_pre`` (encode): the dense ``[B, N]`` pre-activations the caller already computed
+    without gradient, which a backend may read the forward values from.
+    """
+
+    name: str
+    decode: Decode
+    grouped_decode: GroupedDecode
+    encode: Encode

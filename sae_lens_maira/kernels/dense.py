@@ -1,17 +1,23 @@
-"""Dense fallback: scatter the actives into a ``[B, N]`` matrix and use matmuls.
+"""The dense backend: scatter the actives into a ``[B, N]`` matrix and use matmuls.
 
 This is what SAELens does for (Batch)TopK SAEs and what wins when many latents are active.
-Gradients come from torch's autograd of these ops (index_put / matmul / index). The scatter
-accumulates in fp32 so repeated latents in bf16 rows are summed without extra rounding.
+Gradients come from torch's autograd of these ops (index_put / matmul / index); under autocast
+the inputs are cast to its dtype differentiably first, so weight gradients come back in the
+weights' dtype. The scatter accumulates in fp32 so repeated latents in bf16 rows are summed
+without extra rounding. Given the caller's ``hidden_pre``, the encoder reads its forward values
+from it and runs only the backward's matmuls, as a dense encoder whose activations were kept.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
+from sae_lens_maira.kernels.backend import OpsBackend
 from sae_lens_maira.kernels.layout import row_ids
 
 
@@ -44,3 +50,71 @@ def encode(row_ptr: Tensor, indices: Tensor, x: Tensor, W_enc: Tensor, b_enc: Te
     """All pre-activations ``x @ W_enc + b_enc``, read at the selected pairs (dense backward)."""
     rows = row_ids(row_ptr, indices.numel())
     return (x @ W_enc + b_enc)[rows, indices]
+
+
+class _GatherPre(torch.autograd.Function):
+    """``hidden_pre[rows, indices]`` forward, with the gradient of ``(x @ W_enc + b_enc)[rows,
+    indices]`` backward: the dense encoder without recomputing its matmul."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, rows: Tensor, indices: Tensor, x: Tensor, W_enc: Tensor, b_enc: Tensor,
+        hidden_pre: Tensor,
+    ) -> Tensor:  # fmt: skip
+        ctx.save_for_backward(rows, indices, x, W_enc)
+        ctx.b_enc_dtype = b_enc.dtype
+        return hidden_pre[rows, indices].to(x.dtype)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        rows, indices, x, W_enc = ctx.saved_tensors
+        dense = grad.new_zeros((x.shape[0], W_enc.shape[1]))
+        dense.index_put_((rows, indices), grad, accumulate=True)
+        need = ctx.needs_input_grad
+        grad_x = dense @ W_enc.t() if need[2] else None
+        grad_W = x.t() @ dense if need[3] else None
+        grad_b = dense.sum(0).to(ctx.b_enc_dtype) if need[4] else None
+        return None, None, grad_x, grad_W, grad_b, None
+
+
+def _cast(compute: torch.dtype | None, *tensors: Tensor) -> tuple[Tensor, ...]:
+    return tensors if compute is None else tuple(t.to(compute) for t in tensors)
+
+
+def _decode(
+    row_ptr: Tensor, indices: Tensor, values: Tensor, W: Tensor, compute: torch.dtype | None
+) -> Tensor:
+    values, W = _cast(compute, values, W)
+    return decode(row_ptr, indices, values, W)
+
+
+def _grouped_decode(
+    row_ptr: Tensor,
+    indices: Tensor,
+    values: Tensor,
+    W: Tensor,
+    group_ends: Sequence[int],
+    compute: torch.dtype | None,
+) -> Tensor:
+    values, W = _cast(compute, values, W)
+    return grouped_decode(row_ptr, indices, values, W, group_ends)
+
+
+def _encode(
+    row_ptr: Tensor,
+    indices: Tensor,
+    x: Tensor,
+    W_enc: Tensor,
+    b_enc: Tensor,
+    hidden_pre: Tensor | None,
+    compute: torch.dtype | None,
+) -> Tensor:
+    x, W_enc, b_enc = _cast(compute, x, W_enc, b_enc)
+    if hidden_pre is None:
+        return encode(row_ptr, indices, x, W_enc, b_enc)
+    rows = row_ids(row_ptr, indices.numel())
+    return _GatherPre.apply(rows, indices, x, W_enc, b_enc, hidden_pre)
+
+
+BACKEND = OpsBackend(name="dense", decode=_decode, grouped_decode=_grouped_decode, encode=_encode)

@@ -27,7 +27,7 @@ from typing import Literal, get_args
 
 import torch
 
-from sae_lens_maira.kernels.backend import SparseBackend
+from sae_lens_maira.kernels.backend import OpsBackend
 
 logger = logging.getLogger(__name__)
 
@@ -117,26 +117,35 @@ def resolve_impl(impl: str, *, device: torch.device | str, n_latents: int, k: fl
     return chosen
 
 
-def get_backend(name: str) -> SparseBackend:
-    """The backend module for a sparse implementation name (imports Triton only when asked)."""
+def get_backend(name: str) -> OpsBackend:
+    """The backend for an implementation name, as :func:`resolve_impl` returns it (imports Triton
+    only when asked)."""
+    if name == "dense":
+        from sae_lens_maira.kernels.dense import BACKEND as DENSE
+
+        return DENSE
+    from sae_lens_maira.kernels.gather import gather_ops
+
     if name == "embedding_bag":
         from sae_lens_maira.kernels.embedding_bag import BACKEND
 
-        return BACKEND
+        return gather_ops(BACKEND)
     if name == "triton":
-        return importlib.import_module("sae_lens_maira.kernels.triton_ops").BACKEND
-    raise ValueError(f"no sparse backend named {name!r}; sparse backends are triton, embedding_bag")
+        return gather_ops(importlib.import_module("sae_lens_maira.kernels.triton_ops").BACKEND)
+    raise ValueError(f"no backend named {name!r}; backends are triton, embedding_bag, dense")
 
 
 def fused_kernels(impl: str, device: torch.device | str) -> ModuleType | None:
     """The fused row-wise Triton kernels (:mod:`~sae_lens_maira.kernels.triton_fused`) when
-    ``impl`` is ``"triton"``, or ``"auto"`` on CUDA with Triton installed; else None (torch ops).
+    ``impl`` is ``"triton"``, or ``"auto"`` / ``"dense"`` on CUDA with Triton installed; else None
+    (torch ops). ``dense`` names how decode and encode run (matmuls); the row passes beside them
+    (prefix losses, decoder projection) are not matmuls and take the fused kernels as ``auto`` does.
     """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
     device = torch.device(device)
     if impl == "triton":
         _check_triton(device)
-    elif impl != "auto" or not _triton_by_default(device):
+    elif impl not in ("auto", "dense") or not _triton_by_default(device):
         return None
     return importlib.import_module("sae_lens_maira.kernels.triton_fused")

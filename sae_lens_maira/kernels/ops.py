@@ -1,7 +1,7 @@
 """Public sparse ops for TopK / BatchTopK / Matryoshka SAEs: validate, pick an implementation, run.
 
 Every op is differentiable (``torch.autograd.Function`` for the sparse paths, torch autograd for
-the dense fallback), takes fp32 / bf16 / fp16 / fp64 with fp32 (or wider) accumulation, and runs
+the dense backend), takes fp32 / bf16 / fp16 / fp64 with fp32 (or wider) accumulation, and runs
 on CPU and CUDA; under ``torch.autocast`` they run in the autocast dtype like a matmul (the
 sparse paths gather from a copy of the table in that dtype and give fp32 weights fp32 gradients
 without a second cast pass). ``impl`` is one of :data:`DecoderImpl`; ``validate=False`` skips the O(nnz)
@@ -16,11 +16,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from sae_lens_maira.kernels import dense
-from sae_lens_maira.kernels.amp import autocast_dtype, autocast_off, cast_for_autocast
-from sae_lens_maira.kernels.autograd import BagDecode, SampledEncode
+from sae_lens_maira.kernels.amp import autocast_dtype, autocast_off
 from sae_lens_maira.kernels.dispatch import DecoderImpl, get_backend, resolve_impl
-from sae_lens_maira.kernels.layout import grouped_bags, padded_row_ptr
+from sae_lens_maira.kernels.layout import padded_row_ptr
 from sae_lens_maira.kernels.validation import (
     as_index,
     check_csr_shapes,
@@ -45,13 +43,9 @@ def _decode(
     compute: torch.dtype | None,
 ) -> Tensor:
     n_latents, d = W_dec.shape
-    chosen = resolve_impl(impl, device=W_dec.device, n_latents=n_latents, k=k, d=d)
-    if chosen == "dense":
-        values, W_dec = cast_for_autocast(W_dec.device, values, W_dec)
+    backend = get_backend(resolve_impl(impl, device=W_dec.device, n_latents=n_latents, k=k, d=d))
     with autocast_off(W_dec.device):
-        if chosen == "dense":
-            return dense.decode(row_ptr, indices, values, W_dec)
-        return BagDecode.apply(row_ptr, indices, values, W_dec, get_backend(chosen), None, compute)
+        return backend.decode(row_ptr, indices, values, W_dec, compute)
 
 
 def _check_decode_inputs(
@@ -148,15 +142,9 @@ def grouped_sparse_decode_csr(
         check_data(indices, n_latents, row_ptr)
     n_rows = row_ptr.numel() - 1
     k = _mean_k(indices.numel(), n_rows)
-    chosen = resolve_impl(impl, device=W_dec.device, n_latents=n_latents, k=k, d=d)
-    if chosen == "dense":
-        values, W_dec = cast_for_autocast(W_dec.device, values, W_dec)
+    backend = get_backend(resolve_impl(impl, device=W_dec.device, n_latents=n_latents, k=k, d=d))
     with autocast_off(W_dec.device):
-        if chosen == "dense":
-            return dense.grouped_decode(row_ptr, indices, values, W_dec, ends)
-        bag_ptr, perm = grouped_bags(row_ptr, indices, ends)
-        out = BagDecode.apply(bag_ptr, indices, values, W_dec, get_backend(chosen), perm, compute)
-    return out.view(len(ends), n_rows, d)
+        return backend.grouped_decode(row_ptr, indices, values, W_dec, ends, compute)
 
 
 def sparse_encode_csr(
@@ -211,11 +199,6 @@ def sparse_encode_csr(
     if validate:
         check_data(indices, n_latents, row_ptr)
     k = _mean_k(indices.numel(), n_rows)
-    chosen = resolve_impl(impl, device=x.device, n_latents=n_latents, k=k, d=d)
-    if chosen == "dense":
-        x, W_enc, b_enc = cast_for_autocast(x.device, x, W_enc, b_enc)
+    backend = get_backend(resolve_impl(impl, device=x.device, n_latents=n_latents, k=k, d=d))
     with autocast_off(x.device):
-        if chosen == "dense":
-            return dense.encode(row_ptr, indices, x, W_enc, b_enc)
-        backend = get_backend(chosen)
-        return SampledEncode.apply(row_ptr, indices, x, W_enc, b_enc, hidden_pre, backend, compute)
+        return backend.encode(row_ptr, indices, x, W_enc, b_enc, hidden_pre, compute)

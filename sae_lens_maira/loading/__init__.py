@@ -22,8 +22,5 @@ __all__ = [
     "plugin_releases",
 ]
 
-_fully_imported = True
-
-from sae_lens_maira.registration import register_if_sae_lens_loaded  # noqa: E402
-
-register_if_sae_lens_loaded()
+# Last line: its import tells sae_lens_maira.registration that the loaders and releases are all defined.
+from sae_lens_maira.loading import _complete  # noqa: E402, F401

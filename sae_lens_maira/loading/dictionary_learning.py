@@ -38,7 +38,7 @@ _CONFIG_OVERRIDES = {"device", "dtype", "decoder_impl"}
 _CHECKED_OVERRIDES = {"d_in", "d_sae"}
 
 
-def read_config(path: Path) -> dict[str, Any]:
+def read_trainer_config(path: Path) -> dict[str, Any]:
     """The ``trainer`` (and optional ``buffer``) sections of a dictionary_learning config.json."""
     if not path.is_file():
         raise FileNotFoundError(
@@ -226,7 +226,7 @@ def dictionary_learning_disk_loader(
         raise FileNotFoundError(
             f"{folder} is not a folder (expected {WEIGHTS_FILE} + {CONFIG_FILE})."
         )
-    config = read_config(folder / CONFIG_FILE)
+    config = read_trainer_config(folder / CONFIG_FILE)
     state = read_weights(folder / WEIGHTS_FILE)
     return convert(config, state, device=device, cfg_overrides=cfg_overrides, source=str(folder))
 
@@ -236,7 +236,7 @@ def _hub_files(
 ) -> tuple[str, dict[str, Any], dict[str, torch.Tensor]]:
     folder = resolve_sae_folder(repo_id, folder_name, force_download)
     prefix = f"{folder}/" if folder else ""
-    config = read_config(download(repo_id, prefix + CONFIG_FILE, force_download))
+    config = read_trainer_config(download(repo_id, prefix + CONFIG_FILE, force_download))
     state = read_weights(download(repo_id, prefix + WEIGHTS_FILE, force_download))
     return folder, config, state
 
@@ -288,10 +288,8 @@ def load_dictionary_learning_sae(
     ``load_dictionary_learning_sae("path/to/folder")`` or
     ``load_dictionary_learning_sae(repo_id="microsoft/maira-2-sae", folder="ef4")``.
     """
-    from sae_lens_maira.registration import register
     from sae_lens_maira.saes.matryoshka_sae import MatryoshkaSAE
 
-    register()
     overrides = dict(cfg_overrides or {})
     if dtype is not None:
         overrides["dtype"] = dtype

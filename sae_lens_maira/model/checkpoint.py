@@ -3,7 +3,8 @@
 A folder holds ``config.json``, weights as ``model.safetensors`` or shards plus
 ``model.safetensors.index.json`` (``pytorch_model*.bin`` is read with ``weights_only=True``), the
 tokenizer files and ``preprocessor_config.json``. A hub repo id resolves through the local hub
-cache only: nothing is downloaded here.
+cache only: nothing is downloaded here. Resolving a folder and reading its config live in
+:mod:`sae_lens_maira.checkpoint_config` (shared with the processor).
 """
 
 from __future__ import annotations
@@ -13,51 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from huggingface_hub import snapshot_download, split_torch_state_dict_into_shards
-from huggingface_hub.errors import LocalEntryNotFoundError
+from huggingface_hub import split_torch_state_dict_into_shards
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from sae_lens_maira.model.config import Maira2Config
-
-CONFIG_NAME = "config.json"
 SAFE_SINGLE = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 BIN_SINGLE = "pytorch_model.bin"
 BIN_INDEX = "pytorch_model.bin.index.json"
-
-
-def resolve_checkpoint(path_or_repo: str | Path) -> Path:
-    """A local folder, or a hub repo id found in the local hub cache (never downloaded)."""
-    path = Path(path_or_repo).expanduser()
-    if path.is_dir():
-        return path
-    text = str(path_or_repo)
-    if path.exists():
-        raise ValueError(f"{path} is a file; pass the checkpoint folder that holds config.json")
-    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        try:
-            return Path(snapshot_download(text, local_files_only=True))
-        except LocalEntryNotFoundError as err:
-            raise FileNotFoundError(
-                f"{text} is not in the local Hugging Face cache and this library never downloads "
-                f"weights. Fetch it first (e.g. `hf download {text}`; MAIRA-2 is gated, accept its "
-                "licence on the hub) or pass the checkpoint folder"
-            ) from err
-    raise FileNotFoundError(f"checkpoint folder {path} does not exist")
-
-
-def read_config(folder: Path) -> Maira2Config:
-    path = folder / CONFIG_NAME
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{folder} has no {CONFIG_NAME}; is it a MAIRA-2 checkpoint folder?"
-        )
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
-    return Maira2Config.from_hf_dict(raw)
 
 
 def weight_files(folder: Path) -> list[Path]:

@@ -25,16 +25,14 @@ from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import sample_logits
 from transformers import PreTrainedTokenizerBase
 
-from sae_lens_maira.model.attention import use_fused_attention
-from sae_lens_maira.model.checkpoint import (
+from sae_lens_maira.checkpoint_config import (
     CONFIG_NAME,
-    iter_tensors,
+    Maira2Config,
     read_config,
     resolve_checkpoint,
-    save_state_dict,
-    weight_files,
 )
-from sae_lens_maira.model.config import Maira2Config
+from sae_lens_maira.model.attention import use_fused_attention
+from sae_lens_maira.model.checkpoint import iter_tensors, save_state_dict, weight_files
 from sae_lens_maira.model.embed import MultimodalEmbed
 from sae_lens_maira.model.image_bank import ImageBank, split_virtual_ids
 from sae_lens_maira.model.position_marks import strip_marks
@@ -48,6 +46,13 @@ from sae_lens_maira.model.weight_conversion import (
     tl_to_hub_state_dict,
 )
 from sae_lens_maira.processing.images import PREPROCESSOR_CONFIG, ImagePreprocessor
+from sae_lens_maira.processing.validation import (
+    ModelInputError,
+    check_image_count,
+    check_image_runs,
+    check_pixel_values,
+    check_token_ids,
+)
 
 
 class HookedMaira2(HookedSAETransformer):
@@ -401,16 +406,7 @@ class HookedMaira2(HookedSAETransformer):
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pixels [n, 3, H, W] -> projected image embeddings [n, n_patches, d_model]."""
-        size = self.maira_config.image_size
-        if (
-            pixel_values.ndim != 4
-            or pixel_values.shape[1] != 3
-            or tuple(pixel_values.shape[-2:]) != (size, size)
-        ):
-            raise ValueError(
-                f"pixel_values must have shape [n_images, 3, {size}, {size}], got {tuple(pixel_values.shape)}; "
-                "preprocess images with Maira2Processor / ImagePreprocessor"
-            )
+        check_pixel_values(pixel_values, image_size=self.maira_config.image_size)
         param = self.multi_modal_projector.layers[0].weight
         pixels = pixel_values.to(device=param.device, dtype=param.dtype)
         features = self.vision_tower(pixels).feature_maps[-1]
@@ -492,40 +488,37 @@ class HookedMaira2(HookedSAETransformer):
         image_embeds: torch.Tensor | None,
         kwargs: dict[str, Any],
     ) -> None:
-        if tokens.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"input_ids must be integer token ids, got dtype {tokens.dtype}")
+        """The forward's input check (:mod:`validation`); ``encode_images`` checks pixels again
+        because the image bank reaches it without a forward."""
+        check_token_ids(tokens)
+        check_image_runs(tokens, self.image_token_id, self.n_patches)
+        if pixel_values is not None:
+            check_pixel_values(pixel_values, image_size=self.maira_config.image_size)
         mask = kwargs.get("attention_mask")
         if mask is not None and tuple(mask.shape) != tuple(tokens.shape):
-            raise ValueError(
+            raise ModelInputError(
                 f"attention_mask shape {tuple(mask.shape)} does not match input_ids shape {tuple(tokens.shape)}"
             )
         cache = kwargs.get("past_kv_cache")
         offset = cache[0].past_keys.shape[1] if cache is not None else 0
         if offset + tokens.shape[1] > self.cfg.n_ctx:
-            raise ValueError(
+            raise ModelInputError(
                 f"the sequence is {offset + tokens.shape[1]} tokens long but MAIRA-2's context is "
                 f"{self.cfg.n_ctx} tokens; use fewer images or a shorter prior report"
             )
-        if bool((tokens < 0).any()):
-            raise ValueError("input_ids contain negative token ids")
         n_image_tokens = int((tokens == self.image_token_id).sum())
         n_given = None
         if pixel_values is not None:
-            n_given = int(pixel_values.shape[0]) if pixel_values.ndim == 4 else -1
+            n_given = int(pixel_values.shape[0])
         elif image_embeds is not None:
             n_given = int(image_embeds.shape[0])
         if n_given is None:
             if n_image_tokens and cache is None:
-                raise ValueError(
+                raise ModelInputError(
                     f"input_ids contain {n_image_tokens} image tokens but no pixel_values were given"
                 )
             return
-        if n_image_tokens != n_given * self.n_patches:
-            raise ValueError(
-                f"input_ids hold {n_image_tokens} image tokens ({n_image_tokens / self.n_patches:g} images "
-                f"of {self.n_patches} patches) but {n_given} images were given; each image needs exactly "
-                f"{self.n_patches} image tokens, in order of appearance"
-            )
+        check_image_count(tokens, self.image_token_id, self.n_patches, n_given)
 
     @torch.no_grad()
     def run_to_hook(self, hook_name: str, input: torch.Tensor, **kwargs: Any) -> torch.Tensor:

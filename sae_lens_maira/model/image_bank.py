@@ -63,28 +63,3 @@ def split_virtual_ids(
     """(image index, patch index) of virtual ids."""
     offset = ids - base
     return offset // n_patches, offset % n_patches
-
-
-def to_virtual_tokens(
-    input_ids: torch.Tensor,
-    image_token_id: int,
-    image_indices: Sequence[int],
-    base: int,
-    n_patches: int,
-) -> torch.Tensor:
-    """Replace each run of ``n_patches`` image-token ids by the virtual ids of the bank images.
-
-    ``image_indices`` lists bank indices in the order the images appear (row-major over a batch).
-    """
-    out = input_ids.clone()
-    flat = out.view(-1)
-    positions = (flat == image_token_id).nonzero().squeeze(-1)
-    if positions.numel() != len(image_indices) * n_patches:
-        raise ValueError(
-            f"input_ids hold {positions.numel()} image tokens, expected {len(image_indices)} images x "
-            f"{n_patches} patches"
-        )
-    if len(image_indices):
-        ids = torch.cat([virtual_image_ids(base, i, n_patches) for i in image_indices])
-        flat[positions] = ids.to(flat.device)
-    return out

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from transformers import Dinov2Backbone
 
-from sae_lens_maira.model.config import Maira2Config
+from sae_lens_maira.checkpoint_config import Maira2Config
 
 
 def build_vision_tower(config: Maira2Config) -> Dinov2Backbone:

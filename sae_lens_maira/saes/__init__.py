@@ -17,8 +17,5 @@ __all__ = [
     "dictionary_learning_lr",
 ]
 
-_fully_imported = True
-
-from sae_lens_maira.registration import register_if_sae_lens_loaded  # noqa: E402
-
-register_if_sae_lens_loaded()
+# Last line: its import tells sae_lens_maira.registration that the SAE classes are all defined.
+from sae_lens_maira.saes import _complete  # noqa: E402, F401

@@ -5,8 +5,9 @@ Inference (``MatryoshkaSAE``): ``f = relu((x - b_dec) W_enc + b_enc)``, kept whe
 
 Training (``MatryoshkaTrainingSAE``): BatchTopK picks the batch's ``k * B`` largest activations
 under ``no_grad``; only those pre-activations are recomputed with gradient (sparse encoder), and
-every prefix reconstruction comes from one grouped sparse decode. ``decoder_impl="dense"`` keeps
-the dense encoder for shapes where sparse cannot win. See ``training_forward_pass``.
+every prefix reconstruction comes from one grouped sparse decode. ``decoder_impl`` picks the
+kernels' backend (``"dense"``: matmuls, for shapes where sparse cannot win); the step is the same
+code for each. See ``training_forward_pass``.
 """
 
 from __future__ import annotations
@@ -35,7 +36,12 @@ from sae_lens_maira import kernels
 from sae_lens_maira.kernels.layout import small_constant
 from sae_lens_maira.saes.auxk import auxk_l2
 from sae_lens_maira.saes.config import MatryoshkaSAEConfig, MatryoshkaTrainingSAEConfig
-from sae_lens_maira.saes.decoder_constraint import attach_projection_hook, constrain_decoder
+from sae_lens_maira.saes.decoder_constraint import (
+    attach_projection_hook,
+    constrain_decoder,
+    constrain_optimizer,
+    is_constrained_by_an_optimizer,
+)
 from sae_lens_maira.saes.encoder_bias import bias_with_decoder_shift
 from sae_lens_maira.saes.geometric_median import geometric_median
 from sae_lens_maira.saes.host_cache import HostCache
@@ -237,7 +243,9 @@ class MatryoshkaTrainingSAE(
     ``num_tokens_since_fired`` (dead latents are counted in tokens), ``norm_factor`` and
     ``training_steps`` (the step count the recipe's schedule uses; SAETrainer's own counter is
     one behind after a resume, so it is not relied on).
-    The unit-norm decoder is enforced by :mod:`sae_lens_maira.saes.decoder_constraint`.
+    The unit-norm decoder is enforced by :mod:`sae_lens_maira.saes.decoder_constraint`: the
+    gradient projection by the SAE itself, the renormalisation by a hook on the optimiser that
+    trains it (:meth:`constrain_optimizer`; ``sae-lens-maira train`` attaches it to SAETrainer's).
     """
 
     b_enc: nn.Parameter
@@ -253,7 +261,13 @@ class MatryoshkaTrainingSAE(
         self._norm_cache = HostCache()  # whether norm_factor is estimated (> 0)
         # an upper bound on max(num_tokens_since_fired): below the dead threshold, nothing is dead
         self._idle_bound = HostCache()
+        self._unconstrained_warned = False
         constrain_decoder(self)
+
+    def constrain_optimizer(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Renormalise the decoder rows after each step of ``optimizer`` (the one training this
+        SAE); returns the hook's handle. Idempotent."""
+        return constrain_optimizer(optimizer, self)
 
     @override
     def initialize_weights(self) -> None:
@@ -441,19 +455,15 @@ class MatryoshkaTrainingSAE(
     def _encode_selected(
         self,
         impl: str,
-        rows_and_bias: tuple[Tensor, Tensor] | None,
-        post: Tensor | None,
+        rows_and_bias: tuple[Tensor, Tensor],
         acts: Tensor,
         sel: Selection,
     ) -> Tensor:
         """Activations (with gradient) at the selected (row, latent) pairs only.
 
         The values are read from ``acts``, the batch's pre-activations already computed (without
-        gradient) to select; the sparse backward then touches only the selected latents.
+        gradient) to select; a sparse backward then touches only the selected latents.
         """
-        if post is not None:  # dense encoder: gather from the full activations
-            return post[sel.rows(), sel.indices]
-        assert rows_and_bias is not None
         rows, bias = rows_and_bias
         pre = kernels.sparse_encode_csr(
             rows,
@@ -478,6 +488,13 @@ class MatryoshkaTrainingSAE(
         """
         attach_projection_hook(self)
         step = self._step_count()
+        if step >= 1 and not getattr(self, "_unconstrained_warned", False) and not is_constrained_by_an_optimizer(self):
+            self._unconstrained_warned = True
+            logger.warning(
+                "MatryoshkaTrainingSAE trains without a decoder renormalisation: no optimiser "
+                "keeps W_dec rows at unit norm; call sae.constrain_optimizer(optimizer) "
+                "(SAETrainer: sae.constrain_optimizer(trainer.optimizer)) before training"
+            )
         self.training_steps += 1
         self._remember_step_count(step + 1)
         x = self.hook_sae_input(step_input.sae_in.to(self.dtype))
@@ -490,15 +507,10 @@ class MatryoshkaTrainingSAE(
         impl = self._resolve_decoder_impl(x.device)
         batch = x.shape[0]
         centered = x - self.b_dec if self.cfg.apply_b_dec_to_input else x
-        post: Tensor | None = None
         # addmm fuses the bias into the GEMM and, under autocast, keeps the [B, N] activations
         # in bf16 (``matmul + b_enc`` would promote them to an fp32 copy twice the size)
-        if impl == "dense":
-            post = torch.addmm(self.b_enc, centered, self.W_enc).relu()
-            acts = post.detach()
-        else:
-            with torch.no_grad():
-                acts = torch.addmm(self.b_enc, centered, self.W_enc).relu_()
+        with torch.no_grad():
+            acts = torch.addmm(self.b_enc, centered, self.W_enc).relu_()
         k = self.cfg.k_at_step(step)
         sel = batch_topk(acts, k)
         dead, n_dead = self._update_dead_counters(sel, batch)
@@ -507,13 +519,11 @@ class MatryoshkaTrainingSAE(
             aux_sel = None
 
         # Under autocast the sparse ops gather from bf16 copies of the tables (half the traffic)
-        # and write fp32 weight gradients directly; the dense fallback's matmuls run in bf16.
-        enc_in = self._encoder_rows_and_bias(centered) if post is None else None
-        values = self._encode_selected(impl, enc_in, post, acts, sel)
+        # and write fp32 weight gradients directly; the dense backend's matmuls run in bf16.
+        enc_in = self._encoder_rows_and_bias(centered)
+        values = self._encode_selected(impl, enc_in, acts, sel)
         aux_values = (
-            self._encode_selected(impl, enc_in, post, acts, aux_sel)
-            if aux_sel is not None
-            else None
+            self._encode_selected(impl, enc_in, acts, aux_sel) if aux_sel is not None else None
         )
         del acts, enc_in
         if step > self.cfg.threshold_update_start:
@@ -531,7 +541,7 @@ class MatryoshkaTrainingSAE(
         target = x - self.b_dec
         weights = small_constant(tuple(self.cfg.group_weights), torch.float32, x.device)
         prefix_losses, residual = kernels.matryoshka_prefix_mse(
-            partials, target, return_residual=True, impl="auto" if impl == "dense" else impl
+            partials, target, return_residual=True, impl=impl
         )
         prefix_losses = prefix_losses * weights
         mse_loss = prefix_losses.mean()

@@ -19,7 +19,11 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import torch
+import torch.nn.functional as F
+
 from sae_lens_maira.data.labeller import _resolve
+from sae_lens_maira.processing.roles import Role
 
 _WORDS = re.compile(r"[a-z0-9']+")
 
@@ -64,9 +68,36 @@ def mean_log_likelihood(model: Any, processor: Any, studies: Sequence[Any], text
                         *, batch_size: int = 16) -> float:  # fmt: skip
     """Mean log-probability per token of ``texts`` as each study's report, under ``model``
     (teacher forcing on the study's prompt, end-of-text token included)."""
-    from sae_lens_maira.demo.evaluation import teacher_forced_loss
-
     if len(studies) != len(texts):
         raise ValueError(f"{len(studies)} studies but {len(texts)} texts")
     as_reports = [replace(s, findings=t or " ") for s, t in zip(studies, texts, strict=True)]
     return -teacher_forced_loss(model, processor, as_reports, batch_size=batch_size)
+
+
+@torch.no_grad()
+def teacher_forced_loss(
+    model: Any,
+    processor: Any,
+    studies: Sequence[Any],
+    *,
+    batch_size: int = 16,
+) -> float:
+    """Mean next-token loss over the report tokens of ``studies`` (EOS included), as a
+    ``HookedMaira2`` and ``Maira2Processor`` give it (teacher forcing on each study's prompt)."""
+    total, count = 0.0, 0
+    for start in range(0, len(studies), batch_size):
+        batch = processor(
+            list(studies[start : start + batch_size]), with_report=True, padding_side="right"
+        )
+        resid = model(
+            batch.input_ids,
+            pixel_values=batch.pixel_values,
+            attention_mask=batch.attention_mask,
+            stop_at_layer=model.cfg.n_layers,
+        )
+        keep = batch.roles[:, 1:] == int(Role.REPORT)
+        logits = model.unembed(model.ln_final(resid[:, :-1][keep][None]))[0]
+        ce = F.cross_entropy(logits.float(), batch.input_ids[:, 1:][keep], reduction="sum")
+        total += float(ce)
+        count += int(keep.sum())
+    return total / max(count, 1)

@@ -149,7 +149,3 @@ def plot_sweep(result: SweepResult, path: str | Path) -> Path:
     fig.savefig(path)
     plt.close(fig)
     return Path(path)
-
-
-def sweep_summary(result: SweepResult) -> dict[str, Any]:
-    return {"finding": result.finding, "mention_rate": result.mention_rate()}

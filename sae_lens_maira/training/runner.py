@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from sae_lens_maira.activations.selection_store import (
     flat_metrics,
     run_selection_evals,
 )
+from sae_lens_maira.data.skips import SKIPS_FILE, SkipCollector, SkippedStudy, announce
 from sae_lens_maira.experiment import Experiment
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.model.image_bank import ImageBank
@@ -77,6 +78,7 @@ class TrainResult:
     metrics: dict[str, float]
     wandb: WandbStatus | None = None
     positions: dict[str, Any] | None = None  # the selection the evals measured on, and counts
+    skipped_studies: list[SkippedStudy] = field(default_factory=list)
 
 
 def training_sae_config(sae_spec: dict[str, Any], d_in: int, hook_name: str):
@@ -113,7 +115,9 @@ def train_sae(
         raise ValueError("set train.hook_name (or cache.hook_name), e.g. blocks.15.hook_resid_post")
     model = model or exp.load_model()
     processor = processor or exp.load_processor()
-    studies = exp.load_studies()
+    skips = SkipCollector()  # the source's missing files, then images that cannot be read
+    studies = exp.load_studies(skips)
+    n_listed = len(studies) + len(skips)
     sae_cfg = training_sae_config(exp.section("sae"), model.cfg.d_model, hook)
     check_sae_fits(sae_cfg, model, hook)
 
@@ -152,17 +156,17 @@ def train_sae(
             f"{batch_tokens}; raise n_batches_in_buffer or cache.context_size"
         )
     bank = ImageBank(preprocessor=processor.image_processor)
-    skipped: dict[str, str] = {}
     dataset = studies_to_token_dataset(
         studies,
         processor,
         bank,
         d_vocab=model.cfg.d_vocab,
         context_size=prompt_context,
-        skipped=skipped,
+        skipped=skips,
         with_report=with_report,
         selection=selection,
     )
+    skips.check_some_left(n_listed, "train")
     model.attach_image_bank(bank)
 
     out = exp.path(train.output_dir)
@@ -229,6 +233,7 @@ def train_sae(
         skip_bad_batches=bool(train.skip_bad_batches),
     )
     guard.install(runner)
+    constrain_trainer_optimizer(runner)
     runner.evaluator = SelectionEvaluator(  # its own store: evals never advance training's rows
         model=model,
         activations_store=prompt_store(
@@ -258,7 +263,26 @@ def train_sae(
     if guard.skip_bad_batches:
         metrics["training/skipped_nonfinite_batches"] = float(guard.skipped_batches)
     (out / "eval_metrics.json").write_text(json.dumps({**metrics, "positions": positions}, indent=1))
-    return TrainResult(sae, out, checkpoints, metrics, wandb, positions)
+    report = skips.write(out / SKIPS_FILE, n_listed)
+    if len(skips):
+        announce(skips.summary(n_listed, report))
+    return TrainResult(sae, out, checkpoints, metrics, wandb, positions, skips.items)
+
+
+def constrain_trainer_optimizer(runner: LanguageModelSAETrainingRunner) -> None:
+    """Attach the decoder renormalisation to the Adam that SAETrainer builds inside ``run()``:
+    the runner hands its trainer to ``run_trainer_with_interruption_handling`` (a hook on that
+    optimiser only, no process-wide optimiser hook)."""
+    from sae_lens_maira.saes.decoder_constraint import constrain_optimizer, wants_unit_norm_decoder
+
+    run_trainer = runner.run_trainer_with_interruption_handling
+
+    def constrained(trainer: Any, *args: Any, **kwargs: Any) -> Any:
+        if wants_unit_norm_decoder(trainer.sae):
+            constrain_optimizer(trainer.optimizer, trainer.sae)
+        return run_trainer(trainer, *args, **kwargs)
+
+    runner.run_trainer_with_interruption_handling = constrained  # type: ignore[method-assign]
 
 
 def evaluate_on_store(

@@ -1,11 +1,8 @@
 import pytest
 import torch
 
-from sae_lens_maira.analysis.finding_features import (
-    balanced_accuracy,
-    best_thresholds,
-    finding_detectors,
-)
+from sae_lens_maira.analysis.finding_features import best_thresholds, finding_detectors
+from sae_lens_maira.analysis.metrics import balanced_accuracy
 
 
 def _brute(x, y):

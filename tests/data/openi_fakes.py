@@ -130,9 +130,9 @@ def build_fake_wheel(path: Path, reports: list[dict] = FAKE_REPORTS) -> Path:
 
 def cached_real_wheel() -> Path | None:
     """The real wheel if a developer or CI cached it (never downloaded by tests)."""
-    from sae_lens_maira.data.openi import default_cache_dir
+    from sae_lens_maira.cache_dirs import openi_wheel_dir
 
-    found = sorted(default_cache_dir().glob("torchxrayvision-1.5.7-*.whl"))
+    found = sorted(openi_wheel_dir().glob("torchxrayvision-1.5.7-*.whl"))
     extra = os.environ.get("SAE_LENS_MAIRA_OPENI_WHEEL")
     if extra and Path(extra).exists():
         return Path(extra)

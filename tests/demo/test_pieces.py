@@ -11,7 +11,7 @@ from scipy.optimize import minimize
 
 from sae_lens_maira.data.study import Study
 from sae_lens_maira.demo.evaluation import evaluation_subset, mention_score, mention_summary
-from sae_lens_maira.demo.probes import balanced_accuracy, fit_logistic
+from sae_lens_maira.demo.probes import fit_logistic
 from sae_lens_maira.demo.small_model import DemoModelConfig, build_demo_model
 from sae_lens_maira.demo.studies import DEMO_FINDINGS, studies_fingerprint
 from sae_lens_maira.demo.tokenizer_corpus import build_demo_tokenizer, prompt_corpus
@@ -145,14 +145,6 @@ def test_fit_logistic_matches_scipy():
     assert float(b) == pytest.approx(ref[-1], abs=1e-4)
     with pytest.raises(ValueError, match="both positive and negative"):
         fit_logistic(x, torch.ones(120))
-
-
-def test_balanced_accuracy_by_hand():
-    truth = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0], dtype=torch.bool)
-    pred = torch.tensor([1, 0, 1, 0, 0, 0, 1, 1], dtype=torch.bool)
-    assert balanced_accuracy(pred, truth) == pytest.approx((2 / 3 + 3 / 5) / 2)
-    with pytest.raises(ValueError):
-        balanced_accuracy(pred, torch.ones(8, dtype=torch.bool))
 
 
 def test_mention_summary_counts_positive_mentions_only():

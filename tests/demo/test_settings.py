@@ -7,7 +7,7 @@ import dataclasses
 import pytest
 
 from sae_lens_maira.demo.pipeline import default_config
-from sae_lens_maira.demo.settings import DemoSettings
+from sae_lens_maira.demo_settings import DemoSettings
 from sae_lens_maira.steering.settings import SteerSettings
 
 

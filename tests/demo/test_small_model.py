@@ -8,11 +8,12 @@ import pytest
 import torch
 
 from sae_lens_maira.demo import model_cache
-from sae_lens_maira.demo.evaluation import evaluation_subset, teacher_forced_loss
+from sae_lens_maira.demo.evaluation import evaluation_subset
 from sae_lens_maira.demo.small_model import DemoModelConfig, train_small_model
 from sae_lens_maira.demo.studies import DEMO_FINDINGS
 from sae_lens_maira.model import HookedMaira2
 from sae_lens_maira.processing import Maira2Processor
+from sae_lens_maira.steering.fluency import teacher_forced_loss
 
 
 @pytest.fixture(scope="module")
@@ -119,7 +120,8 @@ def _package_copy(tmp_path):
 @pytest.mark.parametrize(
     ("module", "images_change"),
     [("data/synthetic_xray.py", True), ("data/openi.py", True), ("data/labeller.py", False),
-     ("demo/tokenizer_corpus.py", False), ("demo/lm_training.py", False)],
+     ("demo/tokenizer_corpus.py", False), ("demo/lm_training.py", False),
+     ("checkpoint_config.py", False)],
 )  # fmt: skip
 def test_editing_what_shapes_the_model_changes_its_key(demo_split, tmp_path, module, images_change):
     """The renderer and the labeller (and the demo's training code) are in the model's key; the

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from sae_lens_maira.model.config import Maira2Config
+from sae_lens_maira.checkpoint_config import Maira2Config
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 
 

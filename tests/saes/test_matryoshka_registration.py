@@ -73,3 +73,25 @@ def test_import_is_light_and_registers_once_sae_lens_loads() -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.parametrize("first", ["sae_lens_maira.saes", "sae_lens_maira.loading"])
+def test_a_package_of_ours_that_imports_sae_lens_first_still_registers(first: str) -> None:
+    """The package imports SAELens while half-defined; registration waits for its last line."""
+    code = (
+        "import sys\n"
+        f"import {first}\n"
+        "assert 'sae_lens' in sys.modules\n"
+        "from sae_lens.registry import SAE_CLASS_REGISTRY\n"
+        "from sae_lens.loading import pretrained_sae_loaders as loaders\n"
+        "from sae_lens.saes import sae\n"
+        "assert SAE_CLASS_REGISTRY['matryoshka'][0].__name__ == 'MatryoshkaSAE'\n"
+        f"assert {LOADER_NAME!r} in loaders.NAMED_PRETRAINED_SAE_LOADERS\n"
+        f"assert {MAIRA2_RELEASE!r} in sae.get_pretrained_saes_directory()\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")

@@ -1,4 +1,8 @@
-"""MAIRA-2's configuration: read from a checkpoint's ``config.json`` or built from a preset.
+"""MAIRA-2's configuration and the checkpoint folder it is read from (or a preset).
+
+The one home of config reading and checkpoint resolution: ``model/`` (building and loading the
+model) and ``processing/`` (the processor's patch size, context and image size) both call
+:func:`resolve_checkpoint` and :func:`read_config`, and this module imports neither of them.
 
 One object carries every shape (as ``HookedTransformerConfig`` does for TransformerLens) and knows
 how to produce the three configs the model is built from: the RAD-DINO ``Dinov2Config``, the
@@ -9,14 +13,20 @@ hub's ``config.json`` layout back, so checkpoints this package saves load anywhe
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
 from transformer_lens import HookedTransformerConfig
 from transformers import Dinov2Config
 
 DEFAULT_IMAGE_TOKEN_ID = 32204
+#: The checkpoint folder file that holds the config (the hub's layout).
+CONFIG_NAME = "config.json"
 
 _MAIRA2_VISION: dict[str, Any] = {
     "model_type": "dinov2",
@@ -309,3 +319,37 @@ class Maira2Config:
             init_weights=True,
             initializer_range=float(t.get("initializer_range", 0.02)),
         )
+
+
+def resolve_checkpoint(path_or_repo: str | Path) -> Path:
+    """A local folder, or a hub repo id found in the local hub cache (never downloaded)."""
+    path = Path(path_or_repo).expanduser()
+    if path.is_dir():
+        return path
+    text = str(path_or_repo)
+    if path.exists():
+        raise ValueError(f"{path} is a file; pass the checkpoint folder that holds config.json")
+    if text.count("/") == 1 and not text.startswith((".", "/", "~")):
+        try:
+            return Path(snapshot_download(text, local_files_only=True))
+        except LocalEntryNotFoundError as err:
+            raise FileNotFoundError(
+                f"{text} is not in the local Hugging Face cache and this library never downloads "
+                f"weights. Fetch it first (e.g. `hf download {text}`; MAIRA-2 is gated, accept its "
+                "licence on the hub) or pass the checkpoint folder"
+            ) from err
+    raise FileNotFoundError(f"checkpoint folder {path} does not exist")
+
+
+def read_config(folder: Path) -> Maira2Config:
+    """The :class:`Maira2Config` of a checkpoint folder, with errors naming the file."""
+    path = folder / CONFIG_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{folder} has no {CONFIG_NAME}; is it a MAIRA-2 checkpoint folder?"
+        )
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from err
+    return Maira2Config.from_hf_dict(raw)

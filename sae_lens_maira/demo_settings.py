@@ -1,5 +1,8 @@
 """The ``demo:`` section of the shipped YAML as a typed record: one default per setting.
 
+It lives outside ``demo/`` because :mod:`sae_lens_maira.experiment` reads every section and only
+the CLI may import the demo package.
+
 The defaults here equal ``configs/small_default.yaml`` (a test holds them together), so the demo
 does the same thing whether a setting is spelled out or left out; an unknown key is an error
 naming the nearest known one, not a silently ignored typo.
