@@ -259,6 +259,12 @@ class HookedMaira2(HookedSAETransformer):
                 "embeddings, so W_Q and W_K cannot be refactored without changing attention; "
                 "leave it False (TransformerLens refuses it for rotary models too)"
             )
+        if center_writing_weights and self.cfg.normalization_type in ("RMS", "RMSPre"):
+            warnings.warn(
+                "center_writing_weights has no effect on MAIRA-2: RMSNorm does not subtract the mean, "
+                "so TransformerLens leaves the writing weights as they are",
+                stacklevel=2,
+            )
         state = self.state_dict()
         outside = {k: v.detach().clone() for k, v in state.items() if k.startswith(NON_LM_PREFIXES)}
         self.load_and_process_state_dict(

@@ -107,6 +107,14 @@ def test_processed_model_saves_and_reloads_to_the_same_outputs(checkpoint, batch
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(ra, rb, atol=1e-5)
 
 
+def test_center_writing_weights_says_it_does_nothing_under_rmsnorm(checkpoint):
+    plain = HookedMaira2.from_pretrained(checkpoint, device="cpu")
+    with pytest.warns(UserWarning, match="center_writing_weights has no effect"):
+        model = HookedMaira2.from_pretrained(checkpoint, device="cpu", center_writing_weights=True)
+    assert torch.equal(model.embed.W_E, plain.embed.W_E)
+    assert torch.equal(model.blocks[0].mlp.W_out, plain.blocks[0].mlp.W_out)
+
+
 def test_from_pretrained_no_processing_works(checkpoint, batch, plain):
     model = HookedMaira2.from_pretrained_no_processing(checkpoint, device="cpu", dtype="float64")
     assert model.cfg.normalization_type == "RMS" and model.cfg.dtype == torch.float64
