@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -46,7 +47,12 @@ class DemoRun:
 
     out: Path
     timings: dict[str, float] = field(default_factory=dict)
+    #: CPU seconds per step (user + sys of this process and its finished children)
+    cpu_timings: dict[str, float] = field(default_factory=dict)
     facts: dict[str, Any] = field(default_factory=dict)
+    #: steps whose results were reused from the results cache (same inputs, code and libraries)
+    reused: list[str] = field(default_factory=list)
+    current: str = ""  # the step running now
 
     def step(self, name: str) -> _Step:
         return _Step(self, name)
@@ -58,13 +64,23 @@ class _Step:
 
     def __enter__(self) -> _Step:
         print(f"\n== {self.name} ==", flush=True)
-        self.start = time.perf_counter()
+        self.run.current = self.name
+        self.start, self.cpu_start = time.perf_counter(), _cpu_seconds()
         return self
 
     def __exit__(self, *exc: object) -> None:
         elapsed = time.perf_counter() - self.start
+        cpu = _cpu_seconds() - self.cpu_start
         self.run.timings[self.name] = elapsed
-        print(f"   ({elapsed:.0f} s)", flush=True)
+        self.run.cpu_timings[self.name] = cpu
+        reused = " (reused)" if self.name in self.run.reused else ""
+        print(f"   ({elapsed:.0f} s wall, {cpu:.0f} s CPU{reused})", flush=True)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process and its waited-for children (renderers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def default_config() -> dict[str, Any]:
@@ -222,58 +238,73 @@ def _run_steps(
         {"data.path": str(held_manifest), "cache.output_dir": "activations/held_out"},
     )
 
-    with run.step("3/8 cache: layer activations with the study's token selection"):
-        from sae_lens_maira.activations.commands import cache_from_experiment
+    results = StepResults(run, cache, _results_base(checkpoint, cfg, settings, train_manifest, held_manifest))
 
-        for e in (exp, held_exp):
-            result = cache_from_experiment(e)
-            print(
-                f"   {result.path.name}: {result.n_positions:,} positions from {result.n_studies} studies"
-            )
-        run.facts["cache"] = {
-            "hook": cfg["cache"]["hook_name"],
-            "train": json.loads((exp.path("activations/train") / "cache_info.json").read_text())[
-                "n_positions"
-            ],
-            "held_out": json.loads(
-                (exp.path("activations/held_out") / "cache_info.json").read_text()
-            )["n_positions"],
-        }
+    with run.step("3/8 cache: layer activations with the study's token selection"):
+        if not results.reuse("cache", {"cache": cfg["cache"]}):
+            from sae_lens_maira.activations.commands import cache_from_experiment
+
+            for e in (exp, held_exp):
+                result = cache_from_experiment(e)
+                print(
+                    f"   {result.path.name}: {result.n_positions:,} positions from {result.n_studies} studies"
+                )
+            info = {
+                split: json.loads((e.path(f"activations/{split}") / "cache_info.json").read_text())
+                for split, e in (("train", exp), ("held_out", held_exp))
+            }
+            run.facts["cache"] = {"hook": cfg["cache"]["hook_name"],
+                                  **{k: v["n_positions"] for k, v in info.items()}}  # fmt: skip
+            results.keep(["activations"], ["cache"])
 
     with run.step("4/8 train: Matryoshka BatchTopK SAE through SAELens's runner"):
-        from sae_lens_maira.demo.sae_health import sae_health
-        from sae_lens_maira.training.runner import train_sae
-
-        result = train_sae(exp)
         from sae_lens import SAE
 
-        # what users load: the inference SAE (global threshold), not the training object
-        sae = SAE.load_from_disk(str(result.output_path))
-        run.facts["sae"] = {"path": str(result.output_path), "metrics": result.metrics,
-                            "k": int(cfg["sae"]["k"]),
-                            "health": sae_health(exp, sae, settings.health_positions)}  # fmt: skip
-        run.facts["sae_curve"] = checkpoint_curve(exp, result.checkpoint_path)
+        if not results.reuse("sae", {"sae": cfg["sae"], "train": cfg["train"],
+                                     "health_positions": settings.health_positions}):  # fmt: skip
+            from sae_lens_maira.demo.sae_health import sae_health
+            from sae_lens_maira.training.runner import train_sae
+
+            result = train_sae(exp)
+            # what users load: the inference SAE (global threshold), not the training object
+            sae = SAE.load_from_disk(str(result.output_path))
+            run.facts["sae"] = {"path": str(result.output_path), "metrics": result.metrics,
+                                "k": int(cfg["sae"]["k"]),
+                                "health": sae_health(exp, sae, settings.health_positions)}  # fmt: skip
+            run.facts["sae_curve"] = checkpoint_curve(exp, result.checkpoint_path)
+            results.keep(["sae", "checkpoints"], ["sae", "sae_curve"])
+        sae = SAE.load_from_disk(run.facts["sae"]["path"])
         h = run.facts["sae"]["health"]
         print(f"   on its training positions: explained variance {h['explained_variance']:.3f}, "
               f"L0 {h['l0']:.1f} (k {cfg['sae']['k']}), dead latents {h['dead_fraction']:.1%}")  # fmt: skip
 
     with run.step("5/8 features that detect each finding (held-out studies)"):
-        run.facts["detectors"] = detect_findings(
-            exp, held_exp, sae, findings, settings.top_features_per_finding
-        )
+        if not results.reuse("detectors", {"findings": list(findings),
+                                           "top": settings.top_features_per_finding}):  # fmt: skip
+            run.facts["detectors"] = detect_findings(
+                exp, held_exp, sae, findings, settings.top_features_per_finding
+            )
+            results.keep([], ["detectors"])
 
     with run.step("6/8 dashboards, viewer and automated interpretability"):
-        run.facts["dashboards"] = dashboards_and_autointerp(
-            held_exp, run, settings.autointerp_top_features
-        )
+        llm = os.environ.get("SAE_LENS_MAIRA_LLM_MODEL")  # an LLM's answers are not reproducible
+        if llm or not results.reuse("dashboards", {"dashboards": cfg["dashboards"],
+                                                   "n_explain": settings.autointerp_top_features}):  # fmt: skip
+            run.facts["dashboards"] = dashboards_and_autointerp(
+                held_exp, run, settings.autointerp_top_features
+            )
+            if not llm:
+                results.keep(["dashboards"], ["dashboards"])
 
     finding = str(cfg.get("steer", {}).get("finding") or "pleural_effusion")
     with run.step(f"7/8 steer: the {finding} feature, both directions, on held-out studies"):
-        from sae_lens_maira.demo.steering_study import steer_finding
+        if not results.reuse("steering", {"steer": cfg.get("steer"), "demo": dataclasses.asdict(settings)}):
+            from sae_lens_maira.demo.steering_study import steer_finding
 
-        run.facts["steering"] = steer_finding(
-            exp, held_exp, run, sae, train, held_out, finding, settings
-        )
+            run.facts["steering"] = steer_finding(
+                exp, held_exp, run, sae, train, held_out, finding, settings
+            )
+            results.keep(["steering"], ["steering"])
 
     with run.step("8/8 summary"):
         from sae_lens_maira.demo.summary import write_summary
@@ -283,6 +314,64 @@ def _run_steps(
         card = run.facts["report_card"]
         print(f"   {summary}\n   verdict: {card['verdict']}" + (f" ({card['reason']})" if card["reason"] else ""))  # fmt: skip
     return summary
+
+
+def _results_base(checkpoint: Path, cfg: dict[str, Any], settings: Any, *manifests: Path) -> dict[str, Any]:
+    """What every later step's results depend on besides its own settings: the model's weights
+    and files, the manifests' contents, the model/data settings, the package source, the
+    libraries and the thread count (:mod:`sae_lens_maira.results_cache`)."""
+    from sae_lens_maira.results_cache import digests, environment, package_fingerprint
+
+    model_files = [p for p in sorted(Path(checkpoint).iterdir())
+                   if p.is_file() and p.suffix != ".png" and p.name not in MODEL_NOTES]  # fmt: skip
+    return {
+        "model": digests(model_files),
+        "manifests": digests(manifests),
+        "model_settings": {k: v for k, v in cfg["model"].items() if k != "checkpoint"},
+        "data_settings": {k: v for k, v in cfg["data"].items() if k != "path"},
+        "code": package_fingerprint(),
+        "environment": environment(),
+        "threads": settings.threads,
+    }
+
+
+#: Files the demo writes beside the model's own (training notes with timings, the cache marker,
+#: the held-out evaluation): not part of what defines the model.
+MODEL_NOTES = ("demo_training.json", "cache_key.json", "held_out_eval.json")
+
+
+class StepResults:
+    """The demo's steps 3-7 through :class:`~sae_lens_maira.results_cache.ResultsCache`: each
+    step's key chains the previous step's, so a change anywhere upstream reruns what follows."""
+
+    def __init__(self, run: DemoRun, cache: Path, base: dict[str, Any]) -> None:
+        from sae_lens_maira.results_cache import ResultsCache
+
+        self.run, self.store = run, ResultsCache(Path(cache) / "results")
+        self.chain = base
+        self.step: tuple[str, str] | None = None
+
+    def reuse(self, name: str, settings: dict[str, Any]) -> bool:
+        """Restore step ``name``'s stored results for these settings; False: run it, then keep()."""
+        from sae_lens_maira.results_cache import results_key
+
+        key = results_key({"step": name, "settings": settings, "after": self.chain})
+        self.chain, self.step = {"previous": key}, (name, key)
+        facts = self.store.restore(name, key, self.run.out)
+        if facts is None:
+            return False
+        self.run.facts.update(facts)
+        self.run.reused.append(self.run.current)
+        print(f"   reused: same inputs, settings, code and libraries as a finished run ({key[:12]})")
+        return True
+
+    def keep(self, folders: Sequence[str], facts: Sequence[str]) -> None:
+        """Store the step just run (its output folders and facts) under its key."""
+        assert self.step is not None
+        name, key = self.step
+        kept = {k: json.loads(json.dumps(self.run.facts[k], default=str)) for k in facts}
+        self.run.facts.update(kept)  # a fresh run sees the facts as a reused one will (JSON)
+        self.store.store(name, key, self.run.out, folders, kept)
 
 
 def report_card(facts: dict[str, Any], findings: Sequence[str]):

@@ -118,16 +118,23 @@ def write_summary(run: Any) -> Path:
     lines = ["# sae-lens-maira demo: the study end to end on the small default", ""]
     lines += report_card_lines(f.get("report_card"))
     total = sum(run.timings.values())
+    cpu = getattr(run, "cpu_timings", {})
+    reused = set(getattr(run, "reused", ()))
     lines += [
         "Real Open-I chest X-ray reports (Indiana University collection, CC BY-NC-ND 4.0, read from the "
         "`torchxrayvision` wheel) paired with synthetic radiographs whose findings follow each report's "
         "MeSH labels; a small MAIRA-2-shaped model trained here; a Matryoshka BatchTopK SAE trained with "
         "SAELens's runner on its layer activations; features, dashboards, explanations and steering.",
         "",
-        f"Total time {total / 60:.1f} min: "
+        f"Total time {total / 60:.1f} min wall, {sum(cpu.values()) / 60:.1f} min CPU: "
         + ", ".join(
-            f"{k.split(' ', 1)[1].split(':')[0]} {v:.0f} s" for k, v in run.timings.items()
-        ),  # fmt: skip
+            f"{k.split(' ', 1)[1].split(':')[0]} {v:.0f} s"
+            + (f" ({cpu[k]:.0f} s CPU)" if k in cpu else "")
+            + (" reused" if k in reused else "")
+            for k, v in run.timings.items()
+        )
+        + (" (reused: results of a finished run with the same inputs, settings, code and "
+           "libraries, from the cache)" if reused else ""),  # fmt: skip
         "",
         "## Data",
         "",
@@ -225,8 +232,9 @@ def write_summary(run: Any) -> Path:
     for finding, rows in f["detectors"].items():
         for d in rows:
             feat = d["feature"]
-            exp = dash["explanations"].get(feat, "")
-            score = dash["detection_scores"].get(feat)
+            # feature keys are ints in a fresh run's facts, strings once read back from JSON
+            exp = dash["explanations"].get(feat, dash["explanations"].get(str(feat), ""))
+            score = dash["detection_scores"].get(feat, dash["detection_scores"].get(str(feat)))
             page = viewer_dir / "features" / f"{feat}.html"
             link = f"[{feat}]({_rel(page, out)})" if page.is_file() else str(feat)
             held = d["held_out_balanced_accuracy"]  # None: the held-out studies lack a class
@@ -244,6 +252,7 @@ def write_summary(run: Any) -> Path:
     card = f.get("report_card")
     (out / "summary.json").write_text(
         json.dumps({"report_card": card, "timings": run.timings,
+                    "cpu_timings": cpu, "reused_steps": sorted(reused),
                     **{k: v for k, v in f.items() if k != "report_card"}}, indent=1, default=str)
     )  # fmt: skip
     return path

@@ -108,6 +108,30 @@ def test_rerun_reuses_the_trained_model(demo_out, demo_wheel, capsys):
     out = capsys.readouterr().out
     # the tiny model misses its targets: it is reused to report, never as a good model
     assert "FAILED its targets" in out and "using the cached small model" not in out
+    # steps 3-7 are deterministic: their results come back from the results cache, unchanged
+    first = json.loads((root / "out" / "summary.json").read_text())
+    again = json.loads((root / "out2" / "summary.json").read_text())
+    assert again["reused_steps"] == sorted(t for t in first["timings"] if t[0] in "34567")
+    assert first["reused_steps"] == []
+
+    def figures(facts: dict, base: str) -> str:
+        facts = {k: v for k, v in facts.items() if k not in ("timings", "cpu_timings", "reused_steps")}
+        return json.dumps(facts, sort_keys=True).replace(base, "OUT")
+
+    assert figures(first, str(root / "out")) == figures(again, str(root / "out2"))
+    for folder in ("activations/train", "sae", "dashboards/viewer"):
+        assert (root / "out2" / folder).is_dir()
+    from sae_lens import SAE
+
+    assert SAE.load_from_disk(again["sae"]["path"]).cfg.d_sae > 0
+    # a changed setting of one step reruns it and every step after it, not the ones before
+    cfg["steer"]["max_new_tokens"] = 5
+    run_demo(
+        root / "out3", config=cfg, cache_dir=root / "cache", wheel=demo_wheel, max_studies=16,
+        model_config=DemoModelConfig.tiny(),
+    )  # fmt: skip
+    third = json.loads((root / "out3" / "summary.json").read_text())
+    assert [t[0] for t in third["reused_steps"]] == ["3", "4", "5", "6"]
 
 
 def test_report_card_has_a_verdict_per_target(demo_out):
@@ -199,7 +223,7 @@ def test_a_slowed_run_gives_the_same_model_and_figures(demo_out, demo_wheel, tmp
     assert all(torch.equal(sae_fast[k], sae_slow[k]) for k in sae_fast)
 
     def figures(facts: dict, base: str) -> str:
-        facts = {k: v for k, v in facts.items() if k != "timings"}
+        facts = {k: v for k, v in facts.items() if k not in ("timings", "cpu_timings")}
         text = json.dumps(facts, sort_keys=True).replace(base, "ROOT")
         return text
 
