@@ -434,7 +434,7 @@ def _build_final(
     d_in: int,
     fingerprint: dict,
 ) -> None:
-    from sae_lens.cache_activations_runner import CacheActivationsRunner
+    from sae_lens_maira.compat.sae_lens import consolidate_shards
 
     staging, partial = work / "staging", work / (FINAL_DIR + ".partial")
     for p in (staging, partial):
@@ -477,7 +477,7 @@ def _build_final(
             "lower context_size or add studies"
         )
     partial.mkdir()
-    ds = CacheActivationsRunner._consolidate_shards(staging, partial, copy_files=False)
+    ds = consolidate_shards(staging, partial)
     info = {
         "hook_name": cfg.hook_name,
         "context_size": cfg.context_size,

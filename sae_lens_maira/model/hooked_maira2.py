@@ -31,6 +31,7 @@ from sae_lens_maira.checkpoint_config import (
     read_config,
     resolve_checkpoint,
 )
+from sae_lens_maira.compat.transformer_lens import keep_tokenizer_on_set, rotary_base
 from sae_lens_maira.model.attention import use_fused_attention
 from sae_lens_maira.model.checkpoint import iter_tensors, save_state_dict, weight_files
 from sae_lens_maira.model.embed import MultimodalEmbed
@@ -195,10 +196,7 @@ class HookedMaira2(HookedSAETransformer):
         TransformerLens otherwise reloads the tokenizer from ``name_or_path`` with
         ``add_bos_token=True``, which fails for tokenizers built in memory.
         """
-        tokenizer.init_kwargs.setdefault("name_or_path", tokenizer.name_or_path or "")
-        ids = tokenizer("").input_ids
-        if ids and ids[0] == tokenizer.bos_token_id:
-            tokenizer.init_kwargs["add_bos_token"] = True
+        keep_tokenizer_on_set(tokenizer)
         super().set_tokenizer(tokenizer, default_padding_side=default_padding_side)
 
     def _reset_buffers(self) -> None:
@@ -210,7 +208,7 @@ class HookedMaira2(HookedSAETransformer):
                 if self.cfg.positional_embedding_type == "rotary":
                     n = module.rotary_sin.shape[0]
                     sin, cos = module.calculate_sin_cos_rotary(
-                        self.cfg.rotary_dim, n, base=module._rotary_base(), dtype=self.cfg.dtype
+                        self.cfg.rotary_dim, n, base=rotary_base(module), dtype=self.cfg.dtype
                     )
                     module.rotary_sin = sin.to(module.rotary_sin.device)
                     module.rotary_cos = cos.to(module.rotary_cos.device)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+from transformers import BitImageProcessorPil
 
 from sae_lens_maira.data.study import ImageRef
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -33,6 +32,7 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from sae_lens_maira import kernels
+from sae_lens_maira.compat.torch import KeepFloat32Buffers
 from sae_lens_maira.kernels.layout import small_constant
 from sae_lens_maira.saes.auxk import auxk_l2
 from sae_lens_maira.saes.config import MatryoshkaSAEConfig, MatryoshkaTrainingSAEConfig
@@ -46,7 +46,6 @@ logger = logging.getLogger(__name__)
 
 # Training state that inference does not need (dropped, or folded, when saving for inference).
 TRAINING_ONLY_BUFFERS = ("num_tokens_since_fired", "norm_factor", "training_steps")
-_FP32_BUFFERS = ("threshold", "norm_factor")
 
 
 class _GlobalThresholdFolds:
@@ -60,18 +59,10 @@ class _GlobalThresholdFolds:
         _fold_input_scale(self, scaling_factor)
 
 
-class _Fp32Buffers(nn.Module):
+class _Fp32Buffers(KeepFloat32Buffers):
     """Keep scalar EMA state in float32 when the SAE moves to bf16/fp16 (as dictionary_learning)."""
 
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
-        kept = {n: self._buffers[n] for n in _FP32_BUFFERS if self._buffers.get(n) is not None}
-        out = super()._apply(fn, recurse)
-        for name, old in kept.items():
-            new = self._buffers[name]
-            assert new is not None
-            if old.dtype == torch.float32 and new.dtype != torch.float32:
-                self._buffers[name] = old.to(device=new.device)
-        return out
+    fp32_buffers = ("threshold", "norm_factor")
 
 
 def _latent_major(W_enc: Tensor) -> Tensor:
@@ -604,7 +595,7 @@ class MatryoshkaTrainingSAE(
             "training_steps",
             torch.tensor(self.cfg.threshold_update_start + 1, dtype=torch.long, device=device),
         )
-        for name in _FP32_BUFFERS:
+        for name in _Fp32Buffers.fp32_buffers:
             state_dict[name] = state_dict[name].float().reshape(())
         # SAELens loaders assign the loaded tensors as parameters
         state_dict["W_enc"] = _latent_major(state_dict["W_enc"])

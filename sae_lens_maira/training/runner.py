@@ -30,6 +30,7 @@ from sae_lens.registry import get_sae_training_class
 from sae_lens_maira.activations.cache import INFO_FILE
 from sae_lens_maira.activations.sae_fit import check_sae_fits
 from sae_lens_maira.activations.saelens_bridge import studies_to_token_dataset
+from sae_lens_maira.compat.sae_lens import evaluator_store, replace_evaluator
 from sae_lens_maira.experiment import Experiment
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.model.image_bank import ImageBank
@@ -211,7 +212,7 @@ def train_sae(
     )
     guard.install(runner)
     if use_cache:
-        runner.evaluator = LLMSaeEvaluator(
+        evaluator = LLMSaeEvaluator(
             model=model,
             activations_store=prompt_store(
                 model, dataset, hook, prompt_context, processor.pad_token_id, cfg
@@ -220,6 +221,7 @@ def train_sae(
             n_eval_batches=cfg.n_eval_batches,
             model_kwargs={},
         )
+        replace_evaluator(runner, evaluator)
     logger.info(
         "training %s on %s (%s tokens, context %d)",
         sae_cfg.architecture(),
@@ -255,7 +257,7 @@ def evaluate_on_store(
         compute_variance_metrics=True,
         compute_featurewise_density_statistics=True,
     )
-    store = runner.evaluator.activations_store
+    store = evaluator_store(runner)
     store.reset_input_dataset()
     metrics, feature_metrics = run_evals(
         sae=sae,
