@@ -83,7 +83,7 @@ def add_to_pretrained_directory(releases: Callable[[], dict[str, Any]]) -> None:
             name.startswith("sae_lens")
             and getattr(module, "get_pretrained_saes_directory", None) is original
         ):
-            module.get_pretrained_saes_directory = wrapper
+            setattr(module, "get_pretrained_saes_directory", wrapper)  # noqa: B010
 
 
 def consolidate_shards(source: Path, output: Path) -> Any:

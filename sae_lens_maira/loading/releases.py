@@ -33,7 +33,7 @@ def plugin_releases() -> dict[str, PretrainedSAELookup]:
             expected_l0={},
             neuronpedia_id={},
             norm_scaling_factor={},
-            config_overrides={
+            config_overrides={  # type: ignore[arg-type]  (SAELens types it str-valued; d_in is int)
                 "model_name": MAIRA2_MODEL,
                 "hook_name": MAIRA2_HOOK,
                 "d_in": MAIRA2_D_IN,

@@ -14,7 +14,7 @@ import json
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from sae_lens import HookedSAETransformer
@@ -72,7 +72,7 @@ class HookedMaira2(HookedSAETransformer):
         super().__init__(tl_cfg, tokenizer=None, move_to_device=False)
         use_fused_attention(self.blocks)
         self.maira_config = config
-        self.vision_tower = build_vision_tower(config).to(dtype)
+        self.vision_tower = build_vision_tower(config).to(dtype)  # type: ignore[call-arg]
         self.hook_vision_out = HookPoint()
         self.multi_modal_projector = Maira2Projector(
             config.d_vision, config.d_model, config.projector_n_layers
@@ -208,7 +208,8 @@ class HookedMaira2(HookedSAETransformer):
                 if self.cfg.positional_embedding_type == "rotary":
                     n = module.rotary_sin.shape[0]
                     sin, cos = module.calculate_sin_cos_rotary(
-                        self.cfg.rotary_dim, n, base=rotary_base(module), dtype=self.cfg.dtype
+                        cast(int, self.cfg.rotary_dim), n, base=rotary_base(module),
+                        dtype=self.cfg.dtype,
                     )
                     module.rotary_sin = sin.to(module.rotary_sin.device)
                     module.rotary_cos = cos.to(module.rotary_cos.device)
@@ -313,7 +314,7 @@ class HookedMaira2(HookedSAETransformer):
                 f"pixel_values must have shape [n_images, 3, {size}, {size}], got {tuple(pixel_values.shape)}; "
                 "preprocess images with Maira2Processor / ImagePreprocessor"
             )
-        param = self.multi_modal_projector.layers[0].weight
+        param: torch.Tensor = self.multi_modal_projector.layers[0].weight  # type: ignore[assignment]
         pixels = pixel_values.to(device=param.device, dtype=param.dtype)
         features = self.vision_tower(pixels).feature_maps[-1]
         if self.maira_config.vision_feature_select_strategy == "default":
@@ -550,7 +551,7 @@ class HookedMaira2(HookedSAETransformer):
         if return_type == "str":
             assert self.tokenizer is not None, "return_type='str' needs a tokenizer"
             texts = [
-                self.tokenizer.decode(row.tolist(), skip_special_tokens=True).strip()
+                str(self.tokenizer.decode(row.tolist(), skip_special_tokens=True)).strip()
                 for row in generated
             ]
             return texts[0] if isinstance(input, str) else texts
@@ -567,7 +568,7 @@ class HookedMaira2(HookedSAETransformer):
     def _eos_id(self) -> int:
         if self.tokenizer is None or self.tokenizer.eos_token_id is None:
             raise ValueError("stop_at_eos needs eos_token_id=... when the model has no tokenizer")
-        return int(self.tokenizer.eos_token_id)
+        return int(cast(int, self.tokenizer.eos_token_id))
 
     # ---- bookkeeping ----------------------------------------------------------------------------
     def n_checkpoint_params(self) -> int:

@@ -53,10 +53,10 @@ class _GlobalThresholdFolds:
     an input scale folds into the biases and the global threshold."""
 
     def fold_W_dec_norm(self) -> None:
-        _check_unit_norm_fold(self)
+        _check_unit_norm_fold(self)  # type: ignore[arg-type]  (mixed into SAE classes only)
 
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
-        _fold_input_scale(self, scaling_factor)
+        _fold_input_scale(self, scaling_factor)  # type: ignore[arg-type]
 
 
 class _Fp32Buffers(KeepFloat32Buffers):
@@ -108,9 +108,10 @@ def _fold_input_scale(sae: SAE[Any], scaling_factor: float) -> None:
     Unlike SAELens's default fold this keeps the decoder rows at unit norm.
     """
     sae.b_enc.data /= scaling_factor
-    sae.b_dec.data /= scaling_factor
-    if float(sae.threshold) >= 0:
-        sae.threshold /= scaling_factor
+    sae.b_dec.data /= scaling_factor  # type: ignore[operator]  (SAE attributes are dynamic)
+    threshold: Tensor = sae.threshold  # type: ignore[assignment]  (a buffer)
+    if float(threshold) >= 0:
+        threshold /= scaling_factor
     sae.cfg.normalize_activations = "none"
 
 
@@ -364,7 +365,7 @@ class MatryoshkaTrainingSAE(
 
     # ----------------------------------------------------------------------------------------
     # training step
-    def _resolve_decoder_impl(self, device: torch.device) -> str:
+    def _resolve_decoder_impl(self, device: torch.device) -> kernels.DecoderImpl:
         impl = kernels.resolve_impl(
             self.cfg.decoder_impl,
             device=device,
@@ -432,7 +433,7 @@ class MatryoshkaTrainingSAE(
 
     def _encode_selected(
         self,
-        impl: str,
+        impl: kernels.DecoderImpl,
         rows_and_bias: tuple[Tensor, Tensor],
         acts: Tensor,
         sel: Selection,
@@ -510,7 +511,7 @@ class MatryoshkaTrainingSAE(
             validate=False,
         )
         target = x - self.b_dec
-        weights = small_constant(tuple(self.cfg.group_weights), torch.float32, x.device)
+        weights = small_constant(tuple(self.cfg.group_weights or ()), torch.float32, x.device)
         prefix_losses, residual = kernels.matryoshka_prefix_mse(
             partials, target, return_residual=True, impl=impl
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from sae_lens_maira.steering.hooks import feature_directions
@@ -37,10 +38,12 @@ def steer(exp, features: list[int] | None = None, finding: str | None = None,
     sae = load_sae_folder(sae_dir, device=str(model.cfg.device))
     hook = check_sae_fits(sae.cfg, model, spec.hook_name)
     studies = exp.load_studies()[: spec.n_studies]
-    make_hook = None
+    make_hook: Callable[[float], FeatureClamp] | None = None
     if spec.mode == "clamp":
-        def make_hook(coef: float) -> FeatureClamp:
+        def clamp(coef: float) -> FeatureClamp:
             return FeatureClamp.at(sae, features[0], coef * spec.scale, spec.where[0])
+
+        make_hook = clamp
 
     result = steering_sweep(
         model, exp.load_processor(), studies,
