@@ -41,7 +41,7 @@ def section_from_dict(cls: type[T], values: Mapping[str, Any] | None, where: str
     check_keys(where, values, field_names(cls))
     required = [
         f.name
-        for f in fields(cls)
+        for f in fields(cls)  # type: ignore[arg-type]  (cls is a dataclass)
         if f.default is MISSING and f.default_factory is MISSING and f.name not in values
     ]
     if required:
@@ -51,5 +51,5 @@ def section_from_dict(cls: type[T], values: Mapping[str, Any] | None, where: str
 
 def section_dict(instance: Any) -> dict[str, Any]:
     """A section dataclass back as a plain dict (every key, defaults filled in)."""
-    assert is_dataclass(instance)
+    assert is_dataclass(instance) and not isinstance(instance, type)
     return asdict(instance)

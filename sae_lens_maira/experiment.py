@@ -294,11 +294,11 @@ def check_sae_keys(spec: dict[str, Any]) -> None:
     try:
         _, cfg_cls = get_sae_training_class(arch)
     except KeyError:
-        from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+        from sae_lens_maira.compat.sae_lens import training_architectures
 
         raise ValueError(
             unknown_key_message("sae.architecture (registered architectures)", str(arch),
-                                SAE_TRAINING_CLASS_REGISTRY)  # fmt: skip
+                                training_architectures())  # fmt: skip
         ) from None
     valid = {*field_names(cfg_cls), "architecture", "expansion_factor"} - {"metadata"}
     check_keys(f"sae (architecture {arch!r})", spec, valid)

@@ -454,7 +454,7 @@ def _build_final(
     fingerprint: dict,
     source_skips: Sequence[SkippedStudy] = (),
 ) -> None:
-    from sae_lens.cache_activations_runner import CacheActivationsRunner
+    from sae_lens_maira.compat.sae_lens import consolidate_shards
 
     staging, partial = work / "staging", work / (FINAL_DIR + ".partial")
     for p in (staging, partial):
@@ -504,7 +504,7 @@ def _build_final(
             "lower context_size or add studies"
         )
     partial.mkdir()
-    ds = CacheActivationsRunner._consolidate_shards(staging, partial, copy_files=False)
+    ds = consolidate_shards(staging, partial)
     info = {
         "hook_name": cfg.hook_name,
         "context_size": cfg.context_size,

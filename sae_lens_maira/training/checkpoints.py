@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,14 @@ def describe_incomplete(root: Path) -> list[str]:
 
 def mark_checkpoints_complete(runner: Any) -> None:
     """Wrap the runner's ``save_checkpoint`` (the last writer of a checkpoint) to add the marker."""
-    save = runner.save_checkpoint
+    from sae_lens_maira.compat.sae_lens import wrap_runner_method
 
-    def save_then_mark(checkpoint_path: Path | None) -> None:
-        save(checkpoint_path)
-        if checkpoint_path is not None:
-            mark_complete(Path(checkpoint_path))
+    def wrap(save: Callable[[Path | None], None]) -> Callable[[Path | None], None]:
+        def save_then_mark(checkpoint_path: Path | None) -> None:
+            save(checkpoint_path)
+            if checkpoint_path is not None:
+                mark_complete(Path(checkpoint_path))
 
-    runner.save_checkpoint = save_then_mark
+        return save_then_mark
+
+    wrap_runner_method(runner, "save_checkpoint", wrap)

@@ -36,6 +36,7 @@ from sae_lens_maira.activations.selection_store import (
     flat_metrics,
     run_selection_evals,
 )
+from sae_lens_maira.compat.sae_lens import evaluator_store, replace_evaluator
 from sae_lens_maira.data.skips import SKIPS_FILE, SkipCollector, SkippedStudy, announce
 from sae_lens_maira.experiment import Experiment
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
@@ -234,7 +235,7 @@ def train_sae(
     )
     guard.install(runner)
     constrain_trainer_optimizer(runner)
-    runner.evaluator = SelectionEvaluator(  # its own store: evals never advance training's rows
+    evaluator = SelectionEvaluator(  # its own store: evals never advance training's rows
         model=model,
         activations_store=prompt_store(
             model, dataset, hook, prompt_context, processor.pad_token_id, cfg, selection
@@ -243,6 +244,7 @@ def train_sae(
         n_eval_batches=cfg.n_eval_batches,
         model_kwargs={},
     )
+    replace_evaluator(runner, evaluator)
     logger.info(
         "training %s on %s (%s tokens, context %d)",
         sae_cfg.architecture(),
@@ -303,7 +305,7 @@ def evaluate_on_store(
         compute_variance_metrics=True,
         compute_featurewise_density_statistics=True,
     )
-    store = runner.evaluator.activations_store
+    store = evaluator_store(runner)
     if not isinstance(store, SelectionActivationsStore):
         raise TypeError("the runner's evaluator must read a SelectionActivationsStore (see prompt_store)")
     metrics, feature_metrics, positions = run_selection_evals(sae, store, runner.model, cfg)
