@@ -240,6 +240,12 @@ class Experiment:
         on_missing = spec["on_missing"]
         left_out: list[SkippedStudy] = []
         if source == "manifest":
+            if spec.get("split"):  # would be ignored: the studies of every split, silently
+                raise ValueError(
+                    f"data.split ({spec['split']!r}) applies to sources mimic_cxr and openi; a "
+                    "manifest has no splits: point data.path at that split's own manifest "
+                    "(e.g. --set data.path=test.jsonl) and leave data.split unset"
+                )
             result = sources.load_manifest(self._data_path(spec), on_missing=on_missing)
             studies, left_out = result.studies, result.skipped_studies
             summary = result.summary()

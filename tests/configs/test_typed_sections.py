@@ -61,3 +61,13 @@ def test_one_default_per_key(tmp_path):
         expected = tuple(value) if isinstance(value, list) else value
         assert getattr(SteerSettings(), key) == expected, key
     assert set(SECTION_TYPES) >= {"model", "data", "train", "dashboards", "steer", "demo"}
+
+
+def test_a_split_on_a_manifest_is_refused_not_ignored(tmp_path):
+    # the README's `dashboards collect --set data.split=test` on a manifest read every study
+    (tmp_path / "studies.jsonl").write_text('{"study_id": "s0", "frontal": "f.png"}\n')
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump({"data": {"source": "manifest",
+                                                                "path": "studies.jsonl"}}))  # fmt: skip
+    exp = Experiment.from_yaml(tmp_path / "exp.yaml", {"data.split": "test"})
+    with pytest.raises(ValueError, match="a manifest has no splits: point data.path"):
+        exp.load_studies()
