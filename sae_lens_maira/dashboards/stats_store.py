@@ -164,8 +164,10 @@ class FeatureStats:
         d = Path(directory)
         if not (d / STATS_FILE).is_file() or not (d / META_FILE).is_file():
             raise FileNotFoundError(
-                f"{d} holds no feature statistics ({STATS_FILE} + {META_FILE}); create them with "
-                "FeatureStatsCollector(...).finalize(...).save(dir)"
+                f"{d} {'holds' if d.is_dir() else 'does not exist, so it holds'} no feature "
+                f"statistics ({STATS_FILE} + {META_FILE}); create them with `sae-lens-maira "
+                "dashboards collect --config ...` (it writes dashboards.out, relative to the "
+                "config's folder), or FeatureStatsCollector(...).finalize(...).save(dir)"
             )
         meta = json.loads((d / META_FILE).read_text())
         if not isinstance(meta, dict) or meta.get("format") != "sae-lens-maira-feature-stats/1":

@@ -53,6 +53,9 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["dashboards", "viewer", "--stats", str(tmp_path), "--out", str(tmp_path / "v")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "no feature statistics" in err[0]
+    assert "`sae-lens-maira dashboards collect --config ...`" in err[0]  # the command that makes them
+    assert main(["autointerp", "--stats", str(tmp_path / "nope"), "--out", str(tmp_path / "e")]) == 1
+    assert f"{tmp_path / 'nope'} does not exist" in capsys.readouterr().err
     with pytest.raises(ValueError, match="bad feature list"):
         parse_features("1,x")
     assert parse_features("0,3,5-7") == [0, 3, 5, 6, 7]
