@@ -303,8 +303,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     try:
         return handler(args)
-    except KeyboardInterrupt:
-        print("error: interrupted; rerun the same command to resume where it can", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        hint = one_line(err) if str(err) else "rerun the same command to resume where it can"
+        print(f"error: interrupted; {hint}", file=sys.stderr)
         return 130
     except USER_ERRORS as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

@@ -10,6 +10,7 @@ or activation stream.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -119,3 +120,23 @@ def filter_training_batches(
     store = runner.activations_store
     loader = store.get_data_loader
     store.get_data_loader = lambda: keep(loader())
+
+
+@contextmanager
+def runner_interruptions_as_keyboard_interrupt() -> Iterator[None]:
+    """Around ``runner.run()``: SAELens installs SIGINT / SIGTERM handlers that raise its private
+    ``InterruptedException`` (after saving a checkpoint) and never removes them. Here that
+    exception becomes a KeyboardInterrupt, and the process's own handlers come back afterwards."""
+    import signal
+
+    from sae_lens.training._interruption import InterruptedException
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except InterruptedException:
+        raise KeyboardInterrupt from None
+    finally:
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)

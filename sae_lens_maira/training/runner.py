@@ -36,7 +36,11 @@ from sae_lens_maira.activations.selection_store import (
     flat_metrics,
     run_selection_evals,
 )
-from sae_lens_maira.compat.sae_lens import evaluator_store, replace_evaluator
+from sae_lens_maira.compat.sae_lens import (
+    evaluator_store,
+    replace_evaluator,
+    runner_interruptions_as_keyboard_interrupt,
+)
 from sae_lens_maira.data.skips import SKIPS_FILE, SkipCollector, SkippedStudy, announce
 from sae_lens_maira.experiment import Experiment
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
@@ -265,8 +269,13 @@ def train_sae(
         cfg.training_tokens,
         context_size,
     )
-    with wandb_environment(wandb):
-        sae = runner.run()
+    try:
+        with wandb_environment(wandb), runner_interruptions_as_keyboard_interrupt():
+            sae = runner.run()
+    except KeyboardInterrupt:  # SAELens saved a checkpoint first (Ctrl-C, SIGTERM)
+        raise KeyboardInterrupt(
+            f"a checkpoint is under {checkpoints}; `train --resume` continues from it"
+        ) from None
     logger.info("%s", wandb.describe())
     # the final evals measure the SAE as saved (inference form: per-position encoding, e.g. a
     # BatchTopK SAE's global threshold), so the figures hold for what users load
