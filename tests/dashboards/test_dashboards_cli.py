@@ -26,7 +26,10 @@ def test_cli_chain(tmp_path, capsys):
             "--explanations", str(exp)]  # fmt: skip
     capsys.readouterr()
     assert main(args) == 1  # the offline backend is no model Neuronpedia knows: refused, nothing written
-    assert "'offline-contrast' is not registered on Neuronpedia" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'offline-contrast' is not registered on Neuronpedia" in err
+    # the way out it names exists for export (which has no --no-explanations flag)
+    assert "`dashboards export` without --explanations" in err
     assert not (tmp_path / "out").exists()
     assert main([*args, "--explanation-model", "gpt-4o-mini"]) == 0
     np_dir = tmp_path / "out" / "exports" / "maira-2-synthetic" / "3-res-syn"
