@@ -76,13 +76,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_steer(args: argparse.Namespace) -> int:
     from sae_lens_maira.steering.commands import steer
 
-    feats = [int(f) for f in args.features.split(",")] if args.features else None
-    coefs = [float(c) for c in args.coefficients.split(",")] if args.coefficients else None
+    feats = _numbers("--features", args.features, int) if args.features else None
+    coefs = _numbers("--coefficients", args.coefficients, float) if args.coefficients else None
     result, out = steer(_experiment(args), feats, args.finding, coefs, args.out)
     for coef, rate in result.mention_rate():
         print(f"coefficient {coef:g}: {rate:.0%} of reports mention {result.finding}")
     print(f"reports, rates and plot in {out}")
     return 0
+
+
+def _numbers(flag: str, text: str, kind: type) -> list:
+    """``1,2,4`` as numbers; a bad item names the flag instead of int()'s bare message."""
+    try:
+        return [kind(item) for item in text.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"{flag} takes comma-separated {'integers' if kind is int else 'numbers'}, "
+            f"e.g. {'3,17' if kind is int else '0,2,4'}; got {text!r}"
+        ) from None
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
