@@ -28,6 +28,7 @@ from sae_lens_maira.config_sections import (
     field_names,
     section_dict,
     section_from_dict,
+    typed_values,
     unknown_key_message,
 )
 from sae_lens_maira.data.skips import SkipCollector, SkippedStudy
@@ -159,6 +160,7 @@ class Experiment:
             from sae_lens_maira.activations.cache import CacheConfig
 
             check_keys("cache", self.raw["cache"], field_names(CacheConfig))
+            typed_values(CacheConfig, self.raw["cache"], "cache")
         if isinstance(self.raw.get("sae"), dict):
             check_sae_keys(self.raw["sae"])
 
