@@ -47,11 +47,13 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
     result = cache_from_experiment(_experiment(args))
     if result is not None:
-        print(f"cached {result.n_rows} rows from {result.n_studies} studies into {result.path}")
-        if result.skipped_studies:
-            from sae_lens_maira.data.skips import announce
-
-            announce(result.skip_summary())
+        done = "already held" if result.reused else "cached"
+        line = f"{done} {result.n_rows} rows from {result.n_studies} studies {'in' if result.reused else 'into'} {result.path}"
+        if result.reused:
+            line += " (same inputs, nothing to do; cache.overwrite: true rebuilds it)"
+        if result.dropped_tail_positions:
+            line += f"; {result.dropped_tail_positions} selected positions short of a last full row left out"
+        print(line)
     return 0
 
 

@@ -136,6 +136,19 @@ def train_sae(
                 f"the cache at {cache_dir} holds {info['hook_name']} (d_in {info['d_in']}), "
                 f"but training reads {hook} (d_in {model.cfg.d_model}); rebuild the cache"
             )
+        # SAELens reads store_batch_size_prompts rows at a time and fails deep inside with
+        # a shape error when the cache holds fewer
+        rows_per_read = int(
+            train.store_batch_size_prompts or _runner_default("store_batch_size_prompts")
+        )
+        n_rows = int(info.get("n_rows", rows_per_read))
+        if n_rows < rows_per_read:
+            raise ValueError(
+                f"the cache at {cache_dir} holds {n_rows} row(s) of {info['context_size']} "
+                f"positions, fewer than train.store_batch_size_prompts ({rows_per_read}) rows "
+                f"that each read takes; set train.store_batch_size_prompts: {max(n_rows, 1)}, "
+                "or cache more studies or a smaller cache.context_size"
+            )
     # one definition of the SAE's positions: what the cache holds, else cache.selection
     selection = (
         info["selection"] if use_cache else cache_spec.get("selection", _cache_default("selection"))

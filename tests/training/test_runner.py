@@ -179,3 +179,14 @@ def test_wandb_is_off_unless_asked_for(trained, tmp_path):
     result = train_sae(exp, model=model, processor=exp.load_processor())
     assert result.wandb.mode == "off" and not (tmp_path / "logs").exists()
     assert "train.wandb: true" in result.wandb.describe()
+
+
+def test_a_cache_with_fewer_rows_than_one_read_is_a_clear_error(hub_checkpoint, manifest, tmp_path):
+    exp = _exp(tmp_path, hub_checkpoint, manifest, store_batch_size_prompts=4)
+    (tmp_path / "acts").mkdir()
+    (tmp_path / "acts" / "cache_info.json").write_text(
+        json.dumps({"hook_name": HOOK, "d_in": 64, "context_size": 16, "n_rows": 1,
+                    "selection": "study"})  # fmt: skip
+    )
+    with pytest.raises(ValueError, match="holds 1 row.*set train.store_batch_size_prompts: 1"):
+        train_sae(exp)
