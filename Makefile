@@ -4,6 +4,10 @@ VENV   ?= .venv
 # A CPU build of torch (it lies on disk on the project's machines); on a GPU machine use
 # `make TORCH=torch demo` to take the default CUDA build instead.
 TORCH  ?= torch==2.13.0
+# SAE-Dashboard 0.8's own classes load our batches in a test. Its metadata pins transformers<4.57
+# and transformer-lens 2 (we need 5 and 3), so it cannot sit in pyproject's extras: installed
+# without its dependencies (the classes the test imports need only numpy); the test skips without it.
+SAEDASHBOARD ?= sae-dashboard==0.8.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
@@ -14,6 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps "$(SAEDASHBOARD)"
 	touch $(STAMP)
 
 demo: $(STAMP)

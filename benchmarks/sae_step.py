@@ -178,7 +178,12 @@ def build(
         device=str(device),
         autocast=precision == "bf16-autocast",
     )
-    return SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+    trainer = SAETrainer(cfg=cfg, sae=sae, data_provider=iter(()))
+    from sae_lens_maira.saes.decoder_constraint import constrain_optimizer, wants_unit_norm_decoder
+
+    if wants_unit_norm_decoder(sae):  # ours: the decoder renormalisation on this optimizer
+        constrain_optimizer(trainer.optimizer, sae)
+    return trainer
 
 
 def step(trainer: SAETrainer, batch: torch.Tensor) -> None:

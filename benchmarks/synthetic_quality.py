@@ -246,6 +246,10 @@ def train(method: str, setup: Setup, data: Iterator[torch.Tensor], seed: int) ->
         sae=sae,
         data_provider=data,
     )
+    from sae_lens_maira.saes.decoder_constraint import constrain_optimizer, wants_unit_norm_decoder
+
+    if wants_unit_norm_decoder(sae):  # ours: the decoder renormalisation on this optimizer
+        constrain_optimizer(trainer.optimizer, sae)
     bar = tqdm(total=setup.steps, desc=f"seed {seed} {method}", leave=False)
     original_step = trainer.step
 

@@ -47,14 +47,11 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
     result = cache_from_experiment(_experiment(args))
     if result is not None:
-        print(
-            f"cached {result.n_rows} rows from {result.n_studies} studies into {result.path}"
-            + (
-                f"; skipped {len(result.skipped)} studies (see cache_info.json)"
-                if result.skipped
-                else ""
-            )
-        )
+        print(f"cached {result.n_rows} rows from {result.n_studies} studies into {result.path}")
+        if result.skipped_studies:
+            from sae_lens_maira.data.skips import announce
+
+            announce(result.skip_summary())
     return 0
 
 
@@ -65,7 +62,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     summary = ", ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in sorted(result.metrics.items())
                         if k.split("/")[-1] in ("explained_variance", "l0", "ce_loss_score", "kl_div_score",
                                                 "dead_latents_fraction"))  # fmt: skip
-    print(f"SAE saved to {result.output_path}; {summary}")
+    where = ""
+    if result.positions:
+        where = (f" (evals on {result.positions['sparsity_variance_positions']} positions of the "
+                 f"{result.positions['selection']!s} selection)")  # fmt: skip
+    print(f"SAE saved to {result.output_path}; {summary}{where}")
     print(result.wandb.describe() if result.wandb else "")
     return 0
 
@@ -99,7 +100,8 @@ def _cmd_dashboards(args: argparse.Namespace) -> int:
                                     args.explanation_method, args.explanation_model):  # fmt: skip
             print(path)
     elif args.action == "viewer":
-        print(commands.viewer(args.stats, args.out, args.explanations, args.features, args.private))
+        print(commands.viewer(args.stats, args.out, args.explanations, args.features, args.private,
+                              args.saedashboard))  # fmt: skip
     elif args.action == "upload":
         rep = commands.upload(args.export, args.dry_run, args.base_url, args.api_key_env,
                               args.batch_size, args.explanation_method, args.explanation_model,
@@ -136,7 +138,11 @@ def _add_dashboards(sub) -> None:
     for name, helptext in (("export", "write the Neuronpedia export and/or SAE-Dashboard batch files"),
                            ("viewer", "write the offline HTML viewer")):  # fmt: skip
         q = acts.add_parser(name, help=helptext)
-        q.add_argument("--stats", required=True, help="folder written by the statistics pass")
+        q.add_argument("--stats", required=name == "export",
+                       help="folder written by the statistics pass")  # fmt: skip
+        if name == "viewer":
+            q.add_argument("--saedashboard", help="draw the pages from an SAE-Dashboard export "
+                           "folder (batch-<i>.json + extras-<i>.json) instead of --stats")  # fmt: skip
         q.add_argument("--out", required=True, help="output folder")
         q.add_argument("--explanations", help="JSONL written by `sae-lens-maira autointerp`")
         q.add_argument("--features", help="feature list, e.g. 0,3,10-19 (default: all that fire)")

@@ -30,6 +30,7 @@ from sae_lens_maira.config_sections import (
     section_from_dict,
     unknown_key_message,
 )
+from sae_lens_maira.data.skips import SkipCollector, SkippedStudy
 from sae_lens_maira.data.study import Study
 from sae_lens_maira.demo_settings import DemoSettings
 from sae_lens_maira.steering.settings import SteerSettings
@@ -223,8 +224,12 @@ class Experiment:
 
         return Maira2Processor.from_pretrained(self.checkpoint())
 
-    def load_studies(self) -> list[Study]:
-        """Studies from the ``data`` section; skipped studies are reported, never silently dropped."""
+    def load_studies(self, skips: SkipCollector | None = None) -> list[Study]:
+        """Studies from the ``data`` section; skipped studies are reported, never silently dropped.
+
+        Studies the source left out (missing image files, ...) are added to ``skips`` when given;
+        a source that leaves out every study raises :class:`AllStudiesSkippedError`.
+        """
         import logging
 
         from sae_lens_maira import data as sources
@@ -233,15 +238,16 @@ class Experiment:
         source = spec.get("source")
         limit = spec.get("limit")
         on_missing = spec["on_missing"]
+        left_out: list[SkippedStudy] = []
         if source == "manifest":
             result = sources.load_manifest(self._data_path(spec), on_missing=on_missing)
-            studies = result.studies
+            studies, left_out = result.studies, result.skipped_studies
             summary = result.summary()
         elif source == "mimic_cxr":
             result = sources.load_mimic_cxr(
                 self._data_path(spec), split=spec.get("split"), on_missing=on_missing
             )
-            studies = result.studies
+            studies, left_out = result.studies, result.skipped_studies
             summary = result.summary()
         elif source == "openi":
             from sae_lens_maira.data.openi import ensure_openi_wheel
@@ -266,6 +272,10 @@ class Experiment:
                 f"data.source must be 'manifest', 'mimic_cxr' or 'openi', not {source!r}"
             )
         logging.getLogger(__name__).info("data: %s", summary)
+        if not studies and left_out:
+            SkipCollector(left_out).check_some_left(len(left_out), f"data source {source!r}")
+        if skips is not None:
+            skips.extend(left_out)
         return studies[: int(limit)] if limit else studies
 
     def _data_path(self, spec: dict[str, Any]) -> Path:

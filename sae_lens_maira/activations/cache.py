@@ -38,6 +38,7 @@ from tqdm.auto import tqdm
 from sae_lens_maira.activations.fingerprint import cache_fingerprint, describe_change
 from sae_lens_maira.activations.output_lock import LOCK_FILE, OutputLock
 from sae_lens_maira.activations.selection import selection_mask
+from sae_lens_maira.data.skips import SkipCollector, SkippedStudy
 from sae_lens_maira.data.study import Study
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2, hook_layer
 from sae_lens_maira.processing.images import ImageLoadError
@@ -79,8 +80,16 @@ class CacheResult:
     n_rows: int
     n_positions: int
     n_studies: int
-    skipped: dict[str, str] = field(default_factory=dict)  # study_id -> reason
+    skipped: dict[str, str] = field(default_factory=dict)  # study_id -> message
     dropped_tail_positions: int = 0
+    skipped_studies: list[SkippedStudy] = field(default_factory=list)  # at load and when encoding
+    n_studies_listed: int = 0  # studies the source listed: n_studies plus those it left out
+
+    def skip_summary(self) -> str:
+        """The console line: ``skipped 2 of 40 studies: ...; see <cache_info.json>``."""
+        return SkipCollector(self.skipped_studies).summary(
+            self.n_studies_listed or self.n_studies, self.path / INFO_FILE
+        )
 
 
 def _features(cfg: CacheConfig, d_in: int) -> Features:
@@ -95,7 +104,13 @@ def _features(cfg: CacheConfig, d_in: int) -> Features:
     )
 
 
-def _concat(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+def _concat(parts: list[dict[str, torch.Tensor]], d_in: int) -> dict[str, torch.Tensor]:
+    """The parts' columns end to end; a shard whose every study was skipped has no parts."""
+    if not parts:
+        return {"acts": torch.empty(0, d_in), "token_ids": torch.empty(0, dtype=torch.long),
+                "roles": torch.empty(0, dtype=torch.long),
+                "study_index": torch.empty(0, dtype=torch.int32),
+                "positions": torch.empty(0, dtype=torch.int32)}  # fmt: skip
     return {k: torch.cat([p[k] for p in parts]) for k in _COLUMNS}
 
 
@@ -127,6 +142,7 @@ class _RankWriter:
         self.dir = root / TMP_DIR / f"rank{rank:03d}"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg
+        self.d_in = d_in
         self.features = _features(cfg, d_in)
         self.progress_file = self.dir / "progress.json"
         self.progress = {"shards_done": 0, "skipped": {}, "n_positions": 0}
@@ -151,9 +167,9 @@ class _RankWriter:
         return load_file(str(path)) if done and path.is_file() else None
 
     def write_shard(
-        self, index: int, parts: list[dict[str, torch.Tensor]], skipped: dict[str, str]
+        self, index: int, parts: list[dict[str, torch.Tensor]], skipped: list[SkippedStudy]
     ) -> None:
-        columns = _concat(([self.tail] if self.tail else []) + parts)
+        columns = _concat(([self.tail] if self.tail else []) + parts, self.d_in)
         rows, tail = _pack_rows(columns, self.cfg, self.features)
         partial = self.dir / f"shard_{index:05d}.partial"
         if len(rows):
@@ -163,7 +179,8 @@ class _RankWriter:
         save_file(tail, str(self.dir / f"tail_{index:05d}.safetensors"))
         partial.rename(self.dir / f"shard_{index:05d}")
         self.progress["shards_done"] = index + 1
-        self.progress["skipped"].update(skipped)
+        self.progress["skipped"].update({s.study_id: s.detail for s in skipped})
+        self.progress.setdefault("skipped_studies", []).extend(s.to_dict() for s in skipped)
         self.progress["n_positions"] += sum(int(p["acts"].shape[0]) for p in parts)
         tmp = self.progress_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.progress))
@@ -197,15 +214,14 @@ def _process_shard(
     processor: Maira2Processor,
     studies: list[tuple[int, Study]],
     cfg: CacheConfig,
-) -> tuple[list[dict[str, torch.Tensor]], dict[str, str]]:
+) -> tuple[list[dict[str, torch.Tensor]], list[SkippedStudy]]:
     encoded: list[tuple[int, EncodedPrompt]] = []
-    skipped: dict[str, str] = {}
+    skipped = SkipCollector()
     for gi, study in studies:
         try:
             encoded.append((gi, _encode(processor, study, cfg.with_report)))
-        except (ImageLoadError, ValueError) as err:
-            skipped[study.study_id] = str(err)
-            logger.warning("skipping study %s: %s", study.study_id, err)
+        except (ImageLoadError, ValueError) as err:  # bombs, tiny or broken images, bad prompts
+            skipped.add_error(study.study_id, err)
     # longest first within the shard to cut padding; results are put back in study order below
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][1]))
     results: dict[int, dict[str, torch.Tensor]] = {}
@@ -231,7 +247,7 @@ def _process_shard(
                 "study_index": torch.full((len(pos),), gi, dtype=torch.int32),
                 "positions": pos.to(torch.int32),
             }
-    return [results[gi] for gi in sorted(results)], skipped
+    return [results[gi] for gi in sorted(results)], skipped.items
 
 
 def _check_storage_range(
@@ -260,8 +276,13 @@ def cache_activations(
     rank: int = 0,
     world_size: int = 1,
     show_progress: bool = True,
+    source_skips: Sequence[SkippedStudy] = (),
 ) -> CacheResult | None:
     """Cache this rank's share of ``studies``; rank 0 (or a single process) returns the merged result.
+
+    ``source_skips`` are the studies the data source left out (missing files); they head
+    ``cache_info.json``'s ``skipped_studies``, followed by those whose images or prompts failed
+    here, in study order.
 
     With ``world_size > 1`` the caller must have initialised ``torch.distributed``; ranks meet at a
     barrier before rank 0 merges. Rank 0 holds the output folder's lock for the whole run. A
@@ -296,15 +317,17 @@ def cache_activations(
         bar = tqdm(total=n_mine, desc=f"caching {cfg.hook_name}" + (f" [rank {rank}]" if world_size > 1 else ""),
                    disable=not show_progress, unit="study")  # fmt: skip
         bar.update(sum(len(s) for s in shards[: writer.progress["shards_done"]]))
-        for index in range(writer.progress["shards_done"], len(shards)):
-            parts, skipped = _process_shard(model, processor, shards[index], cfg)
-            writer.write_shard(index, parts, skipped)
-            bar.update(len(shards[index]))
-        bar.close()
+        try:
+            for index in range(writer.progress["shards_done"], len(shards)):
+                parts, skipped = _process_shard(model, processor, shards[index], cfg)
+                writer.write_shard(index, parts, skipped)
+                bar.update(len(shards[index]))
+        finally:  # an error message then starts on its own line
+            bar.close()
         _barrier(world_size)
         result = None
         if rank == 0:
-            result = _merge(out, cfg, studies, world_size, d_in, fingerprint)
+            result = _merge(out, cfg, studies, world_size, d_in, fingerprint, source_skips)
         _barrier(world_size)
         return result
     finally:
@@ -391,6 +414,7 @@ def _merge(
     world_size: int,
     d_in: int,
     fingerprint: dict,
+    source_skips: Sequence[SkippedStudy] = (),
 ) -> CacheResult:
     """Build the dataset under ``final.partial``, rename it once, then publish it into ``out``.
 
@@ -401,7 +425,7 @@ def _merge(
     work = out / TMP_DIR
     final = work / FINAL_DIR
     if not final.is_dir():
-        _build_final(work, cfg, studies, world_size, d_in, fingerprint)
+        _build_final(work, cfg, studies, world_size, d_in, fingerprint, source_skips)
     info = json.loads((final / INFO_FILE).read_text()) if (final / INFO_FILE).is_file() else None
     names = sorted(p.name for p in final.iterdir() if p.name != INFO_FILE)
     for name in names:
@@ -410,13 +434,8 @@ def _merge(
         os.replace(final / INFO_FILE, out / INFO_FILE)  # the commit: the cache is finished now
     shutil.rmtree(work)
     result = _result_from_info(out)
-    if result.skipped:
-        logger.warning(
-            "skipped %d studies (see %s): %s",
-            len(result.skipped),
-            out / INFO_FILE,
-            list(result.skipped)[:5],
-        )
+    if result.skipped_studies:
+        logger.warning("%s", result.skip_summary())
     if result.dropped_tail_positions:
         logger.info(
             "%d selected positions did not fill a last row of %d and were left out",
@@ -433,6 +452,7 @@ def _build_final(
     world_size: int,
     d_in: int,
     fingerprint: dict,
+    source_skips: Sequence[SkippedStudy] = (),
 ) -> None:
     from sae_lens_maira.compat.sae_lens import consolidate_shards
 
@@ -443,6 +463,7 @@ def _build_final(
     staging.mkdir()
     k = 0
     skipped: dict[str, str] = {}
+    encode_skips: list[SkippedStudy] = []
     n_positions = dropped = 0
     tails: list[dict[str, torch.Tensor]] = []
     for rank in range(world_size):
@@ -457,6 +478,7 @@ def _build_final(
                 f"same command with {world_size} processes to finish them"
             )
         skipped.update(progress["skipped"])
+        encode_skips += _progress_skips(progress)
         n_positions += progress["n_positions"]
         tail = rank_dir / f"tail_{expected - 1:05d}.safetensors"
         if expected and tail.is_file():
@@ -466,11 +488,16 @@ def _build_final(
                 shutil.copytree(shard, staging / f"shard_{k:05d}", copy_function=_link_or_copy)
                 k += 1
     if tails:  # the ranks' leftovers fill further rows; only the last partial row is left out
-        rows, rest = _pack_rows(_concat(tails), cfg, _features(cfg, d_in))
+        rows, rest = _pack_rows(_concat(tails, d_in), cfg, _features(cfg, d_in))
         dropped = int(rest["acts"].shape[0])
         if len(rows):
             _save_quietly(rows, staging / f"shard_{k:05d}")
             k += 1
+    index = {s.study_id: i for i, s in enumerate(studies)}
+    # in study order, whatever the world size
+    encode_skips.sort(key=lambda s: index.get(s.study_id, len(index)))
+    all_skips = SkipCollector([*source_skips, *encode_skips])
+    SkipCollector(encode_skips).check_some_left(len(studies), "the activation cache")
     if k == 0:
         raise ValueError(
             f"no complete row of {cfg.context_size} positions was cached ({n_positions} selected positions); "
@@ -490,12 +517,21 @@ def _build_final(
         "n_studies": len(studies),
         "study_ids": [s.study_id for s in studies],
         "skipped": skipped,
+        "skipped_studies": all_skips.to_json(),
+        "n_studies_listed": len(studies) + len(source_skips),
         "world_size": world_size,
         "fingerprint": fingerprint,
     }
     del ds
     _write_json_atomically(partial / INFO_FILE, info, indent=1)
     partial.rename(work / FINAL_DIR)
+
+
+def _progress_skips(progress: dict) -> list[SkippedStudy]:
+    """A rank's skips; progress files of older versions only kept study id -> message."""
+    if "skipped_studies" in progress:
+        return [SkippedStudy.from_dict(d) for d in progress["skipped_studies"]]
+    return [SkippedStudy(k, "unreadable_image", v) for k, v in progress.get("skipped", {}).items()]
 
 
 def _link_or_copy(src: str, dst: str) -> None:
@@ -515,6 +551,8 @@ def _result_from_info(out: Path) -> CacheResult:
         int(info["n_studies"]),
         dict(info.get("skipped", {})),
         int(info.get("dropped_tail_positions", 0)),
+        [SkippedStudy.from_dict(d) for d in info.get("skipped_studies", [])],
+        int(info.get("n_studies_listed", info["n_studies"])),
     )
 
 

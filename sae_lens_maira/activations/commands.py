@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sae_lens_maira.activations.cache import CacheConfig, CacheResult, cache_activations
 from sae_lens_maira.activations.distributed import distributed_context
+from sae_lens_maira.data.skips import SkipCollector
 
 
 def cache_from_experiment(exp) -> CacheResult | None:
@@ -16,6 +17,9 @@ def cache_from_experiment(exp) -> CacheResult | None:
     cfg = CacheConfig(**spec)
     with distributed_context(exp.device()) as (rank, world_size, device):
         model = exp.load_model(device)
+        skips = SkipCollector()  # what the source left out (missing files) heads the skip list
+        studies = exp.load_studies(skips)
         return cache_activations(
-            model, exp.load_processor(), exp.load_studies(), cfg, rank=rank, world_size=world_size
-        )
+            model, exp.load_processor(), studies, cfg, rank=rank, world_size=world_size,
+            source_skips=skips.items,
+        )  # fmt: skip

@@ -55,3 +55,21 @@ def selection_mask(
         sorted(int(r) for r in resolve_policy(policy) if r is not Role.PAD), device=roles.device
     )
     return torch.isin(roles, keep)
+
+
+def policy_label(policy: str | Iterable[str | int | Role]) -> str | list[str]:
+    """How reports name a policy: its name, or the sorted role names of an explicit list."""
+    if isinstance(policy, str):
+        resolve_policy(policy)
+        return policy
+    return sorted(r.name.lower() for r in resolve_policy(policy))
+
+
+def mark_unselected(
+    tokens: torch.Tensor, roles: torch.Tensor, policy: str | Iterable[str | int | Role] = "study"
+) -> torch.Tensor:
+    """Token ids with every position the policy drops marked (see :mod:`position_marks`), so
+    SAELens's ActivationsStore and evals, which see only ids, skip exactly those positions."""
+    from sae_lens_maira.model.position_marks import mark_outside
+
+    return mark_outside(torch.as_tensor(tokens), selection_mask(torch.as_tensor(roles), policy))

@@ -21,6 +21,7 @@ _LAZY = {
     "write_neuronpedia_export": "export_neuronpedia",
     "write_saedashboard": "export_saedashboard",
     "write_viewer": "viewer",
+    "write_viewer_from_saedashboard": "viewer_batches",
     "NeuronpediaClient": "upload",
     "upload_export": "upload",
     "validate": "schemas",

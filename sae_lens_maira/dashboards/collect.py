@@ -16,6 +16,7 @@ import torch
 from sae_lens_maira.activations.sae_fit import check_sae_fits
 from sae_lens_maira.dashboards.feature_stats import FeatureStatsConfig, collect_feature_stats
 from sae_lens_maira.dashboards.records import DashboardMeta, SequenceBatch, TokenNamer
+from sae_lens_maira.data.skips import AllStudiesSkippedError, SkipCollector
 from sae_lens_maira.data.study import Study
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2, hook_layer
 from sae_lens_maira.processing.images import ImageLoadError
@@ -45,21 +46,31 @@ def sequence_batches(
     batch_size: int = 4,
     with_report: bool = True,
     keep_images: bool = True,
-    skipped: dict[str, str] | None = None,
+    skipped: SkipCollector | dict[str, str] | None = None,
 ) -> Iterator[SequenceBatch]:
-    """Run studies through the model to the SAE's hook and encode every position with the SAE."""
+    """Run studies through the model to the SAE's hook and encode every position with the SAE.
+
+    With ``skipped`` (a :class:`SkipCollector`, or a dict study id -> message), studies whose
+    images or prompts fail are recorded there and left out; if that leaves none,
+    :class:`AllStudiesSkippedError`. Without it they raise.
+    """
     hook = check_sae_fits(sae.cfg, model, hook_name)
     model.eval()
     encoded: list[tuple[Study, EncodedPrompt]] = []
+    n_skipped = 0
     for study in studies:
         try:
             enc = processor.encode_study(study, with_report=with_report)
             enc.pixel_values = processor.image_processor(list(enc.images)) if enc.images else None
-        except (ImageLoadError, ValueError) as err:
+        except (ImageLoadError, ValueError) as err:  # bombs, tiny or broken images, bad prompts
             if skipped is None:
                 raise
-            skipped[study.study_id] = str(err)
-            logger.warning("skipping study %s: %s", study.study_id, err)
+            n_skipped += 1
+            if isinstance(skipped, dict):
+                skipped[study.study_id] = str(err)
+                logger.warning("skipping study %s: %s", study.study_id, err)
+            else:
+                skipped.add_error(study.study_id, err)
             continue
         encoded.append((study, enc))
         if len(encoded) == batch_size:
@@ -67,6 +78,10 @@ def sequence_batches(
             encoded = []
     if encoded:
         yield _encode_batch(model, sae, processor, encoded, hook, keep_images)
+    if studies and n_skipped == len(studies):
+        collector = skipped if isinstance(skipped, SkipCollector) else SkipCollector()
+        collector.check_some_left(len(studies), "dashboards collect")
+        raise AllStudiesSkippedError(f"dashboards collect skipped all {len(studies)} studies")
 
 
 def _encode_batch(model, sae, processor, encoded, hook, keep_images) -> SequenceBatch:
@@ -104,7 +119,7 @@ def collect_dashboard_stats(
     config: FeatureStatsConfig | None = None,
     batch_size: int = 4,
     keep_images: bool = True,
-    skipped: dict[str, str] | None = None,
+    skipped: SkipCollector | dict[str, str] | None = None,
 ):
     """Feature statistics of ``sae`` over ``studies`` (one vectorised pass, GPU when the model is)."""
     hook = check_sae_fits(sae.cfg, model)

@@ -53,22 +53,30 @@ def export(
             explanation_method=explanation_method, explanation_model=explanation_model,
         ))  # fmt: skip
     if fmt in ("saedashboard", "both"):
-        done.append(
-            write_saedashboard(
-                stats, Path(out) / "saedashboard", feats, batch_size, private=private
-            )
-        )
+        done.append(write_saedashboard(stats, Path(out) / "saedashboard", feats, batch_size,
+                                       private=private, n_layers=n_layers, d_model=d_model))  # fmt: skip
     return done
 
 
 def viewer(
-    stats_dir: str | Path, out: str | Path, explanations: str | Path | None = None,
-    features: str | None = None, private: bool = False,
+    stats_dir: str | Path | None, out: str | Path, explanations: str | Path | None = None,
+    features: str | None = None, private: bool = False, saedashboard: str | Path | None = None,
 ) -> Path:  # fmt: skip
+    """The offline viewer from saved statistics or from an SAE-Dashboard export folder."""
+    if (stats_dir is None) == (saedashboard is None):
+        raise ValueError("give either --stats (statistics) or --saedashboard (an export folder)")
+    exps = load_explanations(explanations) if explanations else None
+    if saedashboard is not None:
+        from sae_lens_maira.dashboards.viewer_batches import write_viewer_from_saedashboard
+
+        if features or private:
+            raise ValueError(
+                "--features and --private apply to --stats; an export folder is viewed as written"
+            )
+        return write_viewer_from_saedashboard(saedashboard, out, exps)
     from sae_lens_maira.dashboards.viewer import write_viewer
 
     stats = FeatureStats.load(stats_dir)
-    exps = load_explanations(explanations) if explanations else None
     return write_viewer(stats, out, exps, parse_features(features), private=private)
 
 
@@ -116,9 +124,12 @@ def collect(exp, out: str | Path | None = None) -> Path:
     """Run the model and the trained SAE over the config's studies and save the statistics.
 
     Reads ``dashboards: {sae, out, batch_size, limit, keep_images}`` (the SAE defaults to
-    ``train.output_dir``); studies come from the ``data`` section.
+    ``train.output_dir``); studies come from the ``data`` section. Studies left out (missing,
+    unreadable, too large or too small images) are listed in ``<out>/skipped_studies.json`` and
+    summarised on the console.
     """
     from sae_lens_maira.dashboards.collect import collect_dashboard_stats
+    from sae_lens_maira.data.skips import SKIPS_FILE, SkipCollector, announce
     from sae_lens_maira.loading.sae_folder import load_sae_folder
 
     spec = exp.section("dashboards", required=False)
@@ -131,12 +142,17 @@ def collect(exp, out: str | Path | None = None) -> Path:
         )
     model = exp.load_model()
     sae = load_sae_folder(sae_dir, device=str(model.cfg.device))
-    studies = exp.load_studies()
+    skips = SkipCollector()
+    studies = exp.load_studies(skips)
     if spec.get("limit"):
         studies = studies[: int(spec["limit"])]
-    skipped: dict[str, str] = {}
+    n_listed = len(studies) + len(skips)
     stats = collect_dashboard_stats(
         model, sae, exp.load_processor(), studies, batch_size=int(spec.get("batch_size", 4)),
-        keep_images=bool(spec.get("keep_images", True)), skipped=skipped,
+        keep_images=bool(spec.get("keep_images", True)), skipped=skips,
     )  # fmt: skip
-    return stats.save(exp.path(out or spec.get("out") or "dashboards/stats"))
+    folder = stats.save(exp.path(out or spec.get("out") or "dashboards/stats"))
+    report = skips.write(folder / SKIPS_FILE, n_listed)
+    if len(skips):
+        announce(skips.summary(n_listed, report))
+    return folder

@@ -109,7 +109,7 @@ def write_neuronpedia_export(
     for i in range(0, len(keep), batch_size):
         feat_rows, act_rows, exp_rows = [], [], []
         for f in keep[i : i + batch_size]:
-            summary = feature_summary(stats, f)
+            summary = feature_summary(stats, f, m)
             row = {**common, "index": str(f), "creatorId": creator,
                    "sourceSetName": m.source_set,
                    "maxActApprox": float(stats.max_act[f]), "hasVector": False, "vector": [],

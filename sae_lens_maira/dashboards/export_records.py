@@ -6,9 +6,11 @@ import math
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from sae_lens_maira.dashboards import neuronpedia_rules as rules
 from sae_lens_maira.dashboards.explanations import Explanation
+from sae_lens_maira.dashboards.feature_stats import SAEDASHBOARD_HIST_BINS
 from sae_lens_maira.dashboards.records import DashboardMeta
 from sae_lens_maira.dashboards.stats_store import Example, FeatureStats
 
@@ -48,9 +50,22 @@ def export_meta(stats: FeatureStats, private: bool, n_layers: int | None = None,
         )
     if not private:
         return m
+    secrets = [x for x in (m.dataset, m.description) if isinstance(x, str) and len(x) >= 3]
     return replace(m, dataset=PRIVATE, description=f"SAE on {m.model_id} layer {m.layer}",
-                   saelens_config={k: (PRIVATE if _DATASET_KEYS.search(k) else v)
-                                   for k, v in cfg.items()})  # fmt: skip
+                   saelens_config=scrub(cfg, secrets))  # fmt: skip
+
+
+def scrub(value: Any, secrets: list[str]) -> Any:
+    """``value`` with every entry under a dataset/path-like key (at any depth) and every string that
+    contains one of ``secrets`` (the dataset name, free-text description) replaced by PRIVATE."""
+    if isinstance(value, dict):
+        return {k: PRIVATE if _DATASET_KEYS.search(str(k)) else scrub(v, secrets)
+                for k, v in value.items()}  # fmt: skip
+    if isinstance(value, list):
+        return [scrub(v, secrets) for v in value]
+    if isinstance(value, str) and any(s in value for s in secrets):
+        return PRIVATE
+    return value
 
 
 def _norm(name: str) -> str:
@@ -101,16 +116,20 @@ def windowed(ex: Example, limit: int = MAX_RECORD_TOKENS) -> tuple[list[str], li
     return ex.tokens[start : start + limit], ex.values[start : start + limit], ex.max_index - start
 
 
-def extras(ex: Example) -> dict:
-    """The namespaced extra key: heatmap, (pseudonymised) study id, token roles."""
+def example_extras(ex: Example) -> dict:
+    """What our viewer shows beyond SAE-Dashboard's fields: kind, (pseudonymised) study id, token
+    roles and the patch-grid heatmap, aligned with the windowed record."""
     return {
-        "sae_lens_maira": {
-            "kind": ex.kind,
-            "studyId": ex.study_id,
-            "roles": windowed_roles(ex),
-            "heatmap": ex.heatmap.to_dict() if ex.heatmap else None,
-        }
+        "kind": ex.kind,
+        "studyId": ex.study_id,
+        "roles": windowed_roles(ex),
+        "heatmap": ex.heatmap.to_dict() if ex.heatmap else None,
     }
+
+
+def extras(ex: Example) -> dict:
+    """The namespaced extra key of a Neuronpedia activation row (its importer drops it)."""
+    return {"sae_lens_maira": example_extras(ex)}
 
 
 def windowed_roles(ex: Example) -> list[int]:
@@ -137,18 +156,23 @@ def feature_examples(
     stats: FeatureStats, f: int, n_top: int = 20, n_groups: int = 5, per_group: int = 5,
     private: bool = False,
 ) -> ExampleSet:  # fmt: skip
+    """SAE-Dashboard's groups: the top group (``bin_min = bin_contains = -1`` and ``bin_max`` the
+    feature's max, as its title ``TOP ACTIVATIONS<br>MAX = x`` is parsed) then the intervals from
+    the highest down (``sequence_data_generator.get_indices_dict``)."""
     top = stats.top_examples(f, n_top, private=private)
+    feature_max = float(stats.max_act[f])
     for ex in top:
-        ex.bin_min, ex.bin_max, ex.bin_contains = -1.0, ex.max_value, -1.0
+        ex.bin_min, ex.bin_max, ex.bin_contains = -1.0, feature_max, -1.0
     groups = stats.quantile_groups(f, n_groups, per_group, private=private) if n_groups else []
-    return ExampleSet(top, [ex for g in groups for ex in g.examples])
+    return ExampleSet(top, [ex for g in reversed(groups) for ex in g.examples])
 
 
-def feature_summary(stats: FeatureStats, f: int) -> dict:
-    """SAE-Dashboard's per-feature fields (everything but the activations)."""
+def feature_summary(stats: FeatureStats, f: int, meta: DashboardMeta | None = None) -> dict:
+    """SAE-Dashboard's per-feature fields (everything but the activations); ``meta`` is the
+    export's checked (in private mode scrubbed) metadata."""
     t = stats.tensors
     top, bot = stats.logits(f)
-    fx, fy = stats.act_histogram(f)
+    fx, fy = stats.dashboard_histogram(f, SAEDASHBOARD_HIST_BINS)
     lx, ly = stats.logit_histogram(f)
     corr = stats.correlated(f)
     has_align = "align_idx" in t
@@ -170,12 +194,13 @@ def feature_summary(stats: FeatureStats, f: int) -> dict:
         "neg_values": [r3(v) for _, v in bot],
         "frac_nonzero": float(stats.density[f]),
         "freq_hist_data_bar_values": [r3(x) for x in fx],
-        "freq_hist_data_bar_heights": [float(y) for y in fy],
+        "freq_hist_data_bar_heights": [int(y) for y in fy],  # torch.histc(...).int()
         "logits_hist_data_bar_values": [r3(x) for x in lx],
-        "logits_hist_data_bar_heights": [float(y) for y in ly],
+        "logits_hist_data_bar_heights": [int(y) for y in ly],
         "n_prompts_total": stats.n_sequences,
         "n_tokens_in_prompt": round(stats.n_tokens / max(stats.n_sequences, 1)),
-        "dataset": stats.meta.dataset,
+        "dataset": (meta or stats.meta).dataset,
+        "decoder_weights_dist": [],  # attention-head allocation: none for a residual-stream SAE
         "vector": [],
     }
 

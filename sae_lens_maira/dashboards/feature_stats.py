@@ -42,6 +42,8 @@ VARIABLE_TEXT_ROLES = (
     Role.INDICATION, Role.TECHNIQUE, Role.COMPARISON, Role.PRIOR_REPORT, Role.PHRASE, Role.REPORT,
 )  # fmt: skip
 _UNSET = -(2**30)
+#: SAE-Dashboard's ActsHistogramConfig / LogitsHistogramConfig n_bins (components_config.py)
+SAEDASHBOARD_HIST_BINS = 50
 _SCAN_CHUNK = 1 << 20
 _POS_BITS = 24
 _POS_LIMIT = 1 << _POS_BITS
@@ -127,6 +129,7 @@ class FeatureStatsCollector:
         self.gen = torch.Generator(device=device).manual_seed(cfg.seed)
         self.nonzero = torch.zeros(f, dtype=torch.long, device=device)
         self.act_sum = torch.zeros(f, dtype=torch.float64, device=device)
+        self.act_min = torch.full((f,), float("inf"), device=device)  # SAE-Dashboard's histogram range
         self.exp = torch.full((f,), _UNSET, dtype=torch.long, device=device)
         self.hist = torch.zeros((f, cfg.n_hist_bins), dtype=torch.long, device=device)
         self.qcount = torch.zeros((f, cfg.n_quantile_bins), dtype=torch.long, device=device)
@@ -280,6 +283,7 @@ class FeatureStatsCollector:
         feat, vals = view.nz_feat, view.nz_vals
         self.nonzero += torch.bincount(feat, minlength=self.d_sae)
         self.act_sum.index_add_(0, feat, vals.double())
+        self.act_min.scatter_reduce_(0, feat, vals.float(), "amin")
         n = self.cfg.n_hist_bins
         flat = feat * n + self._bin(vals, feat, n)
         self.hist += torch.bincount(flat, minlength=self.d_sae * n).view(self.d_sae, n)
@@ -440,6 +444,7 @@ class FeatureStatsCollector:
         tensors: dict[str, torch.Tensor] = {
             "nonzero": self.nonzero,
             "act_sum": self.act_sum,
+            "act_min": torch.where(self.nonzero > 0, self.act_min, torch.zeros_like(self.act_min)),
             "hist_exp": torch.where(self.exp == _UNSET, torch.zeros_like(self.exp), self.exp),
             "hist": self.hist,
             "qcount": self.qcount,
@@ -469,7 +474,7 @@ class FeatureStatsCollector:
             if W_U is not None:
                 tensors |= logit_effects(
                     W_dec.to(self.device), W_U.to(self.device), self.cfg.n_logits,
-                    self.cfg.n_hist_bins, chunk_size,
+                    SAEDASHBOARD_HIST_BINS, chunk_size,
                 )  # fmt: skip
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
         ids = [tensors[k] for k in ("top.win_ids", "top.ctx_ids", "quant.win_ids", "quant.ctx_ids",

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_NAMES = (
-    "saedashboard_batch", "saedashboard_skipped", "np_activation", "np_explanation", "np_feature",
+    "saedashboard_batch", "saedashboard_skipped", "saedashboard_extras", "np_activation", "np_explanation", "np_feature",
     "np_model", "np_release", "np_sourceset", "np_source", "upload_model_new",
     "upload_source_set_new", "upload_feature_batch",
 )  # fmt: skip
@@ -106,7 +106,8 @@ def validate_neuronpedia_export(directory: str | Path) -> dict[str, int]:
 
 
 def validate_saedashboard_dir(directory: str | Path) -> int:
-    """Validate an SAE-Dashboard output folder; return the number of features."""
+    """Validate an SAE-Dashboard output folder (batches and their sidecars, aligned feature by
+    feature and record by record); return the number of features."""
     d = Path(directory)
     validate(json.loads((d / "skipped_indexes.json").read_text()), "saedashboard_skipped")
     n = 0
@@ -114,4 +115,23 @@ def validate_saedashboard_dir(directory: str | Path) -> int:
         data = json.loads(path.read_text())
         validate(data, "saedashboard_batch")
         n += len(data["features"])
+        side_path = d / ("extras-" + path.name.removeprefix("batch-"))
+        if not side_path.is_file():
+            continue  # a batch written by SAE-Dashboard itself has no sidecar
+        side = json.loads(side_path.read_text())
+        validate(side, "saedashboard_extras")
+        shape = [(f["feature_index"], len(f["activations"])) for f in data["features"]]
+        if side["batch"] != path.name or shape != [
+            (f["feature_index"], len(f["activations"])) for f in side["features"]
+        ]:
+            raise ValueError(f"{side_path.name} does not line up with {path.name}: rewrite both")
+        for feat, sf in zip(data["features"], side["features"], strict=True):
+            for act, sa in zip(feat["activations"], sf["activations"], strict=True):
+                if len(sa["roles"]) != len(act["tokens"]):
+                    raise ValueError(
+                        f"{side_path.name}: feature {feat['feature_index']} has "
+                        f"{len(sa['roles'])} roles for {len(act['tokens'])} tokens"
+                    )
+                if sa["thumbnail"] and not (d / sa["thumbnail"]).is_file():
+                    raise ValueError(f"{side_path.name}: {sa['thumbnail']} is missing")
     return n

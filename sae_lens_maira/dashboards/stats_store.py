@@ -21,6 +21,48 @@ _PRIVATE_ROLES = {int(r) for r in (Role.INDICATION, Role.TECHNIQUE, Role.COMPARI
                                    Role.PRIOR_REPORT, Role.PHRASE, Role.REPORT)}  # fmt: skip
 
 
+def _is(value: Any, kind: str) -> bool:
+    return {
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "str": isinstance(value, str), "dict": isinstance(value, dict),
+        "str|None": value is None or isinstance(value, str),
+        "str-list": isinstance(value, list) and all(isinstance(x, str) for x in value),
+        "str-dict": isinstance(value, dict) and all(isinstance(x, str) for x in value.values()),
+    }[kind]  # fmt: skip
+
+
+_TOP_KEYS = {"meta": "dict", "config": "dict", "n_tokens": "int", "n_sequences": "int",
+             "n_corr_positions": "int", "study_ids": "str-list", "token_strings": "str-dict",
+             "vocab_strings": "str-dict", "thumbnails": "dict", "slot_names": "str-list"}  # fmt: skip
+_META_KEYS = {"model_id": "str", "layer": "int", "hook_name": "str", "sae_set": "str", "d_sae": "int",
+              "source_set": "str", "sae_id_suffix": "str|None", "dataset": "str", "creator": "str",
+              "release": "str", "hf_repo_id": "str|None", "hf_folder_id": "str|None",
+              "saelens_release": "str|None", "saelens_sae_id": "str|None",
+              "saelens_config": "dict", "description": "str"}  # fmt: skip
+
+
+def _check_stats_json(meta: dict[str, Any], path: Path) -> None:
+    """Types of everything stats.json feeds into exports and file names: a tampered or hand-edited
+    file fails here, naming the key, instead of deep inside an export."""
+    for where, obj, keys in (("", meta, _TOP_KEYS), ("meta.", meta.get("meta"), _META_KEYS)):
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path}: {where or 'the file'} must be a JSON object")
+        for key, kind in keys.items():
+            if key in obj and not _is(obj[key], kind):
+                raise ValueError(
+                    f"{path}: {where}{key} must be {kind.replace('-', ' of ')}, got "
+                    f"{type(obj[key]).__name__} {obj[key]!r:.60}; fix or rewrite the statistics"
+                )
+    grid = meta.get("grid")
+    if not (isinstance(grid, list) and len(grid) == 2 and all(_is(g, "int") and g > 0 for g in grid)):
+        raise ValueError(f"{path}: grid must be [rows, cols] of positive integers, got {grid!r:.60}")
+    for seq, names in meta.get("thumbnails", {}).items():
+        for n in names if isinstance(names, list) else [names]:
+            if n is not None and not (isinstance(n, str) and n == Path(n).name and n.endswith(".png")):
+                raise ValueError(f"{path}: thumbnail name {n!r:.60} of sequence {seq} is not a "
+                                 "plain .png file name")  # fmt: skip
+
+
 @dataclass
 class Heatmap:
     """A feature's activations over one image's patch grid (row-major)."""
@@ -126,8 +168,9 @@ class FeatureStats:
                 "FeatureStatsCollector(...).finalize(...).save(dir)"
             )
         meta = json.loads((d / META_FILE).read_text())
-        if meta.get("format") != "sae-lens-maira-feature-stats/1":
+        if not isinstance(meta, dict) or meta.get("format") != "sae-lens-maira-feature-stats/1":
             raise ValueError(f"{d / META_FILE} is not a sae-lens-maira feature statistics file")
+        _check_stats_json(meta, d / META_FILE)
         thumbnails = {}
         for seq, names in meta["thumbnails"].items():
             thumbnails[int(seq)] = [
@@ -179,6 +222,62 @@ class FeatureStats:
         nz = torch.nonzero(h).flatten()
         last = int(nz[-1]) + 1 if nz.numel() else 0
         return [(i + 0.5) * width for i in range(last)], h[:last].tolist()
+
+    def _value_range(self, f: int | slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """(smallest, largest) nonzero activation; statistics saved before ``act_min`` existed
+        use the lower edge of the first nonempty histogram bin."""
+        hi = self.max_act[f].double()
+        if "act_min" in self.tensors:
+            return self.tensors["act_min"][f].double(), hi
+        h = self.tensors["hist"][f]
+        first = (h > 0).double().argmax(dim=-1)
+        width = 2.0 ** self.tensors["hist_exp"][f].double() / h.shape[-1]
+        return first * width, hi
+
+    def _mass_between(self, lo: torch.Tensor, hi: torch.Tensor, f: slice | int = slice(None),
+                      closed_hi: bool = True) -> torch.Tensor:  # fmt: skip
+        """Nonzero activations of each feature in ``[lo, hi]`` (``[lo, hi)`` unless ``closed_hi``),
+        estimated from the streaming histogram: each bin's count spread evenly over the part of it
+        that lies inside the feature's ``[min, max]``."""
+        hist = self.tensors["hist"][f].double()
+        n = hist.shape[-1]
+        width = (2.0 ** self.tensors["hist_exp"][f].double() / n).unsqueeze(-1)
+        vmin, vmax = (x.unsqueeze(-1) for x in self._value_range(f))
+        j = torch.arange(n, dtype=torch.float64)
+        a = torch.maximum(j * width, vmin)
+        b = torch.minimum((j + 1) * width, vmax)
+        lo, hi = lo.double().unsqueeze(-1), hi.double().unsqueeze(-1)
+        span = b - a
+        part = (torch.minimum(b, hi) - torch.maximum(a, lo)).clamp_min(0) / span.clamp_min(1e-300)
+        point = ((a >= lo) & ((a <= hi) if closed_hi else (a < hi))).double()  # a bin of one value
+        share = torch.where(span > 0, part.clamp(max=1), point) * (b >= a)
+        return (hist * share).sum(dim=-1)
+
+    def dashboard_histogram(self, f: int, n_bins: int = 50) -> tuple[list[float], list[int]]:
+        """SAE-Dashboard's activation histogram (``HistogramData.from_data`` over the nonzero
+        activations): ``n_bins`` equal bins over [min, max], bin centres and integer heights.
+        The pass keeps no activations, so heights are the streaming histogram's counts spread over
+        these bins (totals exact, rounded by largest remainder)."""
+        count = int(self.tensors["nonzero"][f])
+        if count == 0:
+            return [], []  # from_data on no data: an empty histogram
+        lo, hi = (float(x) for x in self._value_range(f))
+        if hi <= lo:  # one distinct value: torch.histc widens the range by 1 each side
+            heights = [0] * n_bins
+            heights[n_bins // 2] = count
+            return [lo] * n_bins, heights
+        edges = torch.linspace(lo, hi, n_bins + 1, dtype=torch.float64)
+        mass = torch.stack([
+            self._mass_between(edges[i], edges[i + 1], f, closed_hi=i == n_bins - 1)
+            for i in range(n_bins)
+        ])  # fmt: skip
+        mass = mass * count / mass.sum().clamp_min(1e-300)
+        heights = mass.floor().long()
+        short = count - int(heights.sum())
+        if short > 0:
+            heights[torch.argsort(mass - heights, descending=True)[:short]] += 1
+        size = (hi - lo) / n_bins
+        return [round(lo + (i + 0.5) * size, 5) for i in range(n_bins)], heights.tolist()
 
     def logit_histogram(self, f: int) -> tuple[list[float], list[int]]:
         if "logit_hist" not in self.tensors:
@@ -272,7 +371,9 @@ class FeatureStats:
     def quantile_groups(
         self, f: int, n_groups: int = 5, per_group: int = 5, private: bool = False, seed: int = 0
     ) -> list[QuantileGroup]:
-        """Examples sampled uniformly from ``n_groups`` equal-width activation intervals of (0, max].
+        """Examples sampled uniformly from ``n_groups`` equal-width activation intervals of (0, max],
+        lowest first. ``bin_contains`` is SAE-Dashboard's: the share of all counted tokens whose
+        activation lies in ``[bin_min, bin_max]`` (the lowest interval includes the zeros).
 
         The reservoir keeps a uniform sample per fine bin; candidates are re-weighted by
         ``count(bin) / kept(bin)`` so each interval's sample is uniform over its sequences.
@@ -314,18 +415,19 @@ class FeatureStats:
         vmax = self.max_act[:, None]
         out = torch.full((f, n_groups, per_group), -1, dtype=torch.long)
         bounds = torch.zeros(f, n_groups, 3)
-        hist = t["hist"].double()
-        centres = (torch.arange(hist.shape[1]) + 0.5)[None, :] * rng[:, None] / hist.shape[1]
-        total = hist.sum(dim=1).clamp_min(1)
+        n_tok = max(self.n_tokens, 1)
+        zeros = (self.n_tokens - t["nonzero"]).double().clamp_min(0)
         for g in range(n_groups):  # over groups, not features
             lo, hi = vmax * g / n_groups, vmax * (g + 1) / n_groups
             inside = valid & (vals > lo) & ((vals <= hi) if g == n_groups - 1 else (vals < hi))
             k = min(per_group, s)
             kv, ki = torch.where(inside, es_key, torch.full_like(es_key, -float("inf"))).topk(k, 1)
             out[:, g, :k] = torch.where(kv > -float("inf"), ki, torch.full_like(ki, -1))
-            in_bin = (centres > lo) & (centres <= hi)
+            # SAE-Dashboard: share of ALL tokens with lo <= act <= hi (the lowest interval, lo = 0,
+            # so also counts the tokens where the feature is zero)
+            within = self._mass_between(lo[:, 0], hi[:, 0]) + (zeros if g == 0 else 0)
             bounds[:, g, 0], bounds[:, g, 1] = lo[:, 0], hi[:, 0]
-            bounds[:, g, 2] = ((hist * in_bin).sum(dim=1) / total).float()
+            bounds[:, g, 2] = (within / n_tok).clamp(max=1).float()
         res = {"slots": out, "bounds": bounds}
         self._groups = (key, res)
         return res

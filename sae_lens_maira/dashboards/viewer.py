@@ -88,6 +88,16 @@ def _example_view(ex: Example, scale: float) -> dict[str, Any]:
     }
 
 
+def copy_assets(out: Path) -> None:
+    """``features/`` and ``static/`` (CSS and JS copied, never linked to a CDN) under ``out``."""
+    (out / "features").mkdir(parents=True, exist_ok=True)
+    (out / "static").mkdir(exist_ok=True)
+    for name in ASSETS:
+        src = resources.files("sae_lens_maira.dashboards").joinpath(f"assets/{name}")
+        with resources.as_file(src) as path:
+            shutil.copyfile(path, out / "static" / name)
+
+
 def write_viewer(
     stats: FeatureStats,
     out_dir: str | Path,
@@ -100,12 +110,7 @@ def write_viewer(
 ) -> Path:
     """Write ``index.html``, ``features/<i>.html`` and ``static/`` under ``out_dir``; return index path."""
     out = Path(out_dir)
-    (out / "features").mkdir(parents=True, exist_ok=True)
-    (out / "static").mkdir(exist_ok=True)
-    for name in ASSETS:
-        src = resources.files("sae_lens_maira.dashboards").joinpath(f"assets/{name}")
-        with resources.as_file(src) as path:
-            shutil.copyfile(path, out / "static" / name)
+    copy_assets(out)
     env = _env()
     explanations = explanations or {}
     feats = (
@@ -118,15 +123,13 @@ def write_viewer(
         exs = feature_examples(stats, f, n_top, n_groups, per_group, private)
         scale = float(stats.max_act[f]) or 1.0
         top, bot = stats.logits(f)
-        lmax = max([abs(v) for _, v in top + bot] or [1.0])
         exp = explanations.get(f)
         ctx = {
             "meta": m, "f": f, "d_sae": stats.d_sae, "density": float(stats.density[f]),
             "max_act": float(stats.max_act[f]), "mean_act": float(stats.mean_act[f]),
             "explanation": exp, "act_hist": svg_bars(*stats.act_histogram(f)),
             "logit_hist": svg_bars(*stats.logit_histogram(f)),
-            "top_logits": [(s, v, abs(v) / lmax) for s, v in top],
-            "bottom_logits": [(s, v, abs(v) / lmax) for s, v in bot],
+            **logit_rows(top, bot),
             "correlated": stats.correlated(f)[:10],
             "top": [_example_view(e, scale) for e in exs.top],
             "quantiles": [_example_view(e, scale) for e in exs.quantiles],
@@ -136,7 +139,20 @@ def write_viewer(
         rows.append({"f": f, "density": float(stats.density[f]), "max_act": float(stats.max_act[f]),
                      "explanation": exp.text if exp else "", "score": exp.score if exp else None,
                      "heatmap": any(e.heatmap for e in exs.top)})  # fmt: skip
-    index = env.get_template("index.html.j2").render(meta=m, rows=rows, n_features=stats.d_sae,
-                                                      n_sequences=stats.n_sequences, n_tokens=stats.n_tokens)  # fmt: skip
+    return write_index(out, m, rows, stats.d_sae, stats.n_sequences, stats.n_tokens)
+
+
+def logit_rows(top: list[tuple[str, float]], bot: list[tuple[str, float]]) -> dict[str, Any]:
+    """Top and bottom logit effects with their bar lengths (shared scale)."""
+    lmax = max([abs(v) for _, v in top + bot] or [1.0])
+    return {"top_logits": [(s, v, abs(v) / lmax) for s, v in top],
+            "bottom_logits": [(s, v, abs(v) / lmax) for s, v in bot]}  # fmt: skip
+
+
+def write_index(out: Path, meta, rows: list[dict[str, Any]], n_features: int, n_sequences: int,
+                n_tokens: int) -> Path:  # fmt: skip
+    index = _env().get_template("index.html.j2").render(
+        meta=meta, rows=rows, n_features=n_features, n_sequences=n_sequences, n_tokens=n_tokens
+    )
     (out / "index.html").write_text(index, encoding="utf-8")
     return out / "index.html"

@@ -9,6 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .skips import SkippedStudy
 from .study import Study
 
 #: How many skip messages a result keeps verbatim (the counts are always complete).
@@ -23,11 +24,14 @@ class LoadResult:
     studies: list[Study]
     skipped: Counter = field(default_factory=Counter)
     problems: list[str] = field(default_factory=list)
+    skipped_studies: list[SkippedStudy] = field(default_factory=list)  # those with a study id
 
-    def skip(self, reason: str, message: str) -> None:
+    def skip(self, reason: str, message: str, study_id: str | None = None) -> None:
         self.skipped[reason] += 1
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(message)
+        if study_id is not None:
+            self.skipped_studies.append(SkippedStudy(study_id, reason, message))
 
     def __len__(self) -> int:
         return len(self.studies)

@@ -164,7 +164,7 @@ def load_manifest(
                 msg = f"{where}: image file(s) not found: " + ", ".join(missing)
                 if on_missing == "error":
                     raise FileNotFoundError(msg + " (fix the path, or pass on_missing='skip')")
-                result.skip("missing_image", msg)
+                result.skip("missing_image", msg, study_id)
                 continue
         result.studies.append(
             Study(

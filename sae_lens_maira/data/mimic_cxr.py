@@ -228,11 +228,11 @@ def load_mimic_cxr(
         subject = subject_of[sid]
         frontal = _pick(studies_imgs[sid], FRONTAL_VIEWS)
         if frontal is None:
-            result.skip("no_frontal", f"s{sid}: no PA/AP image in the metadata")
+            result.skip("no_frontal", f"s{sid}: no PA/AP image in the metadata", f"s{sid}")
             continue
         sec = sections(sid)
         if not sec.get("findings"):
-            result.skip("no_findings", f"s{sid}: no FINDINGS section")
+            result.skip("no_findings", f"s{sid}: no FINDINGS section", f"s{sid}")
             continue
         lateral = _pick(studies_imgs[sid], LATERAL_VIEWS) if with_lateral else None
         paths = {"frontal": image_path(root, subject, sid, frontal.dicom_id)}
@@ -255,7 +255,7 @@ def load_mimic_cxr(
                         msg
                         + " (download them, or pass on_missing='skip' to skip and count such studies)"
                     )
-                result.skip("missing_image", msg)
+                result.skip("missing_image", msg, f"s{sid}")
                 continue
         result.studies.append(
             Study(

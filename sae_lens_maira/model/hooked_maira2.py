@@ -36,6 +36,7 @@ from sae_lens_maira.model.attention import use_fused_attention
 from sae_lens_maira.model.checkpoint import iter_tensors, save_state_dict, weight_files
 from sae_lens_maira.model.embed import MultimodalEmbed
 from sae_lens_maira.model.image_bank import ImageBank, split_virtual_ids
+from sae_lens_maira.model.position_marks import strip_marks
 from sae_lens_maira.model.vision import Maira2Projector, build_vision_tower
 from sae_lens_maira.model.weight_conversion import (
     IGNORED_KEY,
@@ -46,6 +47,13 @@ from sae_lens_maira.model.weight_conversion import (
     tl_to_hub_state_dict,
 )
 from sae_lens_maira.processing.images import PREPROCESSOR_CONFIG, ImagePreprocessor
+from sae_lens_maira.processing.validation import (
+    ModelInputError,
+    check_image_count,
+    check_image_runs,
+    check_pixel_values,
+    check_token_ids,
+)
 
 
 class HookedMaira2(HookedSAETransformer):
@@ -135,15 +143,40 @@ class HookedMaira2(HookedSAETransformer):
         path: str | Path,
         *,
         device: str | torch.device | None = None,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         tokenizer: PreTrainedTokenizerBase | None = None,
         load_tokenizer: bool = True,
+        fold_ln: bool = False,
+        center_writing_weights: bool = False,
+        center_unembed: bool = False,
+        fold_value_biases: bool = False,
+        refactor_factored_attn_matrices: bool = False,
+        default_prepend_bos: bool | None = None,
+        default_padding_side: Literal["left", "right"] | None = None,
+        **tl_kwargs: Any,
     ) -> HookedMaira2:
         """Load a MAIRA-2 checkpoint folder (or a hub repo id already in the local cache).
 
         Weights stream shard by shard into an uninitialised model, converted to ``dtype`` on the way;
         missing, unexpected or mis-shaped weights raise an error that lists them.
+
+        TransformerLens's weight processing (``fold_ln``, ``center_writing_weights``,
+        ``center_unembed``, ``fold_value_biases``, ``refactor_factored_attn_matrices``) keeps its
+        meaning and is applied after loading by :meth:`process_weights_`. Unlike
+        ``HookedTransformer.from_pretrained`` every step is off by default, so logits and hooks
+        are the checkpoint's own (equal to transformers' MAIRA-2); ``from_pretrained_no_processing``
+        is the same as the default.
         """
+        unsupported = sorted(k for k, v in tl_kwargs.items() if not _tl_default(k, v))
+        if unsupported:
+            raise ValueError(
+                f"HookedMaira2.from_pretrained does not support the TransformerLens option(s) "
+                f"{unsupported}; supported: fold_ln, center_writing_weights, center_unembed, "
+                "fold_value_biases, refactor_factored_attn_matrices, default_prepend_bos, "
+                "default_padding_side, dtype, device, tokenizer"
+            )
+        if isinstance(dtype, str):
+            dtype = _parse_dtype(dtype)
         folder = resolve_checkpoint(path)
         config = read_config(folder)
         files = weight_files(folder)
@@ -167,10 +200,78 @@ class HookedMaira2(HookedSAETransformer):
             from sae_lens_maira.processing.tokenizer import check_tokenizer
 
             check_tokenizer(tokenizer, source=f"the tokenizer of {folder}")
-            model.set_tokenizer(tokenizer)
+            model.set_tokenizer(tokenizer, default_padding_side=default_padding_side)
+        if default_prepend_bos is not None:
+            model.cfg.default_prepend_bos = default_prepend_bos
         model.image_preprocessor = _folder_image_preprocessor(folder, config)
+        if fold_ln or center_writing_weights or center_unembed or fold_value_biases or refactor_factored_attn_matrices:
+            model.process_weights_(
+                fold_ln=fold_ln,
+                center_writing_weights=center_writing_weights,
+                center_unembed=center_unembed,
+                fold_value_biases=fold_value_biases,
+                refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+            )
         model.eval()
         return model
+
+    @classmethod
+    def from_pretrained_no_processing(  # type: ignore[override]
+        cls,
+        path: str | Path,
+        fold_ln: bool = False,
+        center_writing_weights: bool = False,
+        center_unembed: bool = False,
+        refactor_factored_attn_matrices: bool = False,
+        fold_value_biases: bool = False,
+        **kwargs: Any,
+    ) -> HookedMaira2:
+        """TransformerLens's name for loading without weight processing (our default too)."""
+        return cls.from_pretrained(
+            path,
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+            refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+            fold_value_biases=fold_value_biases,
+            **kwargs,
+        )
+
+    def process_weights_(  # type: ignore[override]
+        self,
+        fold_ln: bool = True,
+        center_writing_weights: bool = True,
+        center_unembed: bool = True,
+        refactor_factored_attn_matrices: bool = False,
+        fold_value_biases: bool = True,
+    ) -> None:
+        """TransformerLens's in-place weight processing, on the language model only.
+
+        Runs ``HookedTransformer.load_and_process_state_dict`` (TransformerLens's own rules: with
+        RMSNorm, ``fold_ln`` folds the norm weights into the next matrices and makes the norms
+        ``RMSNormPre``; ``center_writing_weights`` is skipped, since RMSNorm does not remove the
+        mean). The vision tower and projector are restored bit for bit afterwards (TransformerLens
+        processes in float32), so image tokens embed exactly as before. ``refactor_factored_attn_matrices``
+        is refused: with rotary embeddings the QK circuit depends on position.
+        """
+        if refactor_factored_attn_matrices and self.cfg.positional_embedding_type == "rotary":
+            raise ValueError(
+                "refactor_factored_attn_matrices is not possible for MAIRA-2: its LLaMA uses rotary "
+                "embeddings, so W_Q and W_K cannot be refactored without changing attention; "
+                "leave it False (TransformerLens refuses it for rotary models too)"
+            )
+        state = self.state_dict()
+        outside = {k: v.detach().clone() for k, v in state.items() if k.startswith(NON_LM_PREFIXES)}
+        self.load_and_process_state_dict(
+            state,
+            fold_ln=fold_ln,
+            center_writing_weights=center_writing_weights,
+            center_unembed=center_unembed,
+            fold_value_biases=fold_value_biases,
+            refactor_factored_attn_matrices=refactor_factored_attn_matrices,
+        )
+        self.load_state_dict(outside, strict=False)
+        self._image_cache.clear()
 
     def to_tokens(self, input: Any, *args: Any, **kwargs: Any) -> torch.Tensor:  # type: ignore[override]
         """TransformerLens's ``to_tokens``, with a clear error when the model has no tokenizer."""
@@ -304,16 +405,7 @@ class HookedMaira2(HookedSAETransformer):
 
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pixels [n, 3, H, W] -> projected image embeddings [n, n_patches, d_model]."""
-        size = self.maira_config.image_size
-        if (
-            pixel_values.ndim != 4
-            or pixel_values.shape[1] != 3
-            or tuple(pixel_values.shape[-2:]) != (size, size)
-        ):
-            raise ValueError(
-                f"pixel_values must have shape [n_images, 3, {size}, {size}], got {tuple(pixel_values.shape)}; "
-                "preprocess images with Maira2Processor / ImagePreprocessor"
-            )
+        check_pixel_values(pixel_values, image_size=self.maira_config.image_size)
         param: torch.Tensor = self.multi_modal_projector.layers[0].weight  # type: ignore[assignment]
         pixels = pixel_values.to(device=param.device, dtype=param.dtype)
         features = self.vision_tower(pixels).feature_maps[-1]
@@ -367,7 +459,8 @@ class HookedMaira2(HookedSAETransformer):
         """TransformerLens's forward plus ``pixel_values`` ([n_images, 3, H, W], in order of appearance).
 
         ``image_embeds`` may replace ``pixel_values`` with already projected features (e.g. reused
-        across a steering sweep).
+        across a steering sweep). Ids marked outside an SAE's selection (:mod:`position_marks`)
+        run as their plain ids.
         """
         if kwargs.get("start_at_layer") is not None:
             return super().forward(input, **kwargs)
@@ -380,6 +473,7 @@ class HookedMaira2(HookedSAETransformer):
         if isinstance(input, torch.Tensor):
             if input.ndim == 1:
                 input = input[None]
+            input = strip_marks(input)  # positions marked outside an SAE's selection run as usual
             self._check_inputs(input, pixel_values, image_embeds, kwargs)
         if pixel_values is not None:
             image_embeds = self.encode_images(pixel_values)
@@ -393,40 +487,37 @@ class HookedMaira2(HookedSAETransformer):
         image_embeds: torch.Tensor | None,
         kwargs: dict[str, Any],
     ) -> None:
-        if tokens.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"input_ids must be integer token ids, got dtype {tokens.dtype}")
+        """The forward's input check (:mod:`validation`); ``encode_images`` checks pixels again
+        because the image bank reaches it without a forward."""
+        check_token_ids(tokens)
+        check_image_runs(tokens, self.image_token_id, self.n_patches)
+        if pixel_values is not None:
+            check_pixel_values(pixel_values, image_size=self.maira_config.image_size)
         mask = kwargs.get("attention_mask")
         if mask is not None and tuple(mask.shape) != tuple(tokens.shape):
-            raise ValueError(
+            raise ModelInputError(
                 f"attention_mask shape {tuple(mask.shape)} does not match input_ids shape {tuple(tokens.shape)}"
             )
         cache = kwargs.get("past_kv_cache")
         offset = cache[0].past_keys.shape[1] if cache is not None else 0
         if offset + tokens.shape[1] > self.cfg.n_ctx:
-            raise ValueError(
+            raise ModelInputError(
                 f"the sequence is {offset + tokens.shape[1]} tokens long but MAIRA-2's context is "
                 f"{self.cfg.n_ctx} tokens; use fewer images or a shorter prior report"
             )
-        if bool((tokens < 0).any()):
-            raise ValueError("input_ids contain negative token ids")
         n_image_tokens = int((tokens == self.image_token_id).sum())
         n_given = None
         if pixel_values is not None:
-            n_given = int(pixel_values.shape[0]) if pixel_values.ndim == 4 else -1
+            n_given = int(pixel_values.shape[0])
         elif image_embeds is not None:
             n_given = int(image_embeds.shape[0])
         if n_given is None:
             if n_image_tokens and cache is None:
-                raise ValueError(
+                raise ModelInputError(
                     f"input_ids contain {n_image_tokens} image tokens but no pixel_values were given"
                 )
             return
-        if n_image_tokens != n_given * self.n_patches:
-            raise ValueError(
-                f"input_ids hold {n_image_tokens} image tokens ({n_image_tokens / self.n_patches:g} images "
-                f"of {self.n_patches} patches) but {n_given} images were given; each image needs exactly "
-                f"{self.n_patches} image tokens, in order of appearance"
-            )
+        check_image_count(tokens, self.image_token_id, self.n_patches, n_given)
 
     @torch.no_grad()
     def run_to_hook(self, hook_name: str, input: torch.Tensor, **kwargs: Any) -> torch.Tensor:
@@ -588,6 +679,34 @@ def _folder_image_preprocessor(folder: Path, config: Maira2Config) -> ImagePrepr
             "fix one of the two files"
         )
     return preprocessor
+
+
+#: State-dict prefixes outside TransformerLens's language model (never weight-processed).
+NON_LM_PREFIXES = ("vision_tower.", "multi_modal_projector.")
+
+#: TransformerLens from_pretrained options accepted only at their default (no effect here).
+_TL_DEFAULTS: dict[str, Any] = {
+    "move_to_device": True,
+    "n_devices": 1,
+    "checkpoint_index": None,
+    "checkpoint_value": None,
+    "checkpoint_label": None,
+    "hf_model": None,
+    "first_n_layers": None,
+    "n_ctx": None,
+}
+
+
+def _tl_default(key: str, value: Any) -> bool:
+    return key in _TL_DEFAULTS and value == _TL_DEFAULTS[key]
+
+
+def _parse_dtype(name: str) -> torch.dtype:
+    """TransformerLens-style dtype strings ("float32", "bfloat16", "torch.float16")."""
+    dtype = getattr(torch, name.removeprefix("torch."), None)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype {name!r} is not a torch floating-point dtype (e.g. 'float32', 'bfloat16')")
+    return dtype
 
 
 def hook_layer(hook_name: str) -> int | None:

@@ -8,6 +8,7 @@ runs RAD-DINO's ``BitImageProcessor``: shortest edge to 518 (bicubic), centre cr
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,33 +23,46 @@ from sae_lens_maira.data.study import ImageRef
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
 
 
+#: Largest image accepted from a file, in pixels (width x height), checked on the header before
+#: decoding: a 30000 x 30000 "decompression bomb" PNG is a few kB on disk but 900 MP in memory.
+#: Chest X-rays are at most about 4300 x 4300 (18 MP).
+MAX_IMAGE_PIXELS = 50_000_000
+#: Smallest side accepted from a file: a 1 x 1 (or 8 x 8) file is a placeholder or a broken
+#: export, and stretched to 518 px it would be cached as a blank image.
+MIN_IMAGE_SIDE = 32
+
+#: ``ImageLoadError.reason`` values (the keys of skip reports).
+REASONS = ("missing_image", "unreadable_image", "image_too_large", "image_too_small")
+
+
 class ImageLoadError(ValueError):
-    """An image could not be read or is not a usable greyscale/RGB picture."""
+    """An image could not be read or is not a usable greyscale/RGB picture.
+
+    ``reason`` is one of :data:`REASONS`; ``path`` is the file, when it came from one.
+    """
+
+    def __init__(
+        self, message: str, reason: str = "unreadable_image", path: str | Path | None = None
+    ) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.path = None if path is None else str(path)
 
 
 def load_image(ref: ImageRef) -> Image.Image:
     """Open ``ref`` (path, PIL image or array) as an 8-bit greyscale image.
 
     Arrays may be (H, W) or (H, W, C) of any numeric dtype; they are min-max stretched later, so
-    16-bit DICOM-derived arrays keep their full dynamic range.
+    16-bit DICOM-derived arrays keep their full dynamic range. Files are checked against
+    :data:`MAX_IMAGE_PIXELS` and :data:`MIN_IMAGE_SIDE` on their header, before decoding; images
+    and arrays built in memory are the caller's and only need two pixels a side.
     """
     if isinstance(ref, Image.Image):
         image = ref
     elif isinstance(ref, np.ndarray):
         return _array_to_image(ref, "array")
     elif isinstance(ref, (str, Path)):
-        path = Path(ref)
-        if not path.is_file():
-            raise ImageLoadError(f"image file not found: {path}")
-        try:
-            with Image.open(path) as opened:
-                opened.load()
-                image = opened.copy()
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise ImageLoadError(
-                f"{path} is not a readable image ({err.__class__.__name__}: {err}); "
-                "expected a JPEG/PNG chest X-ray"
-            ) from err
+        image = _open_file(Path(ref))
     else:
         raise ImageLoadError(
             f"unsupported image type {type(ref).__name__}; pass a file path, a PIL image or a numpy array"
@@ -56,6 +70,59 @@ def load_image(ref: ImageRef) -> Image.Image:
     if image.mode in ("I", "I;16", "I;16B", "F"):
         return _array_to_image(np.asarray(image), "image")
     return image.convert("L")
+
+
+def _open_file(path: Path) -> Image.Image:
+    """Decode a file after checking the size its header claims (PIL reads only the header first)."""
+    if not path.is_file():
+        raise ImageLoadError(
+            f"image file not found: {path}; fix the path in the study source or remove the study",
+            "missing_image",
+            path,
+        )
+    try:
+        with warnings.catch_warnings():
+            # PIL warns above its own limit and raises at twice it; both mean "bomb" here
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as opened:
+                _check_size(path, *opened.size)
+                opened.load()
+                return opened.copy()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageLoadError(
+            f"{path} is too large to decode safely ({err}); the limit is {MAX_IMAGE_PIXELS:,} "
+            "pixels (MAX_IMAGE_PIXELS): downscale the image",
+            "image_too_large",
+            path,
+        ) from err
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        if isinstance(err, ImageLoadError):
+            raise
+        raise ImageLoadError(
+            f"{path} is not a readable image ({err.__class__.__name__}: {err}); "
+            "expected a JPEG/PNG chest X-ray",
+            "unreadable_image",
+            path,
+        ) from err
+
+
+def _check_size(path: Path, width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageLoadError(
+            f"{path} claims {width} x {height} pixels ({width * height / 1e6:.0f} MP), more than "
+            f"the {MAX_IMAGE_PIXELS / 1e6:.0f} MP limit (MAX_IMAGE_PIXELS); it was not decoded. "
+            "A chest X-ray needs no more than about 20 MP: downscale it, or remove the study",
+            "image_too_large",
+            path,
+        )
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ImageLoadError(
+            f"{path} is {width} x {height} pixels, smaller than {MIN_IMAGE_SIDE} px on a side "
+            "(MIN_IMAGE_SIDE); it is a placeholder or a broken export, not a chest X-ray: replace "
+            "it with the real image, or remove the study",
+            "image_too_small",
+            path,
+        )
 
 
 def _array_to_image(array: np.ndarray, what: str) -> Image.Image:

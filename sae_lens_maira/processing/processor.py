@@ -28,6 +28,12 @@ from sae_lens_maira.processing.prompt import (
 )
 from sae_lens_maira.processing.roles import Role
 from sae_lens_maira.processing.tokenizer import IMAGE_TOKEN, check_tokenizer, load_tokenizer
+from sae_lens_maira.processing.validation import (
+    ModelInputError,
+    check_image_count,
+    check_model_batch,
+    check_pixel_values,
+)
 
 Task = Literal["findings", "grounded_findings", "phrase_grounding"]
 
@@ -253,9 +259,19 @@ class Maira2Processor:
     def collate(
         self, encoded: Sequence[EncodedPrompt], *, padding_side: Literal["left", "right"] = "left"
     ) -> Maira2Inputs:
-        """Pad encoded prompts into one batch and preprocess their images in order."""
+        """Pad encoded prompts into one batch and preprocess their images in order.
+
+        The batch is checked here (:mod:`validation`), where prompts and pixels enter the model's
+        path: empty prompts, image runs per row, pixel dtype, shape, finiteness and range.
+        """
         if not encoded:
-            raise ValueError("cannot collate an empty batch")
+            raise ModelInputError("cannot collate an empty batch: give at least one prompt")
+        for b, e in enumerate(encoded):
+            if len(e) == 0:
+                raise ModelInputError(
+                    f"prompt {b} of the batch is empty (no token ids); encode it with "
+                    "processor.encode(...) / encode_study(...)"
+                )
         T = max(len(e) for e in encoded)
         pad_id = self.pad_token_id
         B = len(encoded)
@@ -272,15 +288,28 @@ class Maira2Processor:
             roles[b, sl] = torch.tensor(e.roles)
             slots[b, sl] = torch.tensor(e.image_slot)
             patches[b, sl] = torch.tensor(e.patch_index)
-        pixel_values = torch.cat([self._pixels(e) for e in encoded])
+        pixel_values = torch.cat([self._pixels(e, b) for b, e in enumerate(encoded)])
+        check_model_batch(  # pixels were checked per prompt above
+            ids, None, image_token_id=self.image_token_id, n_patches=self.n_patches
+        )
+        check_image_count(ids, self.image_token_id, self.n_patches, int(pixel_values.shape[0]))
         return Maira2Inputs(
             ids, mask, pixel_values, roles, slots, patches, [len(e.images) for e in encoded]
         )
 
-    def _pixels(self, encoded: EncodedPrompt) -> torch.Tensor:
-        if encoded.pixel_values is not None:
-            return encoded.pixel_values
-        return self.image_processor(list(encoded.images))
+    def _pixels(self, encoded: EncodedPrompt, index: int) -> torch.Tensor:
+        pixels = encoded.pixel_values
+        if pixels is None:
+            pixels = self.image_processor(list(encoded.images))
+        size = self.image_processor.crop_size
+        check_pixel_values(pixels, image_size=size, what=f"pixel_values of prompt {index}")
+        if pixels.shape[0] != len(encoded.images):
+            raise ModelInputError(
+                f"prompt {index} has {len(encoded.images)} images but {pixels.shape[0]} preprocessed "
+                "images (pixel_values) were attached to it; prepare them with "
+                "processor.image_processor(encoded.images)"
+            )
+        return pixels
 
     @property
     def pad_token_id(self) -> int:

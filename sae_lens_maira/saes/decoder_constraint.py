@@ -8,25 +8,30 @@ between those calls, so:
   trainer's gradient clipping; in place, no extra N x D buffer). It is (re)attached to the live
   parameter at every training forward, since SAELens's loaders replace parameters
   (``load_state_dict(assign=True)``).
-- the renormalisation is a global optimiser step post-hook (``torch.optim`` public API) that
-  renormalises ``W_dec`` of every constrained SAE whose decoder the stepping optimiser owns. It
-  therefore works with SAETrainer, LanguageModelSAETrainingRunner and any hand-written loop.
+- the renormalisation is a step post-hook on the SAE's *own* optimiser
+  (``Optimizer.register_step_post_hook``, attached by :func:`constrain_optimizer`; the training
+  runner attaches it to SAETrainer's Adam). No process-wide state: another optimiser in the
+  process never runs it. It renormalises only when ``W_dec`` changed since its last
+  renormalisation, so a step whose hooks run twice (torch re-wraps a class's ``step`` that was
+  replaced after an optimiser was built, and then runs every hook twice) gives the same weights
+  bit for bit as a step whose hooks run once.
 """
 
 from __future__ import annotations
 
+import logging
 import weakref
 from types import ModuleType
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.optim.optimizer import register_optimizer_step_post_hook
+from torch.utils.hooks import RemovableHandle
 
 from sae_lens_maira.kernels.dispatch import fused_kernels
+from sae_lens_maira.saes.host_cache import HostCache
 
-_CONSTRAINED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
-_STEP_HOOK: Any = None
+logger = logging.getLogger(__name__)
 
 
 #: dictionary_learning's guard in the projection's ``w / (||w|| + 1e-6)``
@@ -86,23 +91,60 @@ def _project_hook(param: Tensor) -> None:
         remove_parallel_component_(param.detach(), param.grad)
 
 
-def _optimizer_post_step(optimizer: torch.optim.Optimizer, *_: Any) -> None:
-    if len(_CONSTRAINED) == 0:
-        return
-    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    for module in list(_CONSTRAINED):
-        W_dec = getattr(module, "W_dec", None)
-        if W_dec is not None and id(W_dec) in owned:
-            renormalize_rows_(W_dec.data)
+class _RenormAfterStep:
+    """The per-optimiser post-hook: renormalise ``module.W_dec`` if this optimiser owns it and
+    it changed since the last renormalisation (its in-place version counter moved)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = weakref.ref(module)
+        self.done = HostCache()  # W_dec's state right after our last renormalisation
+
+    def __call__(self, optimizer: torch.optim.Optimizer, *_: Any) -> None:
+        module = self.module()
+        W_dec = getattr(module, "W_dec", None) if module is not None else None
+        if W_dec is None or self.done.get(W_dec) is not None:
+            return
+        if not any(p is W_dec for group in optimizer.param_groups for p in group["params"]):
+            return
+        with torch.no_grad():
+            renormalize_rows_(W_dec)
+        self.done.remember(W_dec, 1.0)
 
 
 def constrain_decoder(module: nn.Module) -> None:
-    """Keep ``module.W_dec`` rows at unit norm under any torch optimiser; idempotent."""
-    global _STEP_HOOK
-    _CONSTRAINED.add(module)
-    if _STEP_HOOK is None:
-        _STEP_HOOK = register_optimizer_step_post_hook(_optimizer_post_step)
+    """Mark ``module`` as keeping unit-norm ``W_dec`` rows and attach the gradient projection;
+    the renormalisation comes with :func:`constrain_optimizer` on the optimiser that trains it."""
+    module._unit_norm_decoder = True  # type: ignore[attr-defined]
+    if not hasattr(module, "_decoder_constraint_hooks"):
+        # optimiser -> handle of its hook for this module (weak: a dropped optimiser goes)
+        module._decoder_constraint_hooks = weakref.WeakKeyDictionary()  # type: ignore[attr-defined]
     attach_projection_hook(module)
+
+
+def wants_unit_norm_decoder(module: Any) -> bool:
+    """Whether ``module`` was built with :func:`constrain_decoder` (e.g. the Matryoshka SAE)."""
+    return bool(getattr(module, "_unit_norm_decoder", False))
+
+
+def constrain_optimizer(optimizer: torch.optim.Optimizer, module: nn.Module) -> RemovableHandle:
+    """Renormalise ``module.W_dec`` rows after every step of ``optimizer`` (its own hook only);
+    idempotent per (optimiser, module). Call it on the optimiser that trains a constrained SAE:
+    ``constrain_optimizer(trainer.optimizer, trainer.sae)`` for a hand-built SAETrainer."""
+    if not wants_unit_norm_decoder(module):
+        raise TypeError(
+            f"{type(module).__name__} has no unit-norm decoder constraint; "
+            "call constrain_decoder(module) first (the Matryoshka SAE does it itself)"
+        )
+    hooks = module._decoder_constraint_hooks  # type: ignore[attr-defined]
+    handle = hooks.get(optimizer)
+    if handle is None:
+        handle = hooks[optimizer] = optimizer.register_step_post_hook(_RenormAfterStep(module))
+    return handle
+
+
+def is_constrained_by_an_optimizer(module: nn.Module) -> bool:
+    """Whether some live optimiser renormalises ``module``'s decoder after its steps."""
+    return len(getattr(module, "_decoder_constraint_hooks", ())) > 0
 
 
 def attach_projection_hook(module: nn.Module) -> None:

@@ -36,7 +36,12 @@ from sae_lens_maira.compat.torch import KeepFloat32Buffers
 from sae_lens_maira.kernels.layout import small_constant
 from sae_lens_maira.saes.auxk import auxk_l2
 from sae_lens_maira.saes.config import MatryoshkaSAEConfig, MatryoshkaTrainingSAEConfig
-from sae_lens_maira.saes.decoder_constraint import attach_projection_hook, constrain_decoder
+from sae_lens_maira.saes.decoder_constraint import (
+    attach_projection_hook,
+    constrain_decoder,
+    constrain_optimizer,
+    is_constrained_by_an_optimizer,
+)
 from sae_lens_maira.saes.encoder_bias import bias_with_decoder_shift
 from sae_lens_maira.saes.geometric_median import geometric_median
 from sae_lens_maira.saes.host_cache import HostCache
@@ -230,7 +235,9 @@ class MatryoshkaTrainingSAE(
     ``num_tokens_since_fired`` (dead latents are counted in tokens), ``norm_factor`` and
     ``training_steps`` (the step count the recipe's schedule uses; SAETrainer's own counter is
     one behind after a resume, so it is not relied on).
-    The unit-norm decoder is enforced by :mod:`sae_lens_maira.saes.decoder_constraint`.
+    The unit-norm decoder is enforced by :mod:`sae_lens_maira.saes.decoder_constraint`: the
+    gradient projection by the SAE itself, the renormalisation by a hook on the optimiser that
+    trains it (:meth:`constrain_optimizer`; ``sae-lens-maira train`` attaches it to SAETrainer's).
     """
 
     b_enc: nn.Parameter
@@ -246,7 +253,13 @@ class MatryoshkaTrainingSAE(
         self._norm_cache = HostCache()  # whether norm_factor is estimated (> 0)
         # an upper bound on max(num_tokens_since_fired): below the dead threshold, nothing is dead
         self._idle_bound = HostCache()
+        self._unconstrained_warned = False
         constrain_decoder(self)
+
+    def constrain_optimizer(self, optimizer: torch.optim.Optimizer) -> Any:
+        """Renormalise the decoder rows after each step of ``optimizer`` (the one training this
+        SAE); returns the hook's handle. Idempotent."""
+        return constrain_optimizer(optimizer, self)
 
     @override
     def initialize_weights(self) -> None:
@@ -467,6 +480,13 @@ class MatryoshkaTrainingSAE(
         """
         attach_projection_hook(self)
         step = self._step_count()
+        if step >= 1 and not getattr(self, "_unconstrained_warned", False) and not is_constrained_by_an_optimizer(self):
+            self._unconstrained_warned = True
+            logger.warning(
+                "MatryoshkaTrainingSAE trains without a decoder renormalisation: no optimiser "
+                "keeps W_dec rows at unit norm; call sae.constrain_optimizer(optimizer) "
+                "(SAETrainer: sae.constrain_optimizer(trainer.optimizer)) before training"
+            )
         self.training_steps += 1
         self._remember_step_count(step + 1)
         x = self.hook_sae_input(step_input.sae_in.to(self.dtype))

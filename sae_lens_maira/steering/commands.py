@@ -16,7 +16,9 @@ def steer(exp, features: list[int] | None = None, finding: str | None = None,
     activation to ``coefficient x scale`` at the first placement in ``where``; ``mode: add``
     adds ``coefficient x scale x`` the features' unit decoder direction at ``positions``."""
     from sae_lens_maira.activations.sae_fit import check_sae_fits
+    from sae_lens_maira.data.skips import SKIPS_FILE, SkipCollector, announce, keep_usable
     from sae_lens_maira.loading.sae_folder import load_sae_folder
+    from sae_lens_maira.processing.images import load_image
     from sae_lens_maira.steering.clamp import FeatureClamp
 
     spec = SteerSettings.from_section(exp.section("steer", required=False))
@@ -37,7 +39,18 @@ def steer(exp, features: list[int] | None = None, finding: str | None = None,
     model = exp.load_model()
     sae = load_sae_folder(sae_dir, device=str(model.cfg.device))
     hook = check_sae_fits(sae.cfg, model, spec.hook_name)
-    studies = exp.load_studies()[: spec.n_studies]
+    processor = exp.load_processor()
+    skips = SkipCollector()
+    listed = exp.load_studies(skips)
+
+    def usable(study) -> None:  # what the sweep will need: the prompt and every image decoded
+        processor.encode_study(study)
+        for image in study.images:
+            load_image(image)
+
+    studies = keep_usable(listed, usable, skips, limit=spec.n_studies)
+    n_read = len(skips) + len(studies)
+    skips.check_some_left(n_read, "steer")
     make_hook: Callable[[float], FeatureClamp] | None = None
     if spec.mode == "clamp":
         def clamp(coef: float) -> FeatureClamp:
@@ -46,7 +59,7 @@ def steer(exp, features: list[int] | None = None, finding: str | None = None,
         make_hook = clamp
 
     result = steering_sweep(
-        model, exp.load_processor(), studies,
+        model, processor, studies,
         direction=feature_directions(sae.W_dec, features) * spec.scale,
         hook_name=hook,
         coefficients=coefficients or list(spec.coefficients),
@@ -57,4 +70,8 @@ def steer(exp, features: list[int] | None = None, finding: str | None = None,
         max_new_tokens=spec.max_new_tokens,
         make_hook=make_hook,
     )  # fmt: skip
-    return result, result.save(exp.path(out or spec.out))
+    folder = result.save(exp.path(out or spec.out))
+    report = skips.write(folder / SKIPS_FILE, n_read)
+    if len(skips):
+        announce(skips.summary(n_read, report))
+    return result, folder

@@ -3,34 +3,45 @@
 The runner gets HookedMaira2 as ``override_model`` and the studies as a pretokenized dataset of
 virtual image tokens (:mod:`sae_lens_maira.activations.saelens_bridge`) as ``override_dataset``.
 Training reads the activation cache (the study's token selection) with
-``use_cached_activations``; without a cache it streams every non-pad position live. Evals (CE
-loss recovered, KL, explained variance, L0) run on the same multimodal prompts with the SAE
-spliced into MAIRA-2; checkpoints and wandb are SAELens's (wandb off unless ``train.wandb``,
-offline without a login: :mod:`wandb_setup`).
+``use_cached_activations``; without a cache it streams the same selection live (``cache.selection``,
+through :class:`SelectionActivationsStore`). Evals (CE loss recovered, KL, explained variance, L0,
+dead latents), during training and at the end, run SAELens's ``run_evals`` on the multimodal
+prompts with the SAE spliced into MAIRA-2 and measure at the training positions only; the report
+(``eval_metrics.json``'s ``positions``) names the selection and counts the positions. Checkpoints
+and wandb are SAELens's (wandb off unless ``train.wandb``, offline without a login: :mod:`wandb_setup`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 from sae_lens import (
-    ActivationsStore,
     LanguageModelSAERunnerConfig,
     LanguageModelSAETrainingRunner,
     LoggingConfig,
 )
-from sae_lens.llm_sae_training_runner import LLMSaeEvaluator
 from sae_lens.registry import get_sae_training_class
 
-from sae_lens_maira.activations.cache import INFO_FILE
+from sae_lens_maira.activations.cache import INFO_FILE, CacheConfig
 from sae_lens_maira.activations.sae_fit import check_sae_fits
 from sae_lens_maira.activations.saelens_bridge import studies_to_token_dataset
-from sae_lens_maira.compat.sae_lens import evaluator_store, replace_evaluator
+from sae_lens_maira.activations.selection_store import (
+    SelectionActivationsStore,
+    SelectionEvaluator,
+    flat_metrics,
+    run_selection_evals,
+)
+from sae_lens_maira.compat.sae_lens import (
+    evaluator_store,
+    replace_activations_store,
+    replace_evaluator,
+)
+from sae_lens_maira.data.skips import SKIPS_FILE, SkipCollector, SkippedStudy, announce
 from sae_lens_maira.experiment import Experiment
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.model.image_bank import ImageBank
@@ -71,6 +82,8 @@ class TrainResult:
     checkpoint_path: Path | None
     metrics: dict[str, float]
     wandb: WandbStatus | None = None
+    positions: dict[str, Any] | None = None  # the selection the evals measured on, and counts
+    skipped_studies: list[SkippedStudy] = field(default_factory=list)
 
 
 def training_sae_config(sae_spec: dict[str, Any], d_in: int, hook_name: str):
@@ -107,7 +120,9 @@ def train_sae(
         raise ValueError("set train.hook_name (or cache.hook_name), e.g. blocks.15.hook_resid_post")
     model = model or exp.load_model()
     processor = processor or exp.load_processor()
-    studies = exp.load_studies()
+    skips = SkipCollector()  # the source's missing files, then images that cannot be read
+    studies = exp.load_studies(skips)
+    n_listed = len(studies) + len(skips)
     sae_cfg = training_sae_config(exp.section("sae"), model.cfg.d_model, hook)
     check_sae_fits(sae_cfg, model, hook)
 
@@ -125,8 +140,13 @@ def train_sae(
                 f"the cache at {cache_dir} holds {info['hook_name']} (d_in {info['d_in']}), "
                 f"but training reads {hook} (d_in {model.cfg.d_model}); rebuild the cache"
             )
+    # one definition of the SAE's positions: what the cache holds, else cache.selection
+    selection = (
+        info["selection"] if use_cache else cache_spec.get("selection", _cache_default("selection"))
+    )
+    with_report = bool(cache_spec.get("with_report", _cache_default("with_report")))
     # evals always see whole prompts; the cache's rows are only a packing unit for training
-    prompt_context = int(train.context_size or max_prompt_length(processor, studies))
+    prompt_context = int(train.context_size or max_prompt_length(processor, studies, with_report))
     context_size = int(info["context_size"]) if use_cache else prompt_context
 
     runner_kwargs = {k: getattr(train, k) for k in RUNNER_KEYS if getattr(train, k) is not None}
@@ -141,15 +161,17 @@ def train_sae(
             f"{batch_tokens}; raise n_batches_in_buffer or cache.context_size"
         )
     bank = ImageBank(preprocessor=processor.image_processor)
-    skipped: dict[str, str] = {}
     dataset = studies_to_token_dataset(
         studies,
         processor,
         bank,
         d_vocab=model.cfg.d_vocab,
         context_size=prompt_context,
-        skipped=skipped,
+        skipped=skips,
+        with_report=with_report,
+        selection=selection,
     )
+    skips.check_some_left(n_listed, "train")
     model.attach_image_bank(bank)
 
     out = exp.path(train.output_dir)
@@ -200,6 +222,10 @@ def train_sae(
         runner = LanguageModelSAETrainingRunner(
             cfg, override_dataset=dataset, override_model=model
         )
+    if not use_cache:  # train on the selection's positions, as the cache would hold them
+        store = SelectionActivationsStore.from_config(model, cfg, override_dataset=dataset)
+        store.selection = selection
+        replace_activations_store(runner, store)
     mark_checkpoints_complete(runner)
     guard = NonFiniteGuard(
         f"the activation cache at {cache_dir}"
@@ -211,17 +237,17 @@ def train_sae(
         skip_bad_batches=bool(train.skip_bad_batches),
     )
     guard.install(runner)
-    if use_cache:
-        evaluator = LLMSaeEvaluator(
-            model=model,
-            activations_store=prompt_store(
-                model, dataset, hook, prompt_context, processor.pad_token_id, cfg
-            ),
-            eval_batch_size_prompts=cfg.eval_batch_size_prompts,
-            n_eval_batches=cfg.n_eval_batches,
-            model_kwargs={},
-        )
-        replace_evaluator(runner, evaluator)
+    constrain_trainer_optimizer(runner)
+    evaluator = SelectionEvaluator(  # its own store: evals never advance training's rows
+        model=model,
+        activations_store=prompt_store(
+            model, dataset, hook, prompt_context, processor.pad_token_id, cfg, selection
+        ),
+        eval_batch_size_prompts=cfg.eval_batch_size_prompts,
+        n_eval_batches=cfg.n_eval_batches,
+        model_kwargs={},
+    )
+    replace_evaluator(runner, evaluator)
     logger.info(
         "training %s on %s (%s tokens, context %d)",
         sae_cfg.architecture(),
@@ -232,19 +258,46 @@ def train_sae(
     with wandb_environment(wandb):
         sae = runner.run()
     logger.info("%s", wandb.describe())
-    metrics = evaluate_on_store(runner, sae)
+    # the final evals measure the SAE as saved (inference form: per-position encoding, e.g. a
+    # BatchTopK SAE's global threshold), so the figures hold for what users load
+    from sae_lens import SAE
+
+    saved = SAE.load_from_disk(str(out), device=str(device), dtype=str(cfg.dtype))
+    metrics, positions = evaluate_on_store(runner, saved)
+    logger.info("final evals on %s", positions)
     if guard.skip_bad_batches:
         metrics["training/skipped_nonfinite_batches"] = float(guard.skipped_batches)
-    (out / "eval_metrics.json").write_text(json.dumps(metrics, indent=1))
-    return TrainResult(sae, out, checkpoints, metrics, wandb)
+    (out / "eval_metrics.json").write_text(json.dumps({**metrics, "positions": positions}, indent=1))
+    report = skips.write(out / SKIPS_FILE, n_listed)
+    if len(skips):
+        announce(skips.summary(n_listed, report))
+    return TrainResult(sae, out, checkpoints, metrics, wandb, positions, skips.items)
+
+
+def constrain_trainer_optimizer(runner: LanguageModelSAETrainingRunner) -> None:
+    """Attach the decoder renormalisation to the Adam that SAETrainer builds inside ``run()``:
+    the runner hands its trainer to ``run_trainer_with_interruption_handling`` (a hook on that
+    optimiser only, no process-wide optimiser hook)."""
+    from sae_lens_maira.compat.sae_lens import wrap_runner_method
+    from sae_lens_maira.saes.decoder_constraint import constrain_optimizer, wants_unit_norm_decoder
+
+    def wrap(run_trainer: Any) -> Any:
+        def constrained(trainer: Any, *args: Any, **kwargs: Any) -> Any:
+            if wants_unit_norm_decoder(trainer.sae):
+                constrain_optimizer(trainer.optimizer, trainer.sae)
+            return run_trainer(trainer, *args, **kwargs)
+
+        return constrained
+
+    wrap_runner_method(runner, "run_trainer_with_interruption_handling", wrap)
 
 
 def evaluate_on_store(
     runner: LanguageModelSAETrainingRunner, sae: Any, n_batches: int = 4
-) -> dict[str, float]:
-    """SAELens's evals on the multimodal prompts: CE loss recovered, KL, explained variance, L0."""
-    from sae_lens.evals import EvalConfig, run_evals
-    from sae_lens.training.activation_scaler import ActivationScaler
+) -> tuple[dict[str, float], dict[str, Any]]:
+    """SAELens's evals on the multimodal prompts at the training positions: CE loss recovered,
+    KL, explained variance, L0, dead latents; and which positions they were taken over."""
+    from sae_lens.evals import EvalConfig
 
     cfg = EvalConfig(
         batch_size_prompts=runner.cfg.eval_batch_size_prompts or 2,
@@ -258,23 +311,16 @@ def evaluate_on_store(
         compute_featurewise_density_statistics=True,
     )
     store = evaluator_store(runner)
-    store.reset_input_dataset()
-    metrics, feature_metrics = run_evals(
-        sae=sae,
-        activation_store=store,
-        model=runner.model,
-        activation_scaler=ActivationScaler(),
-        eval_config=cfg,
-        exclude_special_tokens=list(runner.cfg.exclude_special_tokens or []),
-    )
-    flat = {f"{group}/{k}": float(v) for group, values in metrics.items() if isinstance(values, dict)
-            for k, v in values.items() if isinstance(v, (int, float))}  # fmt: skip
+    if not isinstance(store, SelectionActivationsStore):
+        raise TypeError("the runner's evaluator must read a SelectionActivationsStore (see prompt_store)")
+    metrics, feature_metrics, positions = run_selection_evals(sae, store, runner.model, cfg)
+    flat = flat_metrics(metrics, groups=[g for g in metrics if g != "token_stats"])
     density = feature_metrics.get("feature_density")
     if density is not None:
         flat["sparsity/dead_latents_fraction"] = float(
             (torch.as_tensor(density) == 0).float().mean()
         )
-    return flat
+    return flat, positions
 
 
 def prompt_store(
@@ -284,9 +330,11 @@ def prompt_store(
     context: int,
     pad_id: int,
     cfg: LanguageModelSAERunnerConfig,
-) -> ActivationsStore:
-    """An ActivationsStore over whole prompts (virtual image tokens), for evals beside a cache."""
-    return ActivationsStore(
+    selection: str | list[str] | None = None,
+) -> SelectionActivationsStore:
+    """A store over whole prompts (virtual image tokens, marked outside ``selection``), for evals."""
+    return SelectionActivationsStore(
+        selection=selection,
         model=model,
         dataset=dataset,
         streaming=False,
@@ -308,6 +356,13 @@ def prompt_store(
 
 def max_prompt_length(processor: Maira2Processor, studies: list, with_report: bool = True) -> int:
     return max(len(processor.encode_study(s, with_report=with_report)) for s in studies)
+
+
+def _cache_default(name: str) -> Any:
+    """CacheConfig's default for a cache key (the cache and uncached training share it)."""
+    import dataclasses
+
+    return {f.name: f.default for f in dataclasses.fields(CacheConfig)}[name]
 
 
 def _wandb_id(checkpoint: Path) -> str | None:

@@ -39,7 +39,11 @@ def test_cli_chain(tmp_path, capsys):
         "0.html",
         "1.html",
     ]
+    assert main(["dashboards", "viewer", "--saedashboard", str(sd), "--out", str(tmp_path / "v2")]) == 0
+    assert (tmp_path / "v2" / "features" / "0.html").is_file()
     capsys.readouterr()
+    assert main(["dashboards", "viewer", "--out", str(tmp_path / "v3")]) == 1
+    assert "give either --stats" in capsys.readouterr().err
     assert main(["dashboards", "upload", "--export", str(np_dir), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "feature/upload-batch" in out and "MB" in out

@@ -37,9 +37,9 @@ def test_saedashboard_batches_match_schema(stats, tmp_path):
     quant = [a for a in feat["activations"] if a["bin_min"] >= 0]
     assert quant and all(a["bin_min"] < max(a["values"]) + 1e-3 for a in quant)
     assert all(v == round(v, 3) for v in feat["pos_values"])
-    region = next(f for b in folder.glob("batch-*.json") for f in json.loads(b.read_text())["features"]
+    region = next(f for b in folder.glob("extras-*.json") for f in json.loads(b.read_text())["features"]
                   if f["feature_index"] == REGION_FEATURE)  # fmt: skip
-    heat = region["activations"][0]["sae_lens_maira"]["heatmap"]
+    heat = region["activations"][0]["heatmap"]  # in the sidecar: SAE-Dashboard has no such field
     assert heat["slot"] == "frontal" and len(heat["values"]) == 64
 
 

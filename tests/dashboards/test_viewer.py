@@ -114,3 +114,30 @@ def test_an_unscored_feature_says_so(stats, tmp_path):
     page = (tmp_path / "features" / f"{TOKEN_FEATURE}.html").read_text()
     assert "not scored (only 2 held-out activating examples (need 5))" in page
     assert "balanced accuracy" not in page
+
+
+def test_viewer_renders_from_saedashboard_batch_and_sidecar(stats, tmp_path):
+    """Only the export travels: the pages come from batch-<i>.json + extras-<i>.json + images/."""
+    from sae_lens_maira.dashboards.export_saedashboard import write_saedashboard
+    from sae_lens_maira.dashboards.viewer_batches import write_viewer_from_saedashboard
+
+    folder = write_saedashboard(stats, tmp_path / "sd", batch_size=5)
+    out = tmp_path / "view"
+    write_viewer_from_saedashboard(folder, out, explanations=EXPLANATIONS)
+    pages = sorted((out / "features").glob("*.html"))
+    assert len(pages) == len(stats.alive_features())
+    f1 = (out / "features" / f"{REGION_FEATURE}.html").read_text()
+    assert f1.count('class="heatmap"') == stats.config["n_heatmaps"]  # heatmaps from the sidecar
+    assert f1.count("data:image/png;base64,") == stats.config["n_heatmaps"]  # images/ inlined
+    assert "lower-left &lt;b&gt;frontal&lt;/b&gt; patches" in f1
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", f1)
+    f0 = (out / "features" / f"{TOKEN_FEATURE}.html").read_text()
+    assert 'class="tok r-report max' in f0 and ">effusion</span>" in f0  # roles from the sidecar
+    # a folder SAE-Dashboard wrote itself (no sidecar) still renders, without roles or images
+    for p in folder.glob("extras-*.json"):
+        p.unlink()
+    write_viewer_from_saedashboard(folder, tmp_path / "bare")
+    bare = (tmp_path / "bare" / "features" / f"{REGION_FEATURE}.html").read_text()
+    assert 'class="heatmap"' not in bare and "r-unknown" in bare
+    with pytest.raises(FileNotFoundError, match="not an SAE-Dashboard export"):
+        write_viewer_from_saedashboard(tmp_path, tmp_path / "none")

@@ -48,6 +48,7 @@ def _sae() -> MatryoshkaTrainingSAE:
 def test_any_optimizer_keeps_rows_unit_norm_and_grads_orthogonal() -> None:
     sae = _sae()
     opt = torch.optim.SGD(sae.parameters(), lr=0.5)
+    assert sae.constrain_optimizer(opt) is sae.constrain_optimizer(opt)  # one hook per optimizer
     for _ in range(3):
         out = sae.training_forward_pass(TrainStepInput(torch.randn(16, 8), {}, None, 0, False))
         out.loss.backward()
@@ -58,14 +59,93 @@ def test_any_optimizer_keeps_rows_unit_norm_and_grads_orthogonal() -> None:
         torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(32))
 
 
+def _train_steps(sae: MatryoshkaTrainingSAE, opt: torch.optim.Optimizer, n: int = 3) -> None:
+    g = torch.Generator().manual_seed(1)
+    for _ in range(n):
+        out = sae.training_forward_pass(
+            TrainStepInput(torch.randn(16, 8, generator=g), {}, None, 0, False)
+        )
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+
+
 def test_other_modules_are_untouched_by_the_optimizer_hook() -> None:
     other = torch.nn.Linear(4, 4)
     other.weight.data.fill_(2.0)  # rows of norm 4: a renormalisation would make them 1
     opt = torch.optim.SGD(other.parameters(), lr=0.0)
-    _sae()  # a constrained SAE exists
+    sae = _sae()  # a constrained SAE exists, its own optimizer hooked
+    sae.constrain_optimizer(torch.optim.SGD(sae.parameters(), lr=0.5))
     other(torch.randn(2, 4)).sum().backward()
     opt.step()
     torch.testing.assert_close(other.weight.norm(dim=1), torch.full((4,), 4.0))
+
+
+def test_only_the_sae_s_own_optimizer_renormalises_it(caplog) -> None:
+    """No process-wide hook: an SAE trained by an optimizer it was not attached to drifts off
+    unit norm (and the SAE says so once), one attached to its optimizer stays there."""
+    from torch.optim.optimizer import _global_optimizer_post_hooks
+
+    n_global = len(_global_optimizer_post_hooks)
+    torch.manual_seed(0)
+    attached, loose = _sae(), _sae()
+    assert len(_global_optimizer_post_hooks) == n_global
+    opt = torch.optim.Adam(attached.parameters(), lr=0.1)
+    attached.constrain_optimizer(opt)
+    loose_opt = torch.optim.Adam(loose.parameters(), lr=0.1)
+    loose.constrain_optimizer(opt)  # attached to an optimizer that does not own its decoder
+    _train_steps(attached, opt)
+    with caplog.at_level("WARNING"):
+        _train_steps(loose, loose_opt)
+    torch.testing.assert_close(attached.W_dec.norm(dim=1), torch.ones(32))
+    assert (loose.W_dec.norm(dim=1) - 1).abs().max() > 1e-3
+    # a loose SAE attached to no optimizer at all warns, naming the fix
+    lone = _sae()
+    with caplog.at_level("WARNING"):
+        _train_steps(lone, torch.optim.Adam(lone.parameters(), lr=0.1))
+    assert sum("constrain_optimizer" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_hooks_that_run_twice_give_the_same_weights() -> None:
+    """torch wraps a class's ``step`` once at the first optimizer; replacing ``Adam.step`` at
+    class level afterwards (as a profiler or a test might) makes the next optimizer wrap it
+    again, so every step hook runs twice. The renormalisation must not run twice."""
+    def trained(double_hooks: bool) -> torch.Tensor:
+        torch.manual_seed(0)
+        sae = _sae()
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+        sae.constrain_optimizer(opt)
+        if double_hooks:  # the hooks as a double-wrapped step runs them
+            step = opt.step
+
+            def twice(*a, **k):
+                out = step(*a, **k)
+                for hook in list(opt._optimizer_step_post_hooks.values()):
+                    hook(opt, a, k)
+                return out
+
+            opt.step = twice
+        _train_steps(sae, opt, 5)
+        return sae.W_dec.detach().clone()
+
+    assert torch.equal(trained(False), trained(True))
+
+
+def test_class_level_step_replacement_changes_nothing(monkeypatch) -> None:
+    """The same through torch's own re-wrapping (the slowed-demo test's old mechanism)."""
+    def trained() -> torch.Tensor:
+        torch.manual_seed(0)
+        sae = _sae()
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+        sae.constrain_optimizer(opt)
+        _train_steps(sae, opt, 5)
+        return sae.W_dec.detach().clone()
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # Adam.step is wrapped by now
+    before = trained()
+    original = torch.optim.Adam.step
+    monkeypatch.setattr(torch.optim.Adam, "step", lambda self, *a, **k: original(self, *a, **k))
+    assert torch.equal(trained(), before)
 
 
 def test_hook_follows_parameters_replaced_by_saelens_loaders(tmp_path) -> None:
@@ -73,6 +153,7 @@ def test_hook_follows_parameters_replaced_by_saelens_loaders(tmp_path) -> None:
     sae.save_model(tmp_path)
     loaded = TrainingSAE.load_from_disk(tmp_path)  # load_state_dict(assign=True): new Parameters
     opt = torch.optim.SGD(loaded.parameters(), lr=0.5)
+    loaded.constrain_optimizer(opt)
     out = loaded.training_forward_pass(TrainStepInput(torch.randn(16, 8), {}, None, 0, False))
     out.loss.backward()
     assert loaded.W_dec.grad is not None

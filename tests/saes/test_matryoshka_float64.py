@@ -16,6 +16,7 @@ def test_float64_training_steps_keep_unit_norm_rows_in_float64() -> None:
     sae = MatryoshkaTrainingSAE(cfg)
     assert sae.W_dec.dtype == torch.float64
     opt = torch.optim.Adam(sae.parameters(), lr=1e-3)
+    sae.constrain_optimizer(opt)
     x = torch.randn(128, 16, dtype=torch.float64)
     losses = []
     for step in range(20):

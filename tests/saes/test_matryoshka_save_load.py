@@ -57,7 +57,9 @@ def trainer_for(sae: MatryoshkaTrainingSAE, data: list[torch.Tensor], **cfg: obj
         device="cpu",
     )
     kwargs.update(cfg)
-    return SAETrainer(cfg=SAETrainerConfig(**kwargs), sae=sae, data_provider=iter(data))
+    trainer = SAETrainer(cfg=SAETrainerConfig(**kwargs), sae=sae, data_provider=iter(data))
+    sae.constrain_optimizer(trainer.optimizer)
+    return trainer
 
 
 def train(sae: MatryoshkaTrainingSAE, data: list[torch.Tensor]) -> MatryoshkaTrainingSAE:

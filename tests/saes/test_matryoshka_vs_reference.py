@@ -62,7 +62,7 @@ def make_pair(**overrides: object) -> tuple[MatryoshkaTrainingSAE, ReferenceMatr
 def saetrainer(sae: MatryoshkaTrainingSAE, batches: list[torch.Tensor], lr: float) -> SAETrainer:
     """SAELens's trainer over ``batches`` at a constant learning rate."""
     batch = batches[0].shape[0]
-    return SAETrainer(
+    trainer = SAETrainer(
         cfg=SAETrainerConfig(
             total_training_samples=len(batches) * batch,
             train_batch_size_samples=batch,
@@ -73,6 +73,8 @@ def saetrainer(sae: MatryoshkaTrainingSAE, batches: list[torch.Tensor], lr: floa
         sae=sae,
         data_provider=iter(batches),
     )
+    sae.constrain_optimizer(trainer.optimizer)
+    return trainer
 
 
 def assert_same_parameters(sae: MatryoshkaTrainingSAE, ref: ReferenceMatryoshka) -> None:

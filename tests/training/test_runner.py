@@ -89,6 +89,9 @@ def test_training_through_the_runner_lowers_loss_and_raises_explained_variance(t
         ev = 1 - resid / (acts - acts.mean(0)).pow(2).sum()
         return out.loss.item(), ev.item()
 
+    # the runner attached the decoder renormalisation to SAETrainer's optimizer
+    norms = trained_sae.W_dec.detach().norm(dim=1)
+    torch.testing.assert_close(norms, torch.ones_like(norms))
     loss0, ev0 = loss_and_ev(fresh)
     loss1, ev1 = loss_and_ev(trained_sae)
     assert loss1 < 0.5 * loss0 and ev1 > ev0 + 0.2 and ev1 > 0.5
@@ -103,6 +106,14 @@ def test_training_through_the_runner_lowers_loss_and_raises_explained_variance(t
     ).is_file()
     cfg = json.loads((result.output_path / "cfg.json").read_text())
     assert cfg["metadata"]["hook_name"] == HOOK and cfg["d_in"] == model.cfg.d_model
+
+
+def test_training_lists_the_study_it_could_not_read(trained):
+    """The manifest's s4 has a broken PNG: left out of training's prompts, listed with its reason."""
+    _, _, result = trained
+    assert [(s.study_id, s.reason) for s in result.skipped_studies] == [("s4", "unreadable_image")]
+    report = json.loads((result.output_path / "skipped_studies.json").read_text())
+    assert report["n_studies"] == 9 and report["skipped_studies"][0]["study_id"] == "s4"
 
 
 def test_resume_from_checkpoint(trained, tmp_path):
