@@ -66,6 +66,7 @@ def _copy_exp(cached, tmp_path, hub_checkpoint, manifest, **train):
     return _exp(tmp_path, hub_checkpoint, manifest, **train)
 
 
+@pytest.mark.slow
 def test_kill_during_a_checkpoint_then_resume_uses_the_last_complete_one(
     cached, tmp_path, hub_checkpoint, manifest
 ):
