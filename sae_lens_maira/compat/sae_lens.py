@@ -100,16 +100,26 @@ def replace_evaluator(runner: Any, evaluator: Any) -> None:
     runner.evaluator = evaluator
 
 
+def replace_activations_store(runner: Any, store: Any) -> None:
+    """Give a training runner, before ``run()``, another activations store to train from (the
+    runner builds its trainer's data provider from ``runner.activations_store`` in ``run()``)."""
+    runner.activations_store = store
+
+
 def evaluator_store(runner: Any) -> Any:
     """The activations store the runner's evaluator reads."""
     return runner.evaluator.activations_store
 
 
+#: The runner methods ``run()`` calls through ``self`` (so an instance attribute replaces them).
+RUNNER_METHODS = ("save_checkpoint", "save_final_sae", "run_trainer_with_interruption_handling")
+
+
 def wrap_runner_method(runner: Any, name: str, wrap: Callable[[Callable], Callable]) -> None:
-    """Replace ``runner.<name>`` (``save_checkpoint`` or ``save_final_sae``, which ``run()`` calls)
-    by ``wrap(original)`` on this runner only."""
-    if name not in ("save_checkpoint", "save_final_sae"):
-        raise ValueError(f"no runner hook {name!r}; save_checkpoint or save_final_sae")
+    """Replace ``runner.<name>`` (one of :data:`RUNNER_METHODS`, which ``run()`` calls) by
+    ``wrap(original)`` on this runner only."""
+    if name not in RUNNER_METHODS:
+        raise ValueError(f"no runner hook {name!r}; one of {RUNNER_METHODS}")
     setattr(runner, name, wrap(getattr(runner, name)))
 
 

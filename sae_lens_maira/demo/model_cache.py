@@ -45,8 +45,11 @@ _CODE_FILES = ("checkpoint_config.py",)  # the model's config, outside those fol
 #: Files in those folders that only use a trained model (editing them must not retrain it).
 _NOT_TRAINING = {
     "demo/pipeline.py", "demo/summary.py", "demo/held_out.py", "demo/probes.py",
-    "demo/targets.py", "demo/plots.py", "demo/__init__.py",
+    "demo/targets.py", "demo/plots.py", "demo/__init__.py", "demo/steering_study.py",
+    "demo/sae_health.py",
 }  # fmt: skip
+#: The training entry point: every package file it imports is in the key too, wherever it lives.
+_TRAINING_MODULE = "sae_lens_maira.demo.model_cache"
 _KEY_FILE = "cache_key.json"
 #: Validation studies are carved out of the training split (never trained on).
 VALIDATION_FRACTION = 0.08
@@ -55,15 +58,15 @@ VALIDATION_SALT = "demo-validation"
 
 def code_fingerprint(root: Path | None = None) -> str:
     """SHA-256 over the source files that train and define the small model (``root``: the
-    package folder, this one by default)."""
+    package folder, this one by default): the folders in ``_CODE_DIRS`` and everything the
+    training entry point imports (:mod:`.code_key`), less the files that only use the model."""
+    from sae_lens_maira.demo.code_key import import_closure
+
     root = Path(root) if root is not None else package_root()
-    files = [
-        path
-        for sub in _CODE_DIRS
-        for path in sorted((root / sub).rglob("*.py"))
-        if path.relative_to(root).as_posix() not in _NOT_TRAINING
-    ] + [root / name for name in _CODE_FILES]
-    return source_fingerprint(files, root)
+    files = {path for sub in _CODE_DIRS for path in (root / sub).rglob("*.py")}
+    files |= {root / name for name in _CODE_FILES} | set(import_closure(root, _TRAINING_MODULE))
+    kept = sorted(p for p in files if p.relative_to(root).as_posix() not in _NOT_TRAINING)
+    return source_fingerprint(kept, root)
 
 
 def demo_model_key(

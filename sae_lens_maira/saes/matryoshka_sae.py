@@ -16,7 +16,7 @@ import copy
 import logging
 import warnings
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from sae_lens.saes.sae import (
@@ -112,9 +112,9 @@ def _fold_input_scale(sae: SAE[Any], scaling_factor: float) -> None:
 
     Unlike SAELens's default fold this keeps the decoder rows at unit norm.
     """
-    sae.b_enc.data /= scaling_factor
-    sae.b_dec.data /= scaling_factor  # type: ignore[operator]  (SAE attributes are dynamic)
-    threshold: Tensor = sae.threshold  # type: ignore[assignment]  (a buffer)
+    b_enc, b_dec, threshold = (cast(Tensor, getattr(sae, n)) for n in ("b_enc", "b_dec", "threshold"))
+    b_enc.data /= scaling_factor
+    b_dec.data /= scaling_factor
     if float(threshold) >= 0:
         threshold /= scaling_factor
     sae.cfg.normalize_activations = "none"

@@ -38,6 +38,7 @@ from sae_lens_maira.activations.selection_store import (
 )
 from sae_lens_maira.compat.sae_lens import (
     evaluator_store,
+    replace_activations_store,
     replace_evaluator,
     runner_interruptions_as_keyboard_interrupt,
 )
@@ -236,10 +237,9 @@ def train_sae(
             cfg, override_dataset=dataset, override_model=model
         )
     if not use_cache:  # train on the selection's positions, as the cache would hold them
-        runner.activations_store = SelectionActivationsStore.from_config(
-            model, cfg, override_dataset=dataset
-        )
-        runner.activations_store.selection = selection
+        store = SelectionActivationsStore.from_config(model, cfg, override_dataset=dataset)
+        store.selection = selection
+        replace_activations_store(runner, store)
     mark_checkpoints_complete(runner)
     guard = NonFiniteGuard(
         f"the activation cache at {cache_dir}"
@@ -297,16 +297,18 @@ def constrain_trainer_optimizer(runner: LanguageModelSAETrainingRunner) -> None:
     """Attach the decoder renormalisation to the Adam that SAETrainer builds inside ``run()``:
     the runner hands its trainer to ``run_trainer_with_interruption_handling`` (a hook on that
     optimiser only, no process-wide optimiser hook)."""
+    from sae_lens_maira.compat.sae_lens import wrap_runner_method
     from sae_lens_maira.saes.decoder_constraint import constrain_optimizer, wants_unit_norm_decoder
 
-    run_trainer = runner.run_trainer_with_interruption_handling
+    def wrap(run_trainer: Any) -> Any:
+        def constrained(trainer: Any, *args: Any, **kwargs: Any) -> Any:
+            if wants_unit_norm_decoder(trainer.sae):
+                constrain_optimizer(trainer.optimizer, trainer.sae)
+            return run_trainer(trainer, *args, **kwargs)
 
-    def constrained(trainer: Any, *args: Any, **kwargs: Any) -> Any:
-        if wants_unit_norm_decoder(trainer.sae):
-            constrain_optimizer(trainer.optimizer, trainer.sae)
-        return run_trainer(trainer, *args, **kwargs)
+        return constrained
 
-    runner.run_trainer_with_interruption_handling = constrained  # type: ignore[method-assign]
+    wrap_runner_method(runner, "run_trainer_with_interruption_handling", wrap)
 
 
 def evaluate_on_store(

@@ -17,7 +17,8 @@ INTERNAL_NAMES = {
 }  # fmt: skip
 #: attributes of upstream objects we must not assign to outside compat
 ASSIGNED = {"__class__", "evaluator", "save_checkpoint", "save_final_sae", "get_data_loader",
-            "get_pretrained_saes_directory"}  # fmt: skip
+            "get_pretrained_saes_directory", "run_trainer_with_interruption_handling",
+            "activations_store"}  # fmt: skip
 #: methods of upstream base classes we must not override outside compat
 OVERRIDDEN = {"_apply"}
 

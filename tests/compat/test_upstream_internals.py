@@ -54,9 +54,12 @@ def test_the_runner_calls_the_methods_we_wrap_and_owns_its_evaluator() -> None:
     from sae_lens.training.activations_store import ActivationsStore
 
     source = inspect.getsource(LanguageModelSAETrainingRunner)
-    for used in ("self.evaluator", "save_checkpoint_fn=self.save_checkpoint", "self.save_final_sae("):
+    for used in ("self.evaluator", "save_checkpoint_fn=self.save_checkpoint", "self.save_final_sae(",
+                 "self.run_trainer_with_interruption_handling(trainer"):
         assert used in source, f"LanguageModelSAETrainingRunner no longer uses {used!r}"
     assert "self._dataloader = self.get_data_loader()" in inspect.getsource(ActivationsStore)
+    run = inspect.getsource(LanguageModelSAETrainingRunner.run)
+    assert "self.activations_store" in run, "run() no longer reads runner.activations_store"
 
 
 def test_transformer_lens_rotary_base_and_tokenizer_init_kwargs() -> None:

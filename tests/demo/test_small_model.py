@@ -121,7 +121,7 @@ def _package_copy(tmp_path):
     ("module", "images_change"),
     [("data/synthetic_xray.py", True), ("data/openi.py", True), ("data/labeller.py", False),
      ("demo/tokenizer_corpus.py", False), ("demo/lm_training.py", False),
-     ("checkpoint_config.py", False)],
+     ("checkpoint_config.py", False), ("steering/fluency.py", False)],
 )  # fmt: skip
 def test_editing_what_shapes_the_model_changes_its_key(demo_split, tmp_path, module, images_change):
     """The renderer and the labeller (and the demo's training code) are in the model's key; the
@@ -139,6 +139,33 @@ def test_editing_what_shapes_the_model_changes_its_key(demo_split, tmp_path, mod
     assert after["key"] != before["key"] and after["code"] != before["code"]
     assert (render_key(112, root=root) != images_before) is images_change
     assert (after["images"] != before["images"]) is images_change
+
+
+@pytest.mark.parametrize(
+    "module", ["demo/steering_study.py", "demo/sae_health.py", "demo/pipeline.py", "steering/sweep.py"]
+)
+def test_editing_what_only_uses_the_model_keeps_its_key(demo_split, tmp_path, module):
+    """Code that only reads a trained model (the steering study, the SAE's health check, the
+    pipeline) is not in the key: editing it must not retrain a half-hour model."""
+    root = _package_copy(tmp_path)
+    cfg = DemoModelConfig.tiny()
+    before = model_cache.demo_model_key(demo_split.train, cfg, code_root=root)
+    path = root / module
+    path.write_text(path.read_text() + "\n# an edit\n")
+    assert model_cache.demo_model_key(demo_split.train, cfg, code_root=root) == before
+
+
+def test_the_training_code_s_imports_are_in_the_key_wherever_they_live():
+    from sae_lens_maira.demo.code_key import import_closure
+    from sae_lens_maira.demo.studies import package_root
+
+    root = package_root()
+    files = {p.relative_to(root).as_posix() for p in import_closure(root, "sae_lens_maira.demo.model_cache")}
+    # training's validation reads the fluency checks; nothing reaches the steering study
+    assert {"steering/fluency.py", "demo/lm_training.py", "data/labeller.py"} <= files
+    assert "demo/steering_study.py" not in files and "demo/pipeline.py" not in files
+    with pytest.raises(ValueError, match="not a module"):
+        import_closure(root, "sae_lens_maira.no_such_module")
 
 
 def test_images_are_stored_under_the_render_key(demo_split, tmp_path):
@@ -171,6 +198,7 @@ def test_settings_restored_after_a_reproducible_block():
     assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
 
 
+@pytest.mark.slow
 def test_training_repeats_bit_for_bit_with_two_threads(demo_split, tmp_path):
     """Two threads without deterministic algorithms gave weights differing by ~5e-7 here, which
     a thousand steps grow into a different model; the cached model must not depend on luck."""

@@ -66,6 +66,7 @@ def _copy_exp(cached, tmp_path, hub_checkpoint, manifest, **train):
     return _exp(tmp_path, hub_checkpoint, manifest, **train)
 
 
+@pytest.mark.slow
 def test_kill_during_a_checkpoint_then_resume_uses_the_last_complete_one(
     cached, tmp_path, hub_checkpoint, manifest
 ):
@@ -199,6 +200,7 @@ def test_guard_stops_on_a_non_finite_loss_before_any_save():
         )
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_training_saves_a_checkpoint_that_resume_continues(
     cached, tmp_path, hub_checkpoint, manifest, monkeypatch
 ):

@@ -68,6 +68,7 @@ def trained(tmp_path_factory, hub_checkpoint, manifest):
     return exp, model, result
 
 
+@pytest.mark.slow
 def test_training_through_the_runner_lowers_loss_and_raises_explained_variance(trained):
     exp, model, result = trained
     acts = torch.tensor(datasets.load_from_disk(str(exp.path("acts")))[HOOK][:4]).reshape(
@@ -108,6 +109,7 @@ def test_training_through_the_runner_lowers_loss_and_raises_explained_variance(t
     assert cfg["metadata"]["hook_name"] == HOOK and cfg["d_in"] == model.cfg.d_model
 
 
+@pytest.mark.slow
 def test_training_lists_the_study_it_could_not_read(trained):
     """The manifest's s4 has a broken PNG: left out of training's prompts, listed with its reason."""
     _, _, result = trained
@@ -116,6 +118,7 @@ def test_training_lists_the_study_it_could_not_read(trained):
     assert report["n_studies"] == 9 and report["skipped_studies"][0]["study_id"] == "s4"
 
 
+@pytest.mark.slow
 def test_resume_from_checkpoint(trained, tmp_path):
     exp, model, result = trained
     ck = latest_checkpoint(result.checkpoint_path)
@@ -171,6 +174,7 @@ def test_train_without_a_wandb_login_logs_offline_and_says_where(
     assert has_wandb_login() and resolve_wandb(True, tmp_path).mode == "online"
 
 
+@pytest.mark.slow
 def test_wandb_is_off_unless_asked_for(trained, tmp_path):
     exp, model, _ = trained
     exp.raw["train"].pop("wandb")
