@@ -58,7 +58,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from sae_lens_maira.training.runner import train_sae
+    from sae_lens_maira.training.commands import train_sae
 
     result = train_sae(_experiment(args), resume=args.resume)
     summary = ", ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in sorted(result.metrics.items())

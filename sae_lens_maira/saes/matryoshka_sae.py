@@ -34,6 +34,7 @@ from typing_extensions import override
 from sae_lens_maira import kernels
 from sae_lens_maira.compat.torch import KeepFloat32Buffers
 from sae_lens_maira.kernels.layout import small_constant
+from sae_lens_maira.saes.active_pairs import ActivePairs, batch_topk, dead_topk
 from sae_lens_maira.saes.auxk import auxk_l2
 from sae_lens_maira.saes.config import MatryoshkaSAEConfig, MatryoshkaTrainingSAEConfig
 from sae_lens_maira.saes.decoder_constraint import (
@@ -45,7 +46,6 @@ from sae_lens_maira.saes.decoder_constraint import (
 from sae_lens_maira.saes.encoder_bias import bias_with_decoder_shift
 from sae_lens_maira.saes.geometric_median import geometric_median
 from sae_lens_maira.saes.host_cache import HostCache
-from sae_lens_maira.saes.selection import Selection, batch_topk, dead_topk
 
 logger = logging.getLogger(__name__)
 
@@ -402,7 +402,7 @@ class MatryoshkaTrainingSAE(
         return impl
 
     @torch.no_grad()
-    def _update_dead_counters(self, sel: Selection, n_tokens: int) -> tuple[Tensor | None, int]:
+    def _update_dead_counters(self, sel: ActivePairs, n_tokens: int) -> tuple[Tensor | None, int]:
         """Count tokens since each latent fired; return the dead mask (None when nothing is dead)
         and how many are dead.
 
@@ -449,7 +449,7 @@ class MatryoshkaTrainingSAE(
         impl: kernels.DecoderImpl,
         rows_and_bias: tuple[Tensor, Tensor],
         acts: Tensor,
-        sel: Selection,
+        sel: ActivePairs,
     ) -> Tensor:
         """Activations (with gradient) at the selected (row, latent) pairs only.
 
@@ -571,7 +571,7 @@ class MatryoshkaTrainingSAE(
             metrics=metrics,
         )
 
-    def _sparse_batch_tensor(self, sel: Selection, values: Tensor, batch: int) -> Tensor:
+    def _sparse_batch_tensor(self, sel: ActivePairs, values: Tensor, batch: int) -> Tensor:
         """[B, d_sae] torch sparse COO view of the batch's codes (what SAETrainer consumes)."""
         coords = torch.stack([sel.rows(), sel.indices])
         return torch.sparse_coo_tensor(

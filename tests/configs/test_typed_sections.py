@@ -8,7 +8,7 @@ import yaml
 
 from sae_lens_maira.experiment import SECTION_TYPES, Experiment, TrainSection
 from sae_lens_maira.steering.settings import SteerSettings
-from sae_lens_maira.training.runner import RUNNER_KEYS
+from sae_lens_maira.training.commands import RUNNER_KEYS
 
 CONFIGS = sorted(
     p.name for p in resources.files("sae_lens_maira.configs").iterdir() if p.name.endswith(".yaml")

@@ -17,8 +17,8 @@ import torch
 
 from sae_lens_maira.activations.cache import CacheConfig, cache_activations
 from sae_lens_maira.training.checkpoints import MARKER, latest_checkpoint
+from sae_lens_maira.training.commands import train_sae
 from sae_lens_maira.training.nonfinite import NonFiniteGuard, NonFiniteTrainingError
-from sae_lens_maira.training.runner import train_sae
 from tests.training.test_runner import HOOK, _exp
 
 # The child trains; on the trainer's second checkpoint it stops after the SAE weights are written
@@ -28,7 +28,7 @@ import os, sys, time
 from pathlib import Path
 from sae_lens.training.sae_trainer import SAETrainer
 from sae_lens_maira.experiment import Experiment
-from sae_lens_maira.training.runner import train_sae
+from sae_lens_maira.training.commands import train_sae
 
 marker, config = sys.argv[1:3]
 real = SAETrainer.save_trainer_state

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from sae_lens_maira.experiment import Experiment
-from sae_lens_maira.training.runner import latest_checkpoint, train_sae, training_sae_config
+from sae_lens_maira.training.commands import latest_checkpoint, train_sae, training_sae_config
 
 HOOK = "blocks.1.hook_resid_post"
 
