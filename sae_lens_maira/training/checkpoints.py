@@ -86,13 +86,15 @@ def mark_checkpoints_complete(runner: Any) -> None:
     from sae_lens_maira.compat.sae_lens import wrap_runner_method
 
     trainers: list[Any] = []  # the trainer run() builds, seen by the wrapper below
-    run_trainer = runner.run_trainer_with_interruption_handling
 
-    def remember_trainer(trainer: Any, *args: Any, **kwargs: Any) -> Any:
-        trainers.append(trainer)
-        return run_trainer(trainer, *args, **kwargs)
+    def remember(run_trainer: Callable[..., Any]) -> Callable[..., Any]:
+        def remember_trainer(trainer: Any, *args: Any, **kwargs: Any) -> Any:
+            trainers.append(trainer)
+            return run_trainer(trainer, *args, **kwargs)
 
-    runner.run_trainer_with_interruption_handling = remember_trainer
+        return remember_trainer
+
+    wrap_runner_method(runner, "run_trainer_with_interruption_handling", remember)
 
     def wrap(save: Callable[[Path | None], None]) -> Callable[[Path | None], None]:
         def save_then_mark(checkpoint_path: Path | None) -> None:

@@ -234,8 +234,7 @@ def test_torchrun_two_cpu_processes_equal_single_process(experiment_yaml, tmp_pa
             "torch.distributed.run",
             "--nproc-per-node",
             "2",
-            "--master-port",
-            "29533",
+            "--standalone",  # a free port (a fixed one fails when another run holds it)
             "-m",
             "sae_lens_maira.cli",
             "cache",
