@@ -11,7 +11,7 @@ SAEDASHBOARD ?= sae-dashboard==0.8.0
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean browser
+.PHONY: demo test lint typecheck bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ browser:
 
 lint: $(STAMP)
 	$(BIN)/ruff check sae_lens_maira tests benchmarks
+
+# pyright's basic mode over the package ([tool.pyright] in pyproject.toml); a few minutes on 2 cores
+typecheck: $(STAMP)
+	$(BIN)/pip install -q -e ".[typecheck]"
+	$(BIN)/basedpyright --pythonpath $(BIN)/python
 
 clean:
 	rm -rf $(VENV) build *.egg-info

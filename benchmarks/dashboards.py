@@ -29,8 +29,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sae_lens_maira.dashboards.feature_stats import FeatureStatsCollector, FeatureStatsConfig  # noqa: E402
-from sae_lens_maira.dashboards.records import SequenceBatch, topk_feature_acts  # noqa: E402
+from sae_lens_maira.dashboards.sequence_batch import SequenceBatch, topk_feature_acts  # noqa: E402
+from sae_lens_maira.dashboards.stats_pass import FeatureStatsCollector, FeatureStatsConfig  # noqa: E402
 from sae_lens_maira.processing.roles import Role  # noqa: E402
 
 

@@ -129,7 +129,7 @@ def main() -> None:
         from sae_lens.saes.sae import TrainStepInput
 
         from sae_lens_maira.saes import MatryoshkaTrainingSAE
-        from sae_lens_maira.training.runner import training_sae_config
+        from sae_lens_maira.training.commands import training_sae_config
 
         sae_cfg = training_sae_config(yaml_cfg["sae"], model.cfg.d_model, yaml_cfg["cache"]["hook_name"])
         sae = MatryoshkaTrainingSAE(sae_cfg)

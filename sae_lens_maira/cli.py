@@ -47,16 +47,18 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 
     result = cache_from_experiment(_experiment(args))
     if result is not None:
-        print(f"cached {result.n_rows} rows from {result.n_studies} studies into {result.path}")
-        if result.skipped_studies:
-            from sae_lens_maira.data.skips import announce
-
-            announce(result.skip_summary())
+        done = "already held" if result.reused else "cached"
+        line = f"{done} {result.n_rows} rows from {result.n_studies} studies {'in' if result.reused else 'into'} {result.path}"
+        if result.reused:
+            line += " (same inputs, nothing to do; cache.overwrite: true rebuilds it)"
+        if result.dropped_tail_positions:
+            line += f"; {result.dropped_tail_positions} selected positions short of a last full row left out"
+        print(line)
     return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from sae_lens_maira.training.runner import train_sae
+    from sae_lens_maira.training.commands import train_sae
 
     result = train_sae(_experiment(args), resume=args.resume)
     summary = ", ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in sorted(result.metrics.items())
@@ -74,13 +76,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_steer(args: argparse.Namespace) -> int:
     from sae_lens_maira.steering.commands import steer
 
-    feats = [int(f) for f in args.features.split(",")] if args.features else None
-    coefs = [float(c) for c in args.coefficients.split(",")] if args.coefficients else None
+    feats = _numbers("--features", args.features, int) if args.features else None
+    coefs = _numbers("--coefficients", args.coefficients, float) if args.coefficients else None
     result, out = steer(_experiment(args), feats, args.finding, coefs, args.out)
     for coef, rate in result.mention_rate():
         print(f"coefficient {coef:g}: {rate:.0%} of reports mention {result.finding}")
     print(f"reports, rates and plot in {out}")
     return 0
+
+
+def _numbers(flag: str, text: str, kind: type) -> list:
+    """``1,2,4`` as numbers; a bad item names the flag instead of int()'s bare message."""
+    try:
+        return [kind(item) for item in text.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"{flag} takes comma-separated {'integers' if kind is int else 'numbers'}, "
+            f"e.g. {'3,17' if kind is int else '0,2,4'}; got {text!r}"
+        ) from None
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
@@ -301,8 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args)
     try:
         return handler(args)
-    except KeyboardInterrupt:
-        print("error: interrupted; rerun the same command to resume where it can", file=sys.stderr)
+    except KeyboardInterrupt as err:
+        hint = one_line(err) if str(err) else "rerun the same command to resume where it can"
+        print(f"error: interrupted; {hint}", file=sys.stderr)
         return 130
     except USER_ERRORS as err:
         print(f"error: {one_line(err)}", file=sys.stderr)

@@ -28,6 +28,7 @@ from sae_lens_maira.config_sections import (
     field_names,
     section_dict,
     section_from_dict,
+    typed_values,
     unknown_key_message,
 )
 from sae_lens_maira.data.skips import SkipCollector, SkippedStudy
@@ -159,6 +160,7 @@ class Experiment:
             from sae_lens_maira.activations.cache import CacheConfig
 
             check_keys("cache", self.raw["cache"], field_names(CacheConfig))
+            typed_values(CacheConfig, self.raw["cache"], "cache")
         if isinstance(self.raw.get("sae"), dict):
             check_sae_keys(self.raw["sae"])
 
@@ -240,6 +242,12 @@ class Experiment:
         on_missing = spec["on_missing"]
         left_out: list[SkippedStudy] = []
         if source == "manifest":
+            if spec.get("split"):  # would be ignored: the studies of every split, silently
+                raise ValueError(
+                    f"data.split ({spec['split']!r}) applies to sources mimic_cxr and openi; a "
+                    "manifest has no splits: point data.path at that split's own manifest "
+                    "(e.g. --set data.path=test.jsonl) and leave data.split unset"
+                )
             result = sources.load_manifest(self._data_path(spec), on_missing=on_missing)
             studies, left_out = result.studies, result.skipped_studies
             summary = result.summary()
@@ -294,11 +302,11 @@ def check_sae_keys(spec: dict[str, Any]) -> None:
     try:
         _, cfg_cls = get_sae_training_class(arch)
     except KeyError:
-        from sae_lens.registry import SAE_TRAINING_CLASS_REGISTRY
+        from sae_lens_maira.compat.sae_lens import training_architectures
 
         raise ValueError(
             unknown_key_message("sae.architecture (registered architectures)", str(arch),
-                                SAE_TRAINING_CLASS_REGISTRY)  # fmt: skip
+                                training_architectures())  # fmt: skip
         ) from None
     valid = {*field_names(cfg_cls), "architecture", "expansion_factor"} - {"metadata"}
     check_keys(f"sae (architecture {arch!r})", spec, valid)

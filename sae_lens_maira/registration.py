@@ -17,6 +17,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from sae_lens_maira.compat.sae_lens import refresh_registered_classes, registered_classes
+
 #: Our packages that define registered things -> the module each imports as its last line.
 _COMPLETE_MARKERS = {
     "sae_lens_maira.saes": "sae_lens_maira.saes._complete",
@@ -26,13 +28,13 @@ _registering = False
 
 
 def _register(
-    registry: dict[str, Any],
+    kind: str,
     register_fn: Callable[[str, Any, Any], None],
     name: str,
     entry: tuple[type, type],
-    kind: str,
+    what: str,
 ) -> None:
-    current = registry.get(name)
+    current = registered_classes(kind, name)
     if current is None:
         register_fn(name, *entry)
     else:
@@ -42,11 +44,11 @@ def _register(
         )
         if not same:
             raise ValueError(
-                f"SAELens already has a {kind} class {current[0].__module__}."
+                f"SAELens already has a {what} class {current[0].__module__}."
                 f"{current[0].__qualname__} registered as '{name}'; sae_lens_maira cannot "
                 "register its own there. Remove the other plugin's registration."
             )
-        registry[name] = entry  # the same classes again, or a reload of them: refresh
+        refresh_registered_classes(kind, name, entry)  # the same classes, or a reload: refresh
 
 
 def _half_imported() -> list[str]:
@@ -96,14 +98,16 @@ def register() -> None:
 
 def _register_all() -> None:
     from sae_lens import register_sae_class, register_sae_training_class
-    from sae_lens.loading import pretrained_sae_loaders as loaders
-    from sae_lens.registry import SAE_CLASS_REGISTRY, SAE_TRAINING_CLASS_REGISTRY
 
+    from sae_lens_maira.compat.sae_lens import (
+        add_to_pretrained_directory,
+        register_pretrained_loader,
+    )
     from sae_lens_maira.loading.dictionary_learning import (
         dictionary_learning_hub_loader,
         get_dictionary_learning_config_from_hf,
     )
-    from sae_lens_maira.loading.releases import LOADER_NAME, install_release_directory
+    from sae_lens_maira.loading.releases import LOADER_NAME, plugin_releases
     from sae_lens_maira.saes import (
         ARCHITECTURE,
         MatryoshkaSAE,
@@ -113,21 +117,20 @@ def _register_all() -> None:
     )
 
     _register(
-        SAE_CLASS_REGISTRY,
+        "sae",
         register_sae_class,
         ARCHITECTURE,
         (MatryoshkaSAE, MatryoshkaSAEConfig),
         "SAE",
     )
     _register(
-        SAE_TRAINING_CLASS_REGISTRY,
+        "training",
         register_sae_training_class,
         ARCHITECTURE,
         (MatryoshkaTrainingSAE, MatryoshkaTrainingSAEConfig),
         "training SAE",
     )
-    loaders.NAMED_PRETRAINED_SAE_LOADERS[LOADER_NAME] = dictionary_learning_hub_loader
-    loaders.NAMED_PRETRAINED_SAE_CONFIG_GETTERS[LOADER_NAME] = (
-        get_dictionary_learning_config_from_hf
+    register_pretrained_loader(
+        LOADER_NAME, dictionary_learning_hub_loader, get_dictionary_learning_config_from_hf
     )
-    install_release_directory()
+    add_to_pretrained_directory(plugin_releases)

@@ -93,3 +93,13 @@ def test_a_broken_sae_folder_is_one_clear_line(experiment_yaml, tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"error: {sae_dir / 'cfg.json'}: unknown SAE architecture 'matryoshak'")
     assert "did you mean 'matryoshka'" in err
+
+
+def test_steer_number_lists_name_the_flag(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("SAE_LENS_MAIRA_DEBUG", raising=False)
+    (tmp_path / "exp.yaml").write_text("model: {checkpoint: nowhere}\n")
+    for flag, value in (("--coefficients", "1,x"), ("--features", "3,a")):
+        assert main(["steer", "--config", str(tmp_path / "exp.yaml"), flag, value]) == 1
+        err = capsys.readouterr().err.strip()
+        # was: "could not convert string to float: 'x'", naming neither the flag nor the form
+        assert err.startswith(f"error: {flag} takes comma-separated") and repr(value) in err

@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import datasets
@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from sae_lens_maira.activations.fingerprint import cache_fingerprint, describe_change
 from sae_lens_maira.activations.output_lock import LOCK_FILE, OutputLock
 from sae_lens_maira.activations.selection import selection_mask
-from sae_lens_maira.data.skips import SkipCollector, SkippedStudy
+from sae_lens_maira.data.skips import SkipCollector, SkippedStudy, announce
 from sae_lens_maira.data.study import Study
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2, hook_layer
 from sae_lens_maira.processing.images import ImageLoadError
@@ -84,6 +84,7 @@ class CacheResult:
     dropped_tail_positions: int = 0
     skipped_studies: list[SkippedStudy] = field(default_factory=list)  # at load and when encoding
     n_studies_listed: int = 0  # studies the source listed: n_studies plus those it left out
+    reused: bool = False  # the folder already held this finished cache; nothing was computed
 
     def skip_summary(self) -> str:
         """The console line: ``skipped 2 of 40 studies: ...; see <cache_info.json>``."""
@@ -308,7 +309,12 @@ def cache_activations(
         _barrier(world_size)
         if (out / INFO_FILE).is_file():  # rank 0 found it finished with the same fingerprint
             _barrier(world_size)
-            return _result_from_info(out) if rank == 0 else None
+            if rank != 0:
+                return None
+            result = replace(_result_from_info(out), reused=True)
+            if result.skipped_studies:
+                announce(result.skip_summary())
+            return result
         d_in = model.cfg.d_model
         writer = _RankWriter(out, rank, cfg, d_in)
         shards = _rank_shards(studies, cfg, rank, world_size)
@@ -435,7 +441,7 @@ def _merge(
     shutil.rmtree(work)
     result = _result_from_info(out)
     if result.skipped_studies:
-        logger.warning("%s", result.skip_summary())
+        announce(result.skip_summary())
     if result.dropped_tail_positions:
         logger.info(
             "%d selected positions did not fill a last row of %d and were left out",
@@ -454,7 +460,7 @@ def _build_final(
     fingerprint: dict,
     source_skips: Sequence[SkippedStudy] = (),
 ) -> None:
-    from sae_lens.cache_activations_runner import CacheActivationsRunner
+    from sae_lens_maira.compat.sae_lens import consolidate_shards
 
     staging, partial = work / "staging", work / (FINAL_DIR + ".partial")
     for p in (staging, partial):
@@ -504,7 +510,7 @@ def _build_final(
             "lower context_size or add studies"
         )
     partial.mkdir()
-    ds = CacheActivationsRunner._consolidate_shards(staging, partial, copy_files=False)
+    ds = consolidate_shards(staging, partial)
     info = {
         "hook_name": cfg.hook_name,
         "context_size": cfg.context_size,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sae_lens_maira.activations.cache import CacheConfig, CacheResult, cache_activations
 from sae_lens_maira.activations.distributed import distributed_context
+from sae_lens_maira.config_sections import typed_values
 from sae_lens_maira.data.skips import SkipCollector
 
 
@@ -14,7 +15,7 @@ def cache_from_experiment(exp) -> CacheResult | None:
     """
     spec = exp.section("cache")
     spec["output_dir"] = str(exp.path(spec.get("output_dir") or "activations"))
-    cfg = CacheConfig(**spec)
+    cfg = CacheConfig(**typed_values(CacheConfig, spec, "cache"))
     with distributed_context(exp.device()) as (rank, world_size, device):
         model = exp.load_model(device)
         skips = SkipCollector()  # what the source left out (missing files) heads the skip list

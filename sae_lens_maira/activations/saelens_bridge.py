@@ -20,6 +20,7 @@ from datasets import Dataset
 from tqdm.auto import tqdm
 
 from sae_lens_maira.activations.selection import mark_unselected
+from sae_lens_maira.data.skips import SkipCollector
 from sae_lens_maira.data.study import Study
 from sae_lens_maira.model.image_bank import ImageBank, virtual_image_ids
 from sae_lens_maira.processing.images import ImageLoadError
@@ -38,16 +39,17 @@ def studies_to_token_dataset(
     context_size: int,
     with_report: bool = True,
     show_progress: bool = True,
-    skipped: dict[str, str] | None = None,
+    skipped: SkipCollector | dict[str, str] | None = None,
     selection: str | list[str] | None = None,
 ) -> Dataset:
     """One row per study: ``tokens`` (virtual image ids), ``roles``, ``study_id``.
 
     Images are appended to ``bank``; attach the same bank to the model
     (``model.attach_image_bank(bank)``) before SAELens runs it. Studies whose images cannot be
-    read are left out and recorded in ``skipped`` (study id -> reason) when a dict is given;
-    without one they raise. ``selection`` (a policy of :mod:`selection`, as the cache's
-    ``selection``) marks the positions outside it; ``None`` leaves every id plain.
+    read are left out and recorded in ``skipped`` (a :class:`SkipCollector`, or a dict study
+    id -> message) when given; without one they raise. ``selection`` (a policy of
+    :mod:`selection`, as the cache's ``selection``) marks the positions outside it; ``None``
+    leaves every id plain.
     """
     pad = processor.pad_token_id
     rows: dict[str, list] = {"tokens": [], "roles": [], "study_id": []}
@@ -64,8 +66,11 @@ def studies_to_token_dataset(
                     list(enc.images)
                 )  # read every image once, now rather than mid-training
             except ImageLoadError as err:
-                skipped[study.study_id] = str(err)
-                logger.warning("skipping study %s: %s", study.study_id, err)
+                if isinstance(skipped, SkipCollector):
+                    skipped.add_error(study.study_id, err)
+                else:
+                    skipped[study.study_id] = str(err)
+                    logger.warning("skipping study %s: %s", study.study_id, err)
                 continue
         tokens = list(enc.input_ids)
         image_positions = [i for i, t in enumerate(tokens) if t == processor.image_token_id]

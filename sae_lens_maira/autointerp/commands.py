@@ -16,7 +16,7 @@ def autointerp(
 ) -> dict[int, Explanation]:  # fmt: skip
     from sae_lens_maira.autointerp.runner import run_autointerp
     from sae_lens_maira.dashboards.commands import parse_features
-    from sae_lens_maira.dashboards.stats_store import FeatureStats
+    from sae_lens_maira.dashboards.feature_stats import FeatureStats
 
     stats = FeatureStats.load(stats_dir)
     cfg = AutointerpConfig(n_explain=n_explain, private=private, min_held_out_activating=min_held_out,

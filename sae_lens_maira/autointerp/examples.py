@@ -7,7 +7,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from sae_lens_maira.dashboards.stats_store import GAP, Example, FeatureStats
+from sae_lens_maira.dashboards.feature_stats import GAP, Example, FeatureStats
 
 _IMG = re.compile(r"^<img(\d+):r(\d+)c(\d+)>$")
 

@@ -13,7 +13,7 @@ import re
 from collections import Counter
 
 from sae_lens_maira.autointerp.examples import Shown, image_token
-from sae_lens_maira.dashboards.stats_store import GAP
+from sae_lens_maira.dashboards.feature_stats import GAP
 from sae_lens_maira.processing.roles import Role
 
 _SECTION = {int(r): r.name.lower().replace("_", " ") for r in Role}

@@ -24,7 +24,7 @@ from sae_lens_maira.dashboards.explanations import (
     append_explanation,
     load_explanations,
 )
-from sae_lens_maira.dashboards.stats_store import FeatureStats
+from sae_lens_maira.dashboards.feature_stats import FeatureStats
 from sae_lens_maira.http_retry import HTTPRequestError
 
 logger = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from typing import Any
 import torch
 
 from sae_lens_maira.activations.sae_fit import check_sae_fits
-from sae_lens_maira.dashboards.feature_stats import FeatureStatsConfig, collect_feature_stats
-from sae_lens_maira.dashboards.records import DashboardMeta, SequenceBatch, TokenNamer
+from sae_lens_maira.dashboards.sequence_batch import DashboardMeta, SequenceBatch, TokenNamer
+from sae_lens_maira.dashboards.stats_pass import FeatureStatsConfig, collect_feature_stats
 from sae_lens_maira.data.skips import AllStudiesSkippedError, SkipCollector
 from sae_lens_maira.data.study import Study
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2, hook_layer

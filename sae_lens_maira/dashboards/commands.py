@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from sae_lens_maira.dashboards.explanations import load_explanations
-from sae_lens_maira.dashboards.stats_store import FeatureStats
+from sae_lens_maira.dashboards.feature_stats import FeatureStats
 
 
 def parse_features(spec: str | None) -> list[int] | None:
@@ -109,7 +109,7 @@ def synthetic_stats(out: str | Path, n_studies: int = 256, d_sae: int = 64, seed
     """Statistics of synthetic prompts with planted features, to try the tools without a model."""
     import torch
 
-    from sae_lens_maira.dashboards.feature_stats import collect_feature_stats
+    from sae_lens_maira.dashboards.stats_pass import collect_feature_stats
     from sae_lens_maira.dashboards.synthetic import make_synthetic
 
     data = make_synthetic(n_studies=n_studies, batch_size=32, d_sae=d_sae, grid=(16, 16), seed=seed)

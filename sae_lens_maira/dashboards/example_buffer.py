@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sae_lens_maira.dashboards.records import NO_TOKEN
+from sae_lens_maira.dashboards.sequence_batch import NO_TOKEN
 
 PAD_ROLE = 10
 

@@ -27,7 +27,7 @@ from sae_lens_maira.dashboards.export_records import (
     inside,
     windowed,
 )
-from sae_lens_maira.dashboards.stats_store import FeatureStats
+from sae_lens_maira.dashboards.feature_stats import FeatureStats
 
 _DROP_FROM_FEATURE = ("feature_index", "n_prompts_total", "n_tokens_in_prompt", "dataset", "vector")
 

@@ -10,9 +10,9 @@ from typing import Any
 
 from sae_lens_maira.dashboards import neuronpedia_rules as rules
 from sae_lens_maira.dashboards.explanations import Explanation
-from sae_lens_maira.dashboards.feature_stats import SAEDASHBOARD_HIST_BINS
-from sae_lens_maira.dashboards.records import DashboardMeta
-from sae_lens_maira.dashboards.stats_store import Example, FeatureStats
+from sae_lens_maira.dashboards.feature_stats import Example, FeatureStats
+from sae_lens_maira.dashboards.sequence_batch import DashboardMeta
+from sae_lens_maira.dashboards.stats_pass import SAEDASHBOARD_HIST_BINS
 
 MAX_RECORD_TOKENS = 1024
 PRIVATE = "(private)"

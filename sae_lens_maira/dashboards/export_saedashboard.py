@@ -31,8 +31,8 @@ from sae_lens_maira.dashboards.export_records import (
     r3,
     windowed,
 )
-from sae_lens_maira.dashboards.records import DashboardMeta
-from sae_lens_maira.dashboards.stats_store import Example, FeatureStats
+from sae_lens_maira.dashboards.feature_stats import Example, FeatureStats
+from sae_lens_maira.dashboards.sequence_batch import DashboardMeta
 
 EXTRAS_FORMAT = "sae-lens-maira-saedashboard-extras/1"
 IMAGE_DIR = "images"

@@ -128,8 +128,8 @@ def check_explanation_model(name: str) -> str:
         raise NeuronpediaRuleError(
             f"explanation model {name!r} is not registered on Neuronpedia"
             f"{_closest(name, EXPLANATION_MODELS)}: use one of {', '.join(EXPLANATION_MODELS)} "
-            "(--explanation-model, if your explanations were written by it), or leave explanations "
-            "out (--no-explanations) and keep them local"
+            "(--explanation-model, if your explanations were written by it), or keep explanations "
+            "local: `dashboards export` without --explanations, `dashboards upload --no-explanations`"
         )
     return name
 

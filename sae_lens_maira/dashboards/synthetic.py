@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image, ImageDraw
 
-from sae_lens_maira.dashboards.records import DashboardMeta, SequenceBatch, TokenNamer
+from sae_lens_maira.dashboards.sequence_batch import DashboardMeta, SequenceBatch, TokenNamer
 from sae_lens_maira.processing.roles import Role
 
 TOKEN_FEATURE, REGION_FEATURE, ROLE_FEATURE = 0, 1, 2

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from sae_lens_maira.dashboards.explanations import Explanation
 from sae_lens_maira.dashboards.export_records import feature_examples
-from sae_lens_maira.dashboards.stats_store import Example, FeatureStats
+from sae_lens_maira.dashboards.feature_stats import Example, FeatureStats
 from sae_lens_maira.processing.roles import Role
 
 ASSETS = ("viewer.css", "viewer.js")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from sae_lens_maira.dashboards.explanations import Explanation
-from sae_lens_maira.dashboards.records import DashboardMeta
+from sae_lens_maira.dashboards.sequence_batch import DashboardMeta
 from sae_lens_maira.dashboards.viewer import (
     _env,
     copy_assets,

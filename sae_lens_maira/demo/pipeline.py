@@ -263,7 +263,7 @@ def _run_steps(
         if not results.reuse("sae", {"sae": cfg["sae"], "train": cfg["train"],
                                      "health_positions": settings.health_positions}):  # fmt: skip
             from sae_lens_maira.demo.sae_health import sae_health
-            from sae_lens_maira.training.runner import train_sae
+            from sae_lens_maira.training.commands import train_sae
 
             result = train_sae(exp)
             # what users load: the inference SAE (global threshold), not the training object
@@ -475,7 +475,7 @@ def dashboards_and_autointerp(held_exp, run: DemoRun, n_explain: int) -> dict[st
 
     stats_dir = collect(held_exp, run.out / "dashboards" / "stats")
     finding_feats = sorted({r["feature"] for rows in run.facts["detectors"].values() for r in rows})
-    from sae_lens_maira.dashboards.stats_store import FeatureStats
+    from sae_lens_maira.dashboards.feature_stats import FeatureStats
 
     stats = FeatureStats.load(stats_dir)
     density = stats.tensors["nonzero"].float()

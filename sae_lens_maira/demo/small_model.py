@@ -124,7 +124,7 @@ class DemoModelConfig:
     @classmethod
     def tiny(cls, **changes: Any) -> DemoModelConfig:
         """A seconds-scale variant for tests: 1-layer tower, 2-layer d=64 language model."""
-        base = dict(
+        base: dict[str, Any] = dict(
             image_size=112, vocab_size=400, vision_steps=20, vision_batch_size=16, text_steps=5,
             text_warmup_steps=2, text_seq_len=64, lm_steps=30, grounding_steps=10,
             batch_size=4, warmup_steps=3, eval_every=15, eval_per_finding=2, eval_negatives=2,

@@ -9,6 +9,7 @@ the CSR layout the ops take; :func:`matryoshka_prefix_mse` turns the grouped dec
 prefix's loss without ``[G, B, D]`` intermediates. Importing this package does not import triton.
 """
 
+from sae_lens_maira.kernels.batch_topk import batch_topk_csr
 from sae_lens_maira.kernels.dispatch import (
     DecoderImpl,
     resolve_impl,
@@ -22,7 +23,6 @@ from sae_lens_maira.kernels.ops import (
     sparse_encode_csr,
 )
 from sae_lens_maira.kernels.prefix_loss import matryoshka_prefix_mse
-from sae_lens_maira.kernels.select import batch_topk_csr
 
 __all__ = [
     "DecoderImpl",

@@ -23,7 +23,7 @@ import importlib.util
 import logging
 import os
 from types import ModuleType
-from typing import Literal, get_args
+from typing import Literal, cast, get_args
 
 import torch
 
@@ -82,7 +82,9 @@ def _sparse_cannot_win(device: torch.device, n_latents: int, k: float) -> bool:
     return k * ratio > n_latents
 
 
-def resolve_impl(impl: str, *, device: torch.device | str, n_latents: int, k: float, d: int) -> str:
+def resolve_impl(
+    impl: str, *, device: torch.device | str, n_latents: int, k: float, d: int
+) -> DecoderImpl:
     """The implementation to run for ``impl`` on ``device`` with ``k`` actives per row (mean).
 
     Raises ValueError for an unknown name or for ``"triton"`` where it cannot run. Logs the
@@ -95,7 +97,7 @@ def resolve_impl(impl: str, *, device: torch.device | str, n_latents: int, k: fl
         _check_triton(device)
         chosen = "triton"
     elif impl != "auto":
-        chosen = impl
+        chosen = cast(DecoderImpl, impl)
     elif _sparse_cannot_win(device, n_latents, k):
         chosen = "dense"
     elif _triton_by_default(device):

@@ -1,3 +1,5 @@
+# pyright: reportArgumentType=false, reportCallIssue=false, reportGeneralTypeIssues=false
+# (triton's stubs type launch options and tl.constexpr arguments as the JIT does not see them)
 """Triton kernels for the two sparse primitives (GPU path; CPU tensors under ``TRITON_INTERPRET=1``).
 
 Imported lazily by :mod:`sae_lens_maira.kernels.dispatch` (``triton.jit`` reads

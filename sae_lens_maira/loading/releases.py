@@ -1,15 +1,11 @@
 """Published SAE releases the plugin adds to SAELens's pretrained directory (``maira-2-sae``).
 
 SAELens reads releases from its packaged YAML through the cached
-``get_pretrained_saes_directory()``. Parsing that YAML takes seconds, so nothing is read at import:
-the function is wrapped (in the SAELens modules that bound it) to add our lookups to the cached
-directory the first time anyone asks for it. Relies on sae-lens 6.54 internals (pinned, tested).
+``get_pretrained_saes_directory()``; :mod:`sae_lens_maira.registration` adds these lookups to it
+lazily (:func:`sae_lens_maira.compat.sae_lens.add_to_pretrained_directory`).
 """
 
 from __future__ import annotations
-
-import sys
-from typing import Any
 
 from sae_lens.loading.pretrained_saes_directory import PretrainedSAELookup
 
@@ -37,37 +33,10 @@ def plugin_releases() -> dict[str, PretrainedSAELookup]:
             expected_l0={},
             neuronpedia_id={},
             norm_scaling_factor={},
-            config_overrides={
+            config_overrides={  # type: ignore[arg-type]  (SAELens types it str-valued; d_in is int)
                 "model_name": MAIRA2_MODEL,
                 "hook_name": MAIRA2_HOOK,
                 "d_in": MAIRA2_D_IN,
             },
         )
     }
-
-
-def install_release_directory() -> None:
-    """Make ``get_pretrained_saes_directory()`` include our releases (idempotent, lazy)."""
-    import sae_lens.loading.pretrained_saes_directory as directory_module
-
-    original = directory_module.get_pretrained_saes_directory
-    if getattr(original, "_sae_lens_maira", False):
-        return
-
-    def get_pretrained_saes_directory() -> dict[str, PretrainedSAELookup]:
-        directory = original()  # SAELens's cached dict: adding to it persists
-        for name, lookup in plugin_releases().items():
-            directory.setdefault(name, lookup)
-        return directory
-
-    wrapper: Any = get_pretrained_saes_directory
-    wrapper.cache_clear = original.cache_clear
-    wrapper.cache_info = original.cache_info
-    wrapper.__wrapped__ = original
-    wrapper._sae_lens_maira = True
-    for name, module in list(sys.modules.items()):
-        if (
-            name.startswith("sae_lens")
-            and getattr(module, "get_pretrained_saes_directory", None) is original
-        ):
-            module.get_pretrained_saes_directory = wrapper  # type: ignore[attr-defined]

@@ -25,7 +25,7 @@ class SAEFileError(ValueError):
 
 def check_sae_folder(folder: str | Path) -> dict[str, Any]:
     """Validate ``folder``'s ``cfg.json`` (architecture registered) and weights header; return the cfg."""
-    from sae_lens.registry import SAE_CLASS_REGISTRY
+    from sae_lens_maira.compat.sae_lens import sae_architectures
 
     folder = Path(folder)
     cfg_path, weights = folder / CFG_FILE, folder / WEIGHTS_FILE
@@ -42,12 +42,13 @@ def check_sae_folder(folder: str | Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise SAEFileError(f"{cfg_path} holds {type(cfg).__name__}, not a config object")
     arch = cfg.get("architecture")
-    if arch not in SAE_CLASS_REGISTRY:
-        near = difflib.get_close_matches(str(arch), list(SAE_CLASS_REGISTRY), n=1)
+    registered = sae_architectures()
+    if arch not in registered:
+        near = difflib.get_close_matches(str(arch), registered, n=1)
         raise SAEFileError(
             f"{cfg_path}: unknown SAE architecture {arch!r}"
             + (f" (did you mean {near[0]!r}?)" if near else "")
-            + f"; registered: {sorted(SAE_CLASS_REGISTRY)}"
+            + f"; registered: {registered}"
         )
     if not weights.is_file():
         raise SAEFileError(f"{weights} is missing next to {CFG_FILE}")

@@ -14,13 +14,16 @@ import torch
 import torch.nn.functional as F
 from transformer_lens.components import Attention
 
+from sae_lens_maira.compat.torch import has_hooks
+from sae_lens_maira.compat.transformer_lens import swap_class
+
 
 class FusedAttention(Attention):
     def _needs_pattern(self) -> bool:
         hooks = (self.hook_attn_scores, self.hook_pattern)
         return (
             self.cfg.use_attn_result
-            or any(h._forward_hooks or h._backward_hooks for h in hooks)
+            or any(has_hooks(h) for h in hooks)
             or self.cfg.attn_scores_soft_cap > 0
             or self.cfg.positional_embedding_type != "rotary"
         )
@@ -78,4 +81,4 @@ def use_fused_attention(blocks) -> None:
     for block in blocks:
         old = block.attn
         if type(old) is Attention:
-            old.__class__ = FusedAttention  # same fields, same state dict; only forward differs
+            swap_class(old, FusedAttention)  # same fields, same state dict; only forward differs

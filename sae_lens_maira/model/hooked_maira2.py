@@ -14,7 +14,7 @@ import json
 import warnings
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from sae_lens import HookedSAETransformer
@@ -31,6 +31,7 @@ from sae_lens_maira.checkpoint_config import (
     read_config,
     resolve_checkpoint,
 )
+from sae_lens_maira.compat.transformer_lens import keep_tokenizer_on_set, rotary_base
 from sae_lens_maira.model.attention import use_fused_attention
 from sae_lens_maira.model.checkpoint import iter_tensors, save_state_dict, weight_files
 from sae_lens_maira.model.embed import MultimodalEmbed
@@ -79,7 +80,7 @@ class HookedMaira2(HookedSAETransformer):
         super().__init__(tl_cfg, tokenizer=None, move_to_device=False)
         use_fused_attention(self.blocks)
         self.maira_config = config
-        self.vision_tower = build_vision_tower(config).to(dtype)
+        self.vision_tower = build_vision_tower(config).to(dtype)  # type: ignore[call-arg]
         self.hook_vision_out = HookPoint()
         self.multi_modal_projector = Maira2Projector(
             config.d_vision, config.d_model, config.projector_n_layers
@@ -259,6 +260,12 @@ class HookedMaira2(HookedSAETransformer):
                 "embeddings, so W_Q and W_K cannot be refactored without changing attention; "
                 "leave it False (TransformerLens refuses it for rotary models too)"
             )
+        if center_writing_weights and self.cfg.normalization_type in ("RMS", "RMSPre"):
+            warnings.warn(
+                "center_writing_weights has no effect on MAIRA-2: RMSNorm does not subtract the mean, "
+                "so TransformerLens leaves the writing weights as they are",
+                stacklevel=2,
+            )
         state = self.state_dict()
         outside = {k: v.detach().clone() for k, v in state.items() if k.startswith(NON_LM_PREFIXES)}
         self.load_and_process_state_dict(
@@ -296,10 +303,7 @@ class HookedMaira2(HookedSAETransformer):
         TransformerLens otherwise reloads the tokenizer from ``name_or_path`` with
         ``add_bos_token=True``, which fails for tokenizers built in memory.
         """
-        tokenizer.init_kwargs.setdefault("name_or_path", tokenizer.name_or_path or "")
-        ids = tokenizer("").input_ids
-        if ids and ids[0] == tokenizer.bos_token_id:
-            tokenizer.init_kwargs["add_bos_token"] = True
+        keep_tokenizer_on_set(tokenizer)
         super().set_tokenizer(tokenizer, default_padding_side=default_padding_side)
 
     def _reset_buffers(self) -> None:
@@ -311,7 +315,8 @@ class HookedMaira2(HookedSAETransformer):
                 if self.cfg.positional_embedding_type == "rotary":
                     n = module.rotary_sin.shape[0]
                     sin, cos = module.calculate_sin_cos_rotary(
-                        self.cfg.rotary_dim, n, base=module._rotary_base(), dtype=self.cfg.dtype
+                        cast(int, self.cfg.rotary_dim), n, base=rotary_base(module),
+                        dtype=self.cfg.dtype,
                     )
                     module.rotary_sin = sin.to(module.rotary_sin.device)
                     module.rotary_cos = cos.to(module.rotary_cos.device)
@@ -407,7 +412,7 @@ class HookedMaira2(HookedSAETransformer):
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pixels [n, 3, H, W] -> projected image embeddings [n, n_patches, d_model]."""
         check_pixel_values(pixel_values, image_size=self.maira_config.image_size)
-        param = self.multi_modal_projector.layers[0].weight
+        param: torch.Tensor = self.multi_modal_projector.layers[0].weight  # type: ignore[assignment]
         pixels = pixel_values.to(device=param.device, dtype=param.dtype)
         features = self.vision_tower(pixels).feature_maps[-1]
         if self.maira_config.vision_feature_select_strategy == "default":
@@ -643,7 +648,7 @@ class HookedMaira2(HookedSAETransformer):
         if return_type == "str":
             assert self.tokenizer is not None, "return_type='str' needs a tokenizer"
             texts = [
-                self.tokenizer.decode(row.tolist(), skip_special_tokens=True).strip()
+                str(self.tokenizer.decode(row.tolist(), skip_special_tokens=True)).strip()
                 for row in generated
             ]
             return texts[0] if isinstance(input, str) else texts
@@ -660,7 +665,7 @@ class HookedMaira2(HookedSAETransformer):
     def _eos_id(self) -> int:
         if self.tokenizer is None or self.tokenizer.eos_token_id is None:
             raise ValueError("stop_at_eos needs eos_token_id=... when the model has no tokenizer")
-        return int(self.tokenizer.eos_token_id)
+        return int(cast(int, self.tokenizer.eos_token_id))
 
     # ---- bookkeeping ----------------------------------------------------------------------------
     def n_checkpoint_params(self) -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import cast
 
 import einops
 import torch
@@ -177,8 +178,9 @@ def tl_to_hub_state_dict(
                 out[p + "self_attn.o_proj.bias"] = t
             elif rest == "mlp.b_out" and mlp_bias:
                 out[p + "mlp.down_proj.bias"] = t
-                out[p + "mlp.gate_proj.bias"] = t.new_zeros(cfg.d_mlp)
-                out[p + "mlp.up_proj.bias"] = t.new_zeros(cfg.d_mlp)
+                d_mlp = cast(int, cfg.d_mlp)  # set for every LLaMA config
+                out[p + "mlp.gate_proj.bias"] = t.new_zeros(d_mlp)
+                out[p + "mlp.up_proj.bias"] = t.new_zeros(d_mlp)
             elif rest == "mlp.b_in" and not meta and bool(t.any()):
                 out[p + TL_ONLY_B_IN] = t
             elif name == "unembed.b_U" and not meta and bool(t.any()):

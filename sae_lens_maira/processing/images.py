@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
+from transformers import BitImageProcessorPil
 
 from sae_lens_maira.data.study import ImageRef
 
@@ -191,6 +191,12 @@ class ImagePreprocessor:
         crop = cfg.get("crop_size", size)
         if isinstance(crop, dict):
             crop = crop.get("height") or crop.get("shortest_edge")
+        if not isinstance(size, int | float) or not isinstance(crop, int | float):
+            raise ValueError(
+                f"{PREPROCESSOR_CONFIG}: size {cfg.get('size')!r} / crop_size "
+                f"{cfg.get('crop_size')!r} name no pixel size; give a number or "
+                '{"shortest_edge": N} / {"height": N, "width": N}'
+            )
         mean = cfg.get("image_mean", cls.image_mean)
         std = cfg.get("image_std", cls.image_std)
         return cls(

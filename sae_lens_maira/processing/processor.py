@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 import torch
@@ -111,7 +111,7 @@ class Maira2Processor:
         self.n_patches = self.grid * self.grid
         self.max_length = max_length
         self.chat_format = chat_format or ChatFormat()
-        self.image_token_id = int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+        self.image_token_id = int(cast(int, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)))
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> Maira2Processor:
@@ -212,7 +212,7 @@ class Maira2Processor:
             slots.append(-1)
             patches.append(-1)
         if report is not None:
-            ids.append(int(self.tokenizer.eos_token_id))
+            ids.append(int(cast(int, self.tokenizer.eos_token_id)))
             roles.append(int(Role.REPORT))
             slots.append(-1)
             patches.append(-1)
@@ -315,15 +315,15 @@ class Maira2Processor:
     def pad_token_id(self) -> int:
         tok = self.tokenizer
         if tok.pad_token_id is not None:
-            return int(tok.pad_token_id)
-        return int(tok.unk_token_id if tok.unk_token_id is not None else tok.eos_token_id)
+            return int(cast(int, tok.pad_token_id))
+        return int(cast(int, tok.unk_token_id if tok.unk_token_id is not None else tok.eos_token_id))
 
     # ---- outputs -------------------------------------------------------------------------------
     def decode(self, token_ids: Sequence[int] | torch.Tensor) -> str:
         """Decode generated ids, keeping MAIRA-2's object/box tokens, dropping BOS/EOS/pad."""
         if isinstance(token_ids, torch.Tensor):
             token_ids = token_ids.tolist()
-        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True).strip()
+        return str(self.tokenizer.decode(list(token_ids), skip_special_tokens=True)).strip()
 
     def parse_grounded(self, text: str, image: ImageRef | tuple[int, int]) -> list[GroundedPhrase]:
         """Phrases and boxes in the original image's pixel coordinates.
@@ -358,7 +358,9 @@ def _pieces_from_chat_template(
         {"role": "system", "content": content(system)},
         {"role": "user", "content": content(user)},
     ]
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    rendered = str(
+        tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    )
     if rendered.count(IMAGE_TOKEN) != sum(p.is_image for p in user):
         raise ValueError(
             "the tokenizer's chat_template does not render one <image> per image item; "

@@ -13,6 +13,7 @@ import json
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import cast
 
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerBase
@@ -137,7 +138,8 @@ def add_maira2_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
     """Append MAIRA-2's added tokens (kept on decode, always matched whole) if missing."""
     missing = [t for t in MAIRA2_ADDED_TOKENS if t not in tokenizer.get_vocab()]
     if missing:
-        tokenizer.add_tokens([AddedToken(t, normalized=False, special=False) for t in missing])
+        added = [AddedToken(t, normalized=False, special=False) for t in missing]
+        tokenizer.add_tokens(added)  # type: ignore[arg-type]  (the stub names transformers' alias)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
@@ -171,4 +173,4 @@ def check_tokenizer(tokenizer: PreTrainedTokenizerBase, source: str = "the token
 
 def image_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
     check_tokenizer(tokenizer)
-    return int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
+    return int(cast(int, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)))

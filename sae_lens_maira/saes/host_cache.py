@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from sae_lens_maira.compat.torch import version
+
 
 class HostCache:
     """One remembered value per buffer state; ``None`` when the buffer changed since."""
@@ -20,10 +22,10 @@ class HostCache:
 
     def get(self, buffer: Tensor) -> float | None:
         entry = self._entry
-        if entry is not None and entry[0] is buffer and entry[1] == buffer._version:
+        if entry is not None and entry[0] is buffer and entry[1] == version(buffer):
             return entry[2]
         return None
 
     def remember(self, buffer: Tensor, value: float) -> None:
         """Record ``value`` for the buffer as it is now (call after your own in-place update)."""
-        self._entry = (buffer, buffer._version, value)
+        self._entry = (buffer, version(buffer), value)

@@ -15,9 +15,8 @@ from __future__ import annotations
 import copy
 import logging
 import warnings
-from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 from sae_lens.saes.sae import (
@@ -33,7 +32,9 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from sae_lens_maira import kernels
+from sae_lens_maira.compat.torch import KeepFloat32Buffers
 from sae_lens_maira.kernels.layout import small_constant
+from sae_lens_maira.saes.active_pairs import ActivePairs, batch_topk, dead_topk
 from sae_lens_maira.saes.auxk import auxk_l2
 from sae_lens_maira.saes.config import MatryoshkaSAEConfig, MatryoshkaTrainingSAEConfig
 from sae_lens_maira.saes.decoder_constraint import (
@@ -45,13 +46,11 @@ from sae_lens_maira.saes.decoder_constraint import (
 from sae_lens_maira.saes.encoder_bias import bias_with_decoder_shift
 from sae_lens_maira.saes.geometric_median import geometric_median
 from sae_lens_maira.saes.host_cache import HostCache
-from sae_lens_maira.saes.selection import Selection, batch_topk, dead_topk
 
 logger = logging.getLogger(__name__)
 
 # Training state that inference does not need (dropped, or folded, when saving for inference).
 TRAINING_ONLY_BUFFERS = ("num_tokens_since_fired", "norm_factor", "training_steps")
-_FP32_BUFFERS = ("threshold", "norm_factor")
 
 
 class _GlobalThresholdFolds:
@@ -59,24 +58,16 @@ class _GlobalThresholdFolds:
     an input scale folds into the biases and the global threshold."""
 
     def fold_W_dec_norm(self) -> None:
-        _check_unit_norm_fold(self)
+        _check_unit_norm_fold(self)  # type: ignore[arg-type]  (mixed into SAE classes only)
 
     def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
-        _fold_input_scale(self, scaling_factor)
+        _fold_input_scale(self, scaling_factor)  # type: ignore[arg-type]
 
 
-class _Fp32Buffers(nn.Module):
+class _Fp32Buffers(KeepFloat32Buffers):
     """Keep scalar EMA state in float32 when the SAE moves to bf16/fp16 (as dictionary_learning)."""
 
-    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Any:
-        kept = {n: self._buffers[n] for n in _FP32_BUFFERS if self._buffers.get(n) is not None}
-        out = super()._apply(fn, recurse)
-        for name, old in kept.items():
-            new = self._buffers[name]
-            assert new is not None
-            if old.dtype == torch.float32 and new.dtype != torch.float32:
-                self._buffers[name] = old.to(device=new.device)
-        return out
+    fp32_buffers = ("threshold", "norm_factor")
 
 
 def _latent_major(W_enc: Tensor) -> Tensor:
@@ -121,10 +112,11 @@ def _fold_input_scale(sae: SAE[Any], scaling_factor: float) -> None:
 
     Unlike SAELens's default fold this keeps the decoder rows at unit norm.
     """
-    sae.b_enc.data /= scaling_factor
-    sae.b_dec.data /= scaling_factor
-    if float(sae.threshold) >= 0:
-        sae.threshold /= scaling_factor
+    b_enc, b_dec, threshold = (cast(Tensor, getattr(sae, n)) for n in ("b_enc", "b_dec", "threshold"))
+    b_enc.data /= scaling_factor
+    b_dec.data /= scaling_factor
+    if float(threshold) >= 0:
+        threshold /= scaling_factor
     sae.cfg.normalize_activations = "none"
 
 
@@ -386,7 +378,7 @@ class MatryoshkaTrainingSAE(
 
     # ----------------------------------------------------------------------------------------
     # training step
-    def _resolve_decoder_impl(self, device: torch.device) -> str:
+    def _resolve_decoder_impl(self, device: torch.device) -> kernels.DecoderImpl:
         impl = kernels.resolve_impl(
             self.cfg.decoder_impl,
             device=device,
@@ -410,7 +402,7 @@ class MatryoshkaTrainingSAE(
         return impl
 
     @torch.no_grad()
-    def _update_dead_counters(self, sel: Selection, n_tokens: int) -> tuple[Tensor | None, int]:
+    def _update_dead_counters(self, sel: ActivePairs, n_tokens: int) -> tuple[Tensor | None, int]:
         """Count tokens since each latent fired; return the dead mask (None when nothing is dead)
         and how many are dead.
 
@@ -454,10 +446,10 @@ class MatryoshkaTrainingSAE(
 
     def _encode_selected(
         self,
-        impl: str,
+        impl: kernels.DecoderImpl,
         rows_and_bias: tuple[Tensor, Tensor],
         acts: Tensor,
-        sel: Selection,
+        sel: ActivePairs,
     ) -> Tensor:
         """Activations (with gradient) at the selected (row, latent) pairs only.
 
@@ -539,7 +531,7 @@ class MatryoshkaTrainingSAE(
             validate=False,
         )
         target = x - self.b_dec
-        weights = small_constant(tuple(self.cfg.group_weights), torch.float32, x.device)
+        weights = small_constant(tuple(self.cfg.group_weights or ()), torch.float32, x.device)
         prefix_losses, residual = kernels.matryoshka_prefix_mse(
             partials, target, return_residual=True, impl=impl
         )
@@ -579,7 +571,7 @@ class MatryoshkaTrainingSAE(
             metrics=metrics,
         )
 
-    def _sparse_batch_tensor(self, sel: Selection, values: Tensor, batch: int) -> Tensor:
+    def _sparse_batch_tensor(self, sel: ActivePairs, values: Tensor, batch: int) -> Tensor:
         """[B, d_sae] torch sparse COO view of the batch's codes (what SAETrainer consumes)."""
         coords = torch.stack([sel.rows(), sel.indices])
         return torch.sparse_coo_tensor(
@@ -624,7 +616,7 @@ class MatryoshkaTrainingSAE(
             "training_steps",
             torch.tensor(self.cfg.threshold_update_start + 1, dtype=torch.long, device=device),
         )
-        for name in _FP32_BUFFERS:
+        for name in _Fp32Buffers.fp32_buffers:
             state_dict[name] = state_dict[name].float().reshape(())
         # SAELens loaders assign the loaded tensors as parameters
         state_dict["W_enc"] = _latent_major(state_dict["W_enc"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from sae_lens_maira.steering.hooks import feature_directions
@@ -50,10 +51,12 @@ def steer(exp, features: list[int] | None = None, finding: str | None = None,
     studies = keep_usable(listed, usable, skips, limit=spec.n_studies)
     n_read = len(skips) + len(studies)
     skips.check_some_left(n_read, "steer")
-    make_hook = None
+    make_hook: Callable[[float], FeatureClamp] | None = None
     if spec.mode == "clamp":
-        def make_hook(coef: float) -> FeatureClamp:
+        def clamp(coef: float) -> FeatureClamp:
             return FeatureClamp.at(sae, features[0], coef * spec.scale, spec.where[0])
+
+        make_hook = clamp
 
     result = steering_sweep(
         model, processor, studies,

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from tqdm.auto import tqdm
@@ -68,7 +68,7 @@ def generate_reports(
     out: list[str] = []
     for i in range(0, len(studies), batch_size):
         batch = processor(list(studies[i : i + batch_size]), padding_side="left")
-        kwargs = dict(
+        kwargs: dict[str, Any] = dict(
             max_new_tokens=max_new_tokens,
             pixel_values=batch.pixel_values,
             attention_mask=batch.attention_mask.to(model.cfg.device),
@@ -111,9 +111,12 @@ def steering_sweep(
     if make_hook is None:
         if direction is None:
             raise ValueError("give a steering direction or make_hook")
+        steer, where = direction, cast(Positions, positions)
 
-        def make_hook(coef: float) -> SteeringHook:
-            return SteeringHook(direction, float(coef), prompt_len=0, positions=positions)
+        def add_direction(coef: float) -> SteeringHook:
+            return SteeringHook(steer, float(coef), prompt_len=0, positions=where)
+
+        make_hook = add_direction
 
     result = SweepResult(
         finding, hook_name, list(features), str(positions), [s.study_id for s in studies]

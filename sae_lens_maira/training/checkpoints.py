@@ -2,7 +2,8 @@
 
 SAELens writes a checkpoint folder file by file (weights, sparsity, trainer state, then the
 activation store and runner config through the runner's ``save_checkpoint``), and on an
-interrupt it writes only the last two. A folder counts as complete once
+interrupt it would write only the last two (``mark_checkpoints_complete`` has the trainer write
+its part too). A folder counts as complete once
 ``checkpoint_complete.json`` exists, written atomically after all of them, listing every file
 with its size; ``latest_checkpoint`` takes the newest complete folder and says which it passed over.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,12 +78,37 @@ def describe_incomplete(root: Path) -> list[str]:
 
 
 def mark_checkpoints_complete(runner: Any) -> None:
-    """Wrap the runner's ``save_checkpoint`` (the last writer of a checkpoint) to add the marker."""
-    save = runner.save_checkpoint
+    """Wrap the runner's ``save_checkpoint`` (the last writer of a checkpoint) to add the marker.
 
-    def save_then_mark(checkpoint_path: Path | None) -> None:
-        save(checkpoint_path)
-        if checkpoint_path is not None:
-            mark_complete(Path(checkpoint_path))
+    On Ctrl-C / SIGTERM SAELens saves only the runner's part, into a folder it never creates;
+    the wrapper then has the trainer write its part first, so the checkpoint is complete and
+    ``--resume`` continues from it."""
+    from sae_lens_maira.compat.sae_lens import wrap_runner_method
 
-    runner.save_checkpoint = save_then_mark
+    trainers: list[Any] = []  # the trainer run() builds, seen by the wrapper below
+
+    def remember(run_trainer: Callable[..., Any]) -> Callable[..., Any]:
+        def remember_trainer(trainer: Any, *args: Any, **kwargs: Any) -> Any:
+            trainers.append(trainer)
+            return run_trainer(trainer, *args, **kwargs)
+
+        return remember_trainer
+
+    wrap_runner_method(runner, "run_trainer_with_interruption_handling", remember)
+
+    def wrap(save: Callable[[Path | None], None]) -> Callable[[Path | None], None]:
+        def save_then_mark(checkpoint_path: Path | None) -> None:
+            if checkpoint_path is None:
+                save(checkpoint_path)
+                return
+            folder = Path(checkpoint_path)
+            if trainers and not all((folder / name).is_file() for name in REQUIRED):
+                # the interrupt save: the trainer's save writes its files, then calls us again
+                trainers[-1].save_checkpoint(checkpoint_name=folder.name, base_path=folder.parent)
+                return
+            save(checkpoint_path)
+            mark_complete(folder)
+
+        return save_then_mark
+
+    wrap_runner_method(runner, "save_checkpoint", wrap)

@@ -71,18 +71,19 @@ class NonFiniteGuard:
             return out
 
         sae.training_forward_pass = guarded_forward
-        for name in ("save_checkpoint", "save_final_sae"):
-            original = getattr(runner, name)
+        from sae_lens_maira.compat.sae_lens import filter_training_batches, wrap_runner_method
 
-            def checked(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+        def check_first(original: Any) -> Any:
+            def checked(*args: Any, **kwargs: Any) -> Any:
                 self.check()
-                return _original(*args, **kwargs)
+                return original(*args, **kwargs)
 
-            setattr(runner, name, checked)
+            return checked
+
+        for name in ("save_checkpoint", "save_final_sae"):
+            wrap_runner_method(runner, name, check_first)
         if self.skip_bad_batches:
-            store = runner.activations_store
-            loader = store.get_data_loader
-            store.get_data_loader = lambda: self._finite_batches(loader())
+            filter_training_batches(runner, self._finite_batches)
 
     def _finite_batches(self, batches: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
         for batch in batches:

@@ -23,7 +23,7 @@ def manifest(tmp_path_factory):
 
 
 def test_cache_skips_bad_studies_and_reports_them(
-    manifest, hub_checkpoint, tmp_path, capsys, monkeypatch
+    manifest, hub_checkpoint, tmp_path, capsys, caplog, monkeypatch
 ):
     monkeypatch.delenv("SAE_LENS_MAIRA_DEBUG", raising=False)
     # one study per shard: the shards of the bad studies hold no position at all
@@ -49,6 +49,14 @@ def test_cache_skips_bad_studies_and_reports_them(
         "skipped 4 of 8 studies: 1 image_too_large, 1 image_too_small, 1 missing_image, "
         f"1 unreadable_image; see {out / 'cache_info.json'}"
     )
+    # the skip line is shown once (it was also logged as a warning, so the console showed it twice)
+    line = captured.err.strip().splitlines()[-1]
+    assert (captured.err + "\n".join(caplog.messages)).count(line) == 1
+    # a rerun says it found the finished cache instead of claiming to have cached it again
+    assert main(["cache", "--config", str(config)]) == 0
+    again = capsys.readouterr()
+    assert again.out.startswith(f"already held {info['n_rows']} rows from 7 studies in {out}")
+    assert "nothing to do" in again.out and again.err.strip().splitlines()[-1] == line
 
 
 def test_interrupted_cache_with_skips_resumes_to_the_same_info(

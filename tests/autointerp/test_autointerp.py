@@ -22,7 +22,7 @@ from sae_lens_maira.autointerp.metrics import detection_metrics
 from sae_lens_maira.autointerp.offline import OfflineExplainer, OfflineScorer
 from sae_lens_maira.autointerp.runner import explain_feature, run_autointerp, score_explanation
 from sae_lens_maira.dashboards.explanations import load_explanations
-from sae_lens_maira.dashboards.feature_stats import FeatureStatsCollector, FeatureStatsConfig
+from sae_lens_maira.dashboards.stats_pass import FeatureStatsCollector, FeatureStatsConfig
 from sae_lens_maira.dashboards.synthetic import REGION_FEATURE, TOKEN_FEATURE, make_synthetic
 
 CFG = AutointerpConfig(n_explain=10, n_non_activating=50)

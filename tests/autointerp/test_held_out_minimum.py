@@ -12,7 +12,7 @@ from sae_lens_maira.autointerp.metrics import detection_metrics
 from sae_lens_maira.autointerp.offline import OfflineExplainer, OfflineScorer
 from sae_lens_maira.autointerp.runner import AutointerpStopped, run_autointerp
 from sae_lens_maira.dashboards.explanations import load_explanations
-from sae_lens_maira.dashboards.feature_stats import FeatureStatsCollector, FeatureStatsConfig
+from sae_lens_maira.dashboards.stats_pass import FeatureStatsCollector, FeatureStatsConfig
 from sae_lens_maira.dashboards.synthetic import TOKEN_FEATURE, make_synthetic
 from sae_lens_maira.http_retry import HTTPRequestError
 

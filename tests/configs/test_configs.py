@@ -7,7 +7,7 @@ import yaml
 
 import sae_lens_maira  # noqa: F401  (registers the matryoshka architecture)
 from sae_lens_maira.activations.cache import CacheConfig
-from sae_lens_maira.training.runner import training_sae_config
+from sae_lens_maira.training.commands import training_sae_config
 
 CONFIGS = sorted(
     p.name for p in resources.files("sae_lens_maira.configs").iterdir() if p.name.endswith(".yaml")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_lens_maira.dashboards.feature_stats import FeatureStatsCollector, FeatureStatsConfig
+from sae_lens_maira.dashboards.stats_pass import FeatureStatsCollector, FeatureStatsConfig
 from sae_lens_maira.dashboards.synthetic import make_synthetic
 
 

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from sae_lens_maira.cli import main
-from sae_lens_maira.dashboards.stats_store import FeatureStats
 from sae_lens_maira.checkpoint_config import read_config
+from sae_lens_maira.cli import main
+from sae_lens_maira.dashboards.feature_stats import FeatureStats
 from tests.messy_studies import BAD, GOOD, ORDER, save_sae, write_config, write_messy_manifest
 
 

@@ -26,7 +26,10 @@ def test_cli_chain(tmp_path, capsys):
             "--explanations", str(exp)]  # fmt: skip
     capsys.readouterr()
     assert main(args) == 1  # the offline backend is no model Neuronpedia knows: refused, nothing written
-    assert "'offline-contrast' is not registered on Neuronpedia" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "'offline-contrast' is not registered on Neuronpedia" in err
+    # the way out it names exists for export (which has no --no-explanations flag)
+    assert "`dashboards export` without --explanations" in err
     assert not (tmp_path / "out").exists()
     assert main([*args, "--explanation-model", "gpt-4o-mini"]) == 0
     np_dir = tmp_path / "out" / "exports" / "maira-2-synthetic" / "3-res-syn"
@@ -53,6 +56,9 @@ def test_cli_errors(tmp_path, capsys):
     assert main(["dashboards", "viewer", "--stats", str(tmp_path), "--out", str(tmp_path / "v")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and "no feature statistics" in err[0]
+    assert "`sae-lens-maira dashboards collect --config ...`" in err[0]  # the command that makes them
+    assert main(["autointerp", "--stats", str(tmp_path / "nope"), "--out", str(tmp_path / "e")]) == 1
+    assert f"{tmp_path / 'nope'} does not exist" in capsys.readouterr().err
     with pytest.raises(ValueError, match="bad feature list"):
         parse_features("1,x")
     assert parse_features("0,3,5-7") == [0, 3, 5, 6, 7]

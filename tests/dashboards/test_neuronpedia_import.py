@@ -15,9 +15,9 @@ from sae_lens_maira.cli import main
 from sae_lens_maira.dashboards.explanations import Explanation
 from sae_lens_maira.dashboards.export_neuronpedia import write_neuronpedia_export
 from sae_lens_maira.dashboards.export_saedashboard import write_saedashboard
+from sae_lens_maira.dashboards.feature_stats import FeatureStats
 from sae_lens_maira.dashboards.neuronpedia_rules import NeuronpediaRuleError
 from sae_lens_maira.dashboards.schemas import read_jsonl
-from sae_lens_maira.dashboards.stats_store import FeatureStats
 from sae_lens_maira.dashboards.synthetic import REGION_FEATURE, TOKEN_FEATURE
 from tests.dashboards.neuronpedia_importer import BOT_USER, Database, ImportError_, import_export
 

@@ -13,7 +13,7 @@ import pytest
 
 from sae_lens_maira.dashboards.commands import export
 from sae_lens_maira.dashboards.explanations import Explanation
-from sae_lens_maira.dashboards.stats_store import _PRIVATE_ROLES
+from sae_lens_maira.dashboards.feature_stats import _PRIVATE_ROLES
 from sae_lens_maira.dashboards.synthetic import TOKEN_FEATURE
 from sae_lens_maira.dashboards.viewer import write_viewer
 from sae_lens_maira.dashboards.viewer_batches import write_viewer_from_saedashboard
@@ -71,7 +71,7 @@ def test_private_exports_leak_nothing(marked, tmp_path):
     out = tmp_path / "private"
     np_dir, sd_dir = export(marked, out, "both", exps, private=True, d_model=12)
     write_viewer_from_saedashboard(sd_dir, tmp_path / "private" / "viewer-from-batch")
-    from sae_lens_maira.dashboards.stats_store import FeatureStats
+    from sae_lens_maira.dashboards.feature_stats import FeatureStats
 
     write_viewer(FeatureStats.load(marked), out / "viewer", private=True)
     blob = _all_bytes(out)

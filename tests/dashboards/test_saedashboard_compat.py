@@ -14,7 +14,7 @@ import torch
 from sae_lens_maira.dashboards.export_saedashboard import extras_name, write_saedashboard
 from sae_lens_maira.dashboards.schemas import validate_saedashboard_dir
 from sae_lens_maira.dashboards.synthetic import REGION_FEATURE, TOKEN_FEATURE
-from tests.dashboards.test_feature_stats import _reference
+from tests.dashboards.test_stats_pass import _reference
 
 # The constructor parameters of sae_dashboard 0.8.0, neuronpedia/neuronpedia_dashboard.py
 # (NeuronpediaDashboardBatch / Feature / Activation); checked against the package where installed.

@@ -9,6 +9,9 @@ import pytest
 from sae_lens_maira.demo.pipeline import default_config, run_demo
 from sae_lens_maira.demo.small_model import DemoModelConfig
 
+#: every test here shares one reduced demo run (minutes on 2 cores)
+pytestmark = pytest.mark.slow
+
 
 def reduced_config() -> dict:
     cfg = default_config()

@@ -198,6 +198,7 @@ def test_settings_restored_after_a_reproducible_block():
     assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
 
 
+@pytest.mark.slow
 def test_training_repeats_bit_for_bit_with_two_threads(demo_split, tmp_path):
     """Two threads without deterministic algorithms gave weights differing by ~5e-7 here, which
     a thousand steps grow into a different model; the cached model must not depend on luck."""

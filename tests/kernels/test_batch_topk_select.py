@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sae_lens_maira.kernels import batch_topk_csr, select
+from sae_lens_maira.kernels import batch_topk, batch_topk_csr
 
 
 def _reference(acts: torch.Tensor, k: int, positive_only: bool) -> set[tuple[int, int]]:
@@ -53,7 +53,7 @@ def test_positive_only_keeps_all_positives_when_fewer_than_k_times_b():
 
 def test_falls_back_to_exact_topk_when_the_sample_overshoots(monkeypatch):
     acts = torch.randn(512, 1024, generator=torch.Generator().manual_seed(3))
-    monkeypatch.setattr(select, "_sample_threshold", lambda flat, m: flat.max())
+    monkeypatch.setattr(batch_topk, "_sample_threshold", lambda flat, m: flat.max())
     row_ptr, indices, _ = batch_topk_csr(acts, 8, positive_only=False)
     assert _as_pairs(row_ptr, indices) == _reference(acts, 8, False)
 

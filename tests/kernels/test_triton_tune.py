@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 triton_tune = pytest.importorskip("triton_tune")
 
 
+@pytest.mark.slow
 def test_sweep_checks_and_records_every_setting(monkeypatch, capsys):
     configs = [
         triton_tune.LaunchConfig(8, 16, 4),

@@ -84,7 +84,9 @@ def test_processing_does_what_transformer_lens_says(checkpoint):
     )
     # RMSNorm folded: norms become RMSNormPre, their weights live in the next matrices
     assert model.cfg.normalization_type == "RMSPre" and not hasattr(model.blocks[0].ln1, "w")
-    assert torch.allclose(model.blocks[0].attn.W_Q, plain.blocks[0].attn.W_Q * plain.blocks[0].ln1.w[None, :, None])
+    assert torch.allclose(
+        model.blocks[0].attn.W_Q, plain.blocks[0].attn.W_Q * plain.blocks[0].ln1.w[None, :, None]
+    )
     # value biases folded into the output bias
     assert torch.count_nonzero(model.blocks[0].attn.b_V) == 0
     assert torch.allclose(model.unembed.W_U.mean(-1), torch.zeros(1), atol=1e-6)
@@ -95,12 +97,22 @@ def test_processing_does_what_transformer_lens_says(checkpoint):
 
 
 def test_processed_model_saves_and_reloads_to_the_same_outputs(checkpoint, batch, tmp_path):
-    model = HookedMaira2.from_pretrained(checkpoint, device="cpu", fold_ln=True, fold_value_biases=True)
+    model = HookedMaira2.from_pretrained(
+        checkpoint, device="cpu", fold_ln=True, fold_value_biases=True
+    )
     model.save_pretrained(tmp_path / "folded")
     again = HookedMaira2.from_pretrained(tmp_path / "folded", device="cpu")
     a, ra = _run(model, batch)
     b, rb = _run(again, batch)
     assert torch.allclose(a, b, atol=1e-5) and torch.allclose(ra, rb, atol=1e-5)
+
+
+def test_center_writing_weights_says_it_does_nothing_under_rmsnorm(checkpoint):
+    plain = HookedMaira2.from_pretrained(checkpoint, device="cpu")
+    with pytest.warns(UserWarning, match="center_writing_weights has no effect"):
+        model = HookedMaira2.from_pretrained(checkpoint, device="cpu", center_writing_weights=True)
+    assert torch.equal(model.embed.W_E, plain.embed.W_E)
+    assert torch.equal(model.blocks[0].mlp.W_out, plain.blocks[0].mlp.W_out)
 
 
 def test_from_pretrained_no_processing_works(checkpoint, batch, plain):
@@ -113,11 +125,17 @@ def test_from_pretrained_no_processing_works(checkpoint, batch, plain):
 def test_unsupported_options_are_clear_errors(checkpoint):
     with pytest.raises(ValueError, match="rotary"):
         HookedMaira2.from_pretrained(checkpoint, device="cpu", refactor_factored_attn_matrices=True)
-    with pytest.raises(ValueError, match=r"does not support the TransformerLens option\(s\) \['n_devices'\]"):
+    with pytest.raises(
+        ValueError, match=r"does not support the TransformerLens option\(s\) \['n_devices'\]"
+    ):
         HookedMaira2.from_pretrained(checkpoint, device="cpu", n_devices=2)
     with pytest.raises(ValueError, match="not a torch floating-point dtype"):
         HookedMaira2.from_pretrained(checkpoint, device="cpu", dtype="int8")
     model = HookedMaira2.from_pretrained(
-        checkpoint, device="cpu", move_to_device=True, default_prepend_bos=False, default_padding_side="left"
+        checkpoint,
+        device="cpu",
+        move_to_device=True,
+        default_prepend_bos=False,
+        default_padding_side="left",
     )
     assert model.cfg.default_prepend_bos is False and model.tokenizer.padding_side == "left"

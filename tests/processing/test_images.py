@@ -61,3 +61,9 @@ def test_files_rgb_and_errors(tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:100])
     with pytest.raises(ImageLoadError, match="trunc.jpg"):
         ImagePreprocessor(size=56, crop_size=56)([truncated])
+
+
+def test_a_preprocessor_config_without_a_pixel_size_is_a_clear_error():
+    with pytest.raises(ValueError, match="name no pixel size"):
+        ImagePreprocessor.from_dict({"size": {"width": 518}})
+    assert ImagePreprocessor.from_dict({"size": {"shortest_edge": 224}}).crop_size == 224

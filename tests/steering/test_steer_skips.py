@@ -3,8 +3,8 @@ every skipped study, with its reason, to <out>/skipped_studies.json."""
 
 import json
 
-from sae_lens_maira.cli import main
 from sae_lens_maira.checkpoint_config import read_config
+from sae_lens_maira.cli import main
 from tests.messy_studies import BAD, GOOD, save_sae, write_config, write_messy_manifest
 
 

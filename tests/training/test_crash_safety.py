@@ -17,8 +17,8 @@ import torch
 
 from sae_lens_maira.activations.cache import CacheConfig, cache_activations
 from sae_lens_maira.training.checkpoints import MARKER, latest_checkpoint
+from sae_lens_maira.training.commands import train_sae
 from sae_lens_maira.training.nonfinite import NonFiniteGuard, NonFiniteTrainingError
-from sae_lens_maira.training.runner import train_sae
 from tests.training.test_runner import HOOK, _exp
 
 # The child trains; on the trainer's second checkpoint it stops after the SAE weights are written
@@ -28,7 +28,7 @@ import os, sys, time
 from pathlib import Path
 from sae_lens.training.sae_trainer import SAETrainer
 from sae_lens_maira.experiment import Experiment
-from sae_lens_maira.training.runner import train_sae
+from sae_lens_maira.training.commands import train_sae
 
 marker, config = sys.argv[1:3]
 real = SAETrainer.save_trainer_state
@@ -66,6 +66,7 @@ def _copy_exp(cached, tmp_path, hub_checkpoint, manifest, **train):
     return _exp(tmp_path, hub_checkpoint, manifest, **train)
 
 
+@pytest.mark.slow
 def test_kill_during_a_checkpoint_then_resume_uses_the_last_complete_one(
     cached, tmp_path, hub_checkpoint, manifest
 ):
@@ -197,3 +198,32 @@ def test_guard_stops_on_a_non_finite_loss_before_any_save():
         runner.sae.training_forward_pass(
             SimpleNamespace(n_training_steps=0, sae_in=torch.tensor([[1.0, float("nan")]]))
         )
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_training_saves_a_checkpoint_that_resume_continues(
+    cached, tmp_path, hub_checkpoint, manifest, monkeypatch
+):
+    from sae_lens.training.sae_trainer import SAETrainer
+
+    exp = _copy_exp(cached, tmp_path, hub_checkpoint, manifest, wandb=False)
+    real, steps = SAETrainer._train_step, []
+
+    def step_then_ctrl_c(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:  # a real SIGINT, caught by the handler SAELens installs
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SAETrainer, "_train_step", step_then_ctrl_c)
+    before = signal.getsignal(signal.SIGINT)
+    # was: SAELens's save on interrupt failed (the folder did not exist), then its private
+    # InterruptedException surfaced; its SIGINT handler stayed installed after the run
+    with pytest.raises(KeyboardInterrupt, match="train --resume"):
+        train_sae(exp)
+    assert signal.getsignal(signal.SIGINT) is before
+    saved = latest_checkpoint(tmp_path / "checkpoints")
+    assert saved is not None and (saved / "trainer_state.pt").is_file()
+    monkeypatch.undo()
+    result = train_sae(exp, resume=True)
+    assert (result.output_path / "sae_weights.safetensors").is_file()

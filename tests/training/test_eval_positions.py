@@ -23,7 +23,7 @@ from sae_lens_maira.model.position_marks import (
 )
 from sae_lens_maira.processing.images import ImageLoadError
 from sae_lens_maira.processing.roles import Role
-from sae_lens_maira.training.runner import max_prompt_length, prompt_store, train_sae
+from sae_lens_maira.training.commands import max_prompt_length, prompt_store, train_sae
 from tests.training.test_runner import HOOK, _exp
 
 N_ROWS = 8  # evaluate_on_store: 4 batches x 2 prompts = the 8 readable studies, once

@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from sae_lens_maira.experiment import Experiment
-from sae_lens_maira.training.runner import latest_checkpoint, train_sae, training_sae_config
+from sae_lens_maira.training.commands import latest_checkpoint, train_sae, training_sae_config
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -68,6 +68,7 @@ def trained(tmp_path_factory, hub_checkpoint, manifest):
     return exp, model, result
 
 
+@pytest.mark.slow
 def test_training_through_the_runner_lowers_loss_and_raises_explained_variance(trained):
     exp, model, result = trained
     acts = torch.tensor(datasets.load_from_disk(str(exp.path("acts")))[HOOK][:4]).reshape(
@@ -108,6 +109,16 @@ def test_training_through_the_runner_lowers_loss_and_raises_explained_variance(t
     assert cfg["metadata"]["hook_name"] == HOOK and cfg["d_in"] == model.cfg.d_model
 
 
+@pytest.mark.slow
+def test_training_lists_the_study_it_could_not_read(trained):
+    """The manifest's s4 has a broken PNG: left out of training's prompts, listed with its reason."""
+    _, _, result = trained
+    assert [(s.study_id, s.reason) for s in result.skipped_studies] == [("s4", "unreadable_image")]
+    report = json.loads((result.output_path / "skipped_studies.json").read_text())
+    assert report["n_studies"] == 9 and report["skipped_studies"][0]["study_id"] == "s4"
+
+
+@pytest.mark.slow
 def test_resume_from_checkpoint(trained, tmp_path):
     exp, model, result = trained
     ck = latest_checkpoint(result.checkpoint_path)
@@ -163,6 +174,7 @@ def test_train_without_a_wandb_login_logs_offline_and_says_where(
     assert has_wandb_login() and resolve_wandb(True, tmp_path).mode == "online"
 
 
+@pytest.mark.slow
 def test_wandb_is_off_unless_asked_for(trained, tmp_path):
     exp, model, _ = trained
     exp.raw["train"].pop("wandb")
@@ -171,3 +183,14 @@ def test_wandb_is_off_unless_asked_for(trained, tmp_path):
     result = train_sae(exp, model=model, processor=exp.load_processor())
     assert result.wandb.mode == "off" and not (tmp_path / "logs").exists()
     assert "train.wandb: true" in result.wandb.describe()
+
+
+def test_a_cache_with_fewer_rows_than_one_read_is_a_clear_error(hub_checkpoint, manifest, tmp_path):
+    exp = _exp(tmp_path, hub_checkpoint, manifest, store_batch_size_prompts=4)
+    (tmp_path / "acts").mkdir()
+    (tmp_path / "acts" / "cache_info.json").write_text(
+        json.dumps({"hook_name": HOOK, "d_in": 64, "context_size": 16, "n_rows": 1,
+                    "selection": "study"})  # fmt: skip
+    )
+    with pytest.raises(ValueError, match="holds 1 row.*set train.store_batch_size_prompts: 1"):
+        train_sae(exp)

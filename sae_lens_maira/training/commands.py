@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,13 @@ from sae_lens_maira.activations.selection_store import (
     flat_metrics,
     run_selection_evals,
 )
+from sae_lens_maira.compat.sae_lens import (
+    evaluator_store,
+    replace_activations_store,
+    replace_evaluator,
+    runner_interruptions_as_keyboard_interrupt,
+)
+from sae_lens_maira.data.skips import SKIPS_FILE, SkipCollector, SkippedStudy, announce
 from sae_lens_maira.experiment import Experiment
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.model.image_bank import ImageBank
@@ -77,6 +84,7 @@ class TrainResult:
     metrics: dict[str, float]
     wandb: WandbStatus | None = None
     positions: dict[str, Any] | None = None  # the selection the evals measured on, and counts
+    skipped_studies: list[SkippedStudy] = field(default_factory=list)
 
 
 def training_sae_config(sae_spec: dict[str, Any], d_in: int, hook_name: str):
@@ -113,7 +121,9 @@ def train_sae(
         raise ValueError("set train.hook_name (or cache.hook_name), e.g. blocks.15.hook_resid_post")
     model = model or exp.load_model()
     processor = processor or exp.load_processor()
-    studies = exp.load_studies()
+    skips = SkipCollector()  # the source's missing files, then images that cannot be read
+    studies = exp.load_studies(skips)
+    n_listed = len(studies) + len(skips)
     sae_cfg = training_sae_config(exp.section("sae"), model.cfg.d_model, hook)
     check_sae_fits(sae_cfg, model, hook)
 
@@ -130,6 +140,19 @@ def train_sae(
             raise ValueError(
                 f"the cache at {cache_dir} holds {info['hook_name']} (d_in {info['d_in']}), "
                 f"but training reads {hook} (d_in {model.cfg.d_model}); rebuild the cache"
+            )
+        # SAELens reads store_batch_size_prompts rows at a time and fails deep inside with
+        # a shape error when the cache holds fewer
+        rows_per_read = int(
+            train.store_batch_size_prompts or _runner_default("store_batch_size_prompts")
+        )
+        n_rows = int(info.get("n_rows", rows_per_read))
+        if n_rows < rows_per_read:
+            raise ValueError(
+                f"the cache at {cache_dir} holds {n_rows} row(s) of {info['context_size']} "
+                f"positions, fewer than train.store_batch_size_prompts ({rows_per_read}) rows "
+                f"that each read takes; set train.store_batch_size_prompts: {max(n_rows, 1)}, "
+                "or cache more studies or a smaller cache.context_size"
             )
     # one definition of the SAE's positions: what the cache holds, else cache.selection
     selection = (
@@ -152,17 +175,17 @@ def train_sae(
             f"{batch_tokens}; raise n_batches_in_buffer or cache.context_size"
         )
     bank = ImageBank(preprocessor=processor.image_processor)
-    skipped: dict[str, str] = {}
     dataset = studies_to_token_dataset(
         studies,
         processor,
         bank,
         d_vocab=model.cfg.d_vocab,
         context_size=prompt_context,
-        skipped=skipped,
+        skipped=skips,
         with_report=with_report,
         selection=selection,
     )
+    skips.check_some_left(n_listed, "train")
     model.attach_image_bank(bank)
 
     out = exp.path(train.output_dir)
@@ -214,10 +237,9 @@ def train_sae(
             cfg, override_dataset=dataset, override_model=model
         )
     if not use_cache:  # train on the selection's positions, as the cache would hold them
-        runner.activations_store = SelectionActivationsStore.from_config(
-            model, cfg, override_dataset=dataset
-        )
-        runner.activations_store.selection = selection
+        store = SelectionActivationsStore.from_config(model, cfg, override_dataset=dataset)
+        store.selection = selection
+        replace_activations_store(runner, store)
     mark_checkpoints_complete(runner)
     guard = NonFiniteGuard(
         f"the activation cache at {cache_dir}"
@@ -230,7 +252,7 @@ def train_sae(
     )
     guard.install(runner)
     constrain_trainer_optimizer(runner)
-    runner.evaluator = SelectionEvaluator(  # its own store: evals never advance training's rows
+    evaluator = SelectionEvaluator(  # its own store: evals never advance training's rows
         model=model,
         activations_store=prompt_store(
             model, dataset, hook, prompt_context, processor.pad_token_id, cfg, selection
@@ -239,6 +261,7 @@ def train_sae(
         n_eval_batches=cfg.n_eval_batches,
         model_kwargs={},
     )
+    replace_evaluator(runner, evaluator)
     logger.info(
         "training %s on %s (%s tokens, context %d)",
         sae_cfg.architecture(),
@@ -246,8 +269,13 @@ def train_sae(
         cfg.training_tokens,
         context_size,
     )
-    with wandb_environment(wandb):
-        sae = runner.run()
+    try:
+        with wandb_environment(wandb), runner_interruptions_as_keyboard_interrupt():
+            sae = runner.run()
+    except KeyboardInterrupt:  # SAELens saved a checkpoint first (Ctrl-C, SIGTERM)
+        raise KeyboardInterrupt(
+            f"a checkpoint is under {checkpoints}; `train --resume` continues from it"
+        ) from None
     logger.info("%s", wandb.describe())
     # the final evals measure the SAE as saved (inference form: per-position encoding, e.g. a
     # BatchTopK SAE's global threshold), so the figures hold for what users load
@@ -259,23 +287,28 @@ def train_sae(
     if guard.skip_bad_batches:
         metrics["training/skipped_nonfinite_batches"] = float(guard.skipped_batches)
     (out / "eval_metrics.json").write_text(json.dumps({**metrics, "positions": positions}, indent=1))
-    return TrainResult(sae, out, checkpoints, metrics, wandb, positions)
+    report = skips.write(out / SKIPS_FILE, n_listed)
+    if len(skips):
+        announce(skips.summary(n_listed, report))
+    return TrainResult(sae, out, checkpoints, metrics, wandb, positions, skips.items)
 
 
 def constrain_trainer_optimizer(runner: LanguageModelSAETrainingRunner) -> None:
     """Attach the decoder renormalisation to the Adam that SAETrainer builds inside ``run()``:
     the runner hands its trainer to ``run_trainer_with_interruption_handling`` (a hook on that
     optimiser only, no process-wide optimiser hook)."""
+    from sae_lens_maira.compat.sae_lens import wrap_runner_method
     from sae_lens_maira.saes.decoder_constraint import constrain_optimizer, wants_unit_norm_decoder
 
-    run_trainer = runner.run_trainer_with_interruption_handling
+    def wrap(run_trainer: Any) -> Any:
+        def constrained(trainer: Any, *args: Any, **kwargs: Any) -> Any:
+            if wants_unit_norm_decoder(trainer.sae):
+                constrain_optimizer(trainer.optimizer, trainer.sae)
+            return run_trainer(trainer, *args, **kwargs)
 
-    def constrained(trainer: Any, *args: Any, **kwargs: Any) -> Any:
-        if wants_unit_norm_decoder(trainer.sae):
-            constrain_optimizer(trainer.optimizer, trainer.sae)
-        return run_trainer(trainer, *args, **kwargs)
+        return constrained
 
-    runner.run_trainer_with_interruption_handling = constrained  # type: ignore[method-assign]
+    wrap_runner_method(runner, "run_trainer_with_interruption_handling", wrap)
 
 
 def evaluate_on_store(
@@ -296,7 +329,7 @@ def evaluate_on_store(
         compute_variance_metrics=True,
         compute_featurewise_density_statistics=True,
     )
-    store = runner.evaluator.activations_store
+    store = evaluator_store(runner)
     if not isinstance(store, SelectionActivationsStore):
         raise TypeError("the runner's evaluator must read a SelectionActivationsStore (see prompt_store)")
     metrics, feature_metrics, positions = run_selection_evals(sae, store, runner.model, cfg)

@@ -13,11 +13,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from sae_lens_maira.kernels.batch_topk import batch_topk_positions
 from sae_lens_maira.kernels.layout import row_ids
-from sae_lens_maira.kernels.select import batch_topk_positions
 
 
-class Selection(NamedTuple):
+class ActivePairs(NamedTuple):
     """Active (row, latent) pairs of a batch in CSR form; ``indices`` ascend within each row."""
 
     row_ptr: Tensor  # [B + 1] int64
@@ -34,24 +34,24 @@ class Selection(NamedTuple):
 
 
 @torch.no_grad()
-def batch_topk(acts: Tensor, k: int) -> Selection:
+def batch_topk(acts: Tensor, k: int) -> ActivePairs:
     """Positions of the ``k * B`` largest entries of post-ReLU ``acts`` [B, N] that are > 0."""
     row_ptr, indices, rows, _ = batch_topk_positions(acts, k, positive_only=True)
-    return Selection(row_ptr, indices, rows)
+    return ActivePairs(row_ptr, indices, rows)
 
 
 @torch.no_grad()
-def dead_topk(acts: Tensor, dead: Tensor, k_aux: int) -> Selection:
+def dead_topk(acts: Tensor, dead: Tensor, k_aux: int) -> ActivePairs:
     """Per row, the ``k_aux`` largest positive activations among dead latents (AuxK input)."""
     B, N = acts.shape
     dead_idx = dead.nonzero().squeeze(1)
     k_aux = min(k_aux, dead_idx.numel())
     if k_aux == 0:
-        return Selection(torch.zeros(B + 1, dtype=torch.long, device=acts.device), dead_idx[:0])
+        return ActivePairs(torch.zeros(B + 1, dtype=torch.long, device=acts.device), dead_idx[:0])
     vals, local = acts.index_select(1, dead_idx).topk(k_aux, dim=1, sorted=False)
     cols = torch.where(vals > 0, dead_idx[local], N)  # N sorts after every real latent
     cols = cols.sort(dim=1).values
     keep = cols < N
     row_ptr = torch.zeros(B + 1, dtype=torch.long, device=acts.device)
     row_ptr[1:] = keep.sum(dim=1).cumsum(0)
-    return Selection(row_ptr, cols[keep])
+    return ActivePairs(row_ptr, cols[keep])

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from sae_lens_maira.dashboards.feature_stats import FeatureStatsCollector, FeatureStatsConfig
-from sae_lens_maira.dashboards.records import SequenceBatch
+from sae_lens_maira.dashboards.sequence_batch import SequenceBatch
+from sae_lens_maira.dashboards.stats_pass import FeatureStatsCollector, FeatureStatsConfig
 from sae_lens_maira.dashboards.synthetic import REGION_FEATURE, ROLE_FEATURE, TOKEN_FEATURE
 from sae_lens_maira.processing.roles import Role
 
@@ -242,7 +242,7 @@ def test_bad_batches_give_clear_errors(synthetic):
 
 
 def test_save_and_load_round_trip(stats, tmp_path):
-    from sae_lens_maira.dashboards.stats_store import FeatureStats
+    from sae_lens_maira.dashboards.feature_stats import FeatureStats
 
     stats.save(tmp_path / "st")
     back = FeatureStats.load(tmp_path / "st")
@@ -290,7 +290,7 @@ def test_window_values_and_random_context_maxima_match_reference(synthetic, stat
 
 def test_sparse_input_gives_identical_statistics(synthetic, decoder):
     """Sparse COO codes (a top-k SAE's output) and the same activations dense agree exactly."""
-    from sae_lens_maira.dashboards.records import topk_feature_acts
+    from sae_lens_maira.dashboards.sequence_batch import topk_feature_acts
 
     cfg = FeatureStatsConfig(n_top=6, ctx_left=4, ctx_right=2, text_context=5, n_random_contexts=20)
     out = []
@@ -312,7 +312,7 @@ def test_sparse_input_gives_identical_statistics(synthetic, decoder):
 
 
 def test_topk_feature_acts_rejects_bad_codes():
-    from sae_lens_maira.dashboards.records import topk_feature_acts
+    from sae_lens_maira.dashboards.sequence_batch import topk_feature_acts
 
     i = torch.zeros(2, 3, 4, dtype=torch.long)
     with pytest.raises(ValueError, match=r"\[batch, tokens, k\]"):

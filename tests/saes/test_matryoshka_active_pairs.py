@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sae_lens_maira.saes.selection import batch_topk, dead_topk
+from sae_lens_maira.saes.active_pairs import batch_topk, dead_topk
 
 
 def flat_reference(acts: torch.Tensor, k: int) -> set[tuple[int, int]]:
