@@ -42,7 +42,8 @@ class _Generator:
                  where: str | None = None) -> list[str]:  # fmt: skip
         hook = None
         if feature is not None:
-            hook = FeatureClamp.at(self.sae, feature, value, where or self.spec.where[0])
+            hook = FeatureClamp.at(self.sae, feature, value, where or self.spec.where[0],
+                                  tokenizer=self.processor.tokenizer)  # fmt: skip
         return generate_reports(
             self.model, self.processor, list(studies), hook=hook, hook_name=self.hook_name,
             batch_size=self.spec.batch_size, max_new_tokens=self.spec.max_new_tokens,

@@ -54,7 +54,8 @@ def steer(exp, features: list[int] | None = None, finding: str | None = None,
     make_hook: Callable[[float], FeatureClamp] | None = None
     if spec.mode == "clamp":
         def clamp(coef: float) -> FeatureClamp:
-            return FeatureClamp.at(sae, features[0], coef * spec.scale, spec.where[0])
+            return FeatureClamp.at(sae, features[0], coef * spec.scale, spec.where[0],
+                                   tokenizer=processor.tokenizer)  # fmt: skip
 
         make_hook = clamp
 

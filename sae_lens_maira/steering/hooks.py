@@ -82,9 +82,19 @@ def feature_directions(
 
 @contextmanager
 def steering(model: Any, hook_name: str, hook: Any) -> Iterator[SteeringHook]:
-    """Attach ``hook`` at ``hook_name`` for the duration of the block."""
+    """Attach ``hook`` at ``hook_name`` for the duration of the block (and, for a hook with
+    ``watch_tokens``, feed it the token ids the model embeds)."""
     if hook_name not in model.hook_dict:
         raise ValueError(f"the model has no hook {hook_name!r} to steer at")
     hook.reset()
-    with model.hooks(fwd_hooks=[(hook_name, hook)]):
-        yield hook
+    watch = getattr(hook, "watch_tokens", None)
+    embed = getattr(model, "embed", None)
+    handle = None
+    if watch is not None and embed is not None:  # a clamp that needs the generated token ids
+        handle = embed.register_forward_pre_hook(lambda _module, args: watch(args[0]))
+    try:
+        with model.hooks(fwd_hooks=[(hook_name, hook)]):
+            yield hook
+    finally:
+        if handle is not None:
+            handle.remove()

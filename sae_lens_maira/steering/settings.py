@@ -2,7 +2,7 @@
 
 Two modes: ``clamp`` (default) sets the feature's activation to ``coefficient x scale`` where
 ``where`` says (:func:`~sae_lens_maira.steering.clamp.parse_where`: ``image``,
-``image+generated``, ``image+first4``, ``generated``, ...; the demo screens every placement
+``image+generated``, ``image+first4``, ``generated``, ``boundary1``, ...; the demo screens every placement
 listed, the ``steer`` command uses the first); ``add`` adds ``coefficient x`` the unit decoder
 direction at ``positions`` (``generated``, ``prompt`` or ``both``), the study's original recipe.
 Suppression clamps the feature to zero at ``suppress_where``.

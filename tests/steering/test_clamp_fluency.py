@@ -95,13 +95,81 @@ def test_clamp_on_generated_positions_and_the_kv_cache(setup):
 def test_where_names_the_positions():
     from sae_lens_maira.steering.clamp import parse_where
 
-    assert parse_where("image") == ("image", 0)
-    assert parse_where("image+generated") == ("image", -1)
-    assert parse_where("image_ends+first4") == ("image_ends", 4)
-    assert parse_where("generated") == ("none", -1)
-    for bad in ("pixels", "image+image", "none"):
+    assert parse_where("image") == ("image", 0, 0)
+    assert parse_where("image+generated") == ("image", -1, 0)
+    assert parse_where("image_ends+first4") == ("image_ends", 4, 0)
+    assert parse_where("generated") == ("none", -1, 0)
+    assert parse_where("boundary1") == ("none", 0, 1)
+    assert parse_where("image+boundary2") == ("image", 0, 2)
+    for bad in ("pixels", "image+image", "none", "boundary0", "boundary1+boundary2", "boundaryx"):
         with pytest.raises(ValueError, match="clamp"):
             parse_where(bad)
+
+
+def test_boundary_clamp_acts_on_the_token_that_ends_the_nth_sentence(setup):
+    model, processor, studies, sae = setup
+    batch = processor(studies[:1], padding_side="left")
+    T, d = batch.input_ids.shape[1], model.cfg.d_model
+    END = 7
+    clamp = FeatureClamp(sae, 2, 0.0, prompt_positions="none", boundary=2, end_ids=[END])
+    clamp.prepare(batch)
+    clamp.watch_tokens(batch.input_ids)  # the prompt: nothing generated yet
+    prompt = torch.randn(1, T, d)
+    assert torch.equal(clamp(prompt), prompt)
+    generated = [3, END, 4, END, 5]  # the second sentence ends at generated position 3
+    w = 2 * sae.W_enc[:, 2].detach()
+    xs = [torch.randn(1, 1, d) + w for _ in generated]
+    for i, (tok, x) in enumerate(zip(generated, xs, strict=True)):  # KV cache: one id per call
+        clamp.watch_tokens(torch.tensor([[tok]]))
+        y = clamp(x)
+        if i == 3:
+            a = torch.relu(x @ sae.W_enc[:, 2]).detach()
+            assert torch.allclose(y, x - a[..., None] * sae.W_dec[2].detach(), atol=1e-5)
+        else:
+            assert torch.equal(y, x), i
+    # without the cache every call re-reads the whole sequence; the same position is clamped
+    clamp.prepare(batch)
+    clamp.watch_tokens(batch.input_ids)
+    for k in range(1, len(generated) + 1):
+        clamp.watch_tokens(torch.tensor([generated[:k]]))
+    seq = torch.cat([prompt, *xs], dim=1)
+    out = clamp(seq)
+    changed = (out != seq).any(-1)[0]
+    assert changed.nonzero().flatten().tolist() == [T + 3]
+    with pytest.raises(ValueError, match="end_ids"):
+        FeatureClamp(sae, 2, 1.0, prompt_positions="none", boundary=1)
+    with pytest.raises(ValueError, match="tokenizer"):
+        FeatureClamp.at(sae, 2, 1.0, "boundary1")
+
+
+def test_sentence_end_ids_and_a_boundary_clamp_in_generation(setup):
+    from sae_lens_maira.steering.clamp import sentence_end_ids
+    from sae_lens_maira.steering.hooks import steering
+
+    model, processor, studies, sae = setup
+    tok = processor.tokenizer
+    ends = sentence_end_ids(tok)
+    assert ends and all(tok.convert_tokens_to_string([tok.convert_ids_to_tokens(i)]).strip().endswith(".")
+                        for i in ends)  # fmt: skip
+    hook = "blocks.1.hook_resid_post"
+    # every id ends a sentence: the first boundary is the first generated token, as first1
+    everything = list(range(model.cfg.d_vocab))
+    at_boundary = generate_reports(model, processor, studies, max_new_tokens=5, hook_name=hook,
+                                   hook=FeatureClamp(sae, 3, 500.0, prompt_positions="none",
+                                                     boundary=1, end_ids=everything))  # fmt: skip
+    first = generate_reports(model, processor, studies, max_new_tokens=5, hook_name=hook,
+                             hook=FeatureClamp(sae, 3, 500.0, prompt_positions="none", generated=1))  # fmt: skip
+    base = generate_reports(model, processor, studies, max_new_tokens=5)
+    assert at_boundary == first and first != base
+    # no id ends a sentence: the clamp never acts
+    never = generate_reports(model, processor, studies, max_new_tokens=5, hook_name=hook,
+                             hook=FeatureClamp(sae, 3, 500.0, prompt_positions="none",
+                                               boundary=1, end_ids=[-1]))  # fmt: skip
+    assert never == base
+    with steering(model, hook, FeatureClamp(sae, 3, 1.0, prompt_positions="none", boundary=1,
+                                            end_ids=[1])):  # fmt: skip
+        assert len(model.embed._forward_pre_hooks) == 1
+    assert len(model.embed._forward_pre_hooks) == 0  # the token watch is removed afterwards
 
 
 def test_clamp_in_generation(setup):
