@@ -24,7 +24,7 @@ class SteerSettings:
     #: clamp: multiples of the feature's typical activation on studies with the finding;
     #: add: multiples of the unit decoder direction
     coefficients: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
-    where: tuple[str, ...] = ("image", "image+generated")
+    where: tuple[str, ...] = ("boundary1", "image+generated")
     suppress_where: str = "image+generated"
     positions: str = "generated"
     scale: float = 1.0
