@@ -16,6 +16,7 @@ from transformer_lens.components import Attention
 
 from sae_lens_maira.compat.torch import has_hooks
 from sae_lens_maira.compat.transformer_lens import swap_class
+from sae_lens_maira.model.kv_cache import PreallocatedKVEntry
 
 
 class FusedAttention(Attention):
@@ -37,7 +38,13 @@ class FusedAttention(Attention):
         additive_attention_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_bias: torch.Tensor | None = None,
+        query_offset: int = 0,
     ) -> torch.Tensor:
+        """TransformerLens's attention; ``query_offset`` (fused path only, no cache): the
+        queries are the keys' positions from ``query_offset`` on (e.g. the scored positions of
+        a last layer), so only those positions are computed."""
+        if query_offset and (past_kv_cache_entry is not None or self._needs_pattern()):
+            raise ValueError("query_offset needs the fused path without a KV cache")
         if (
             self._needs_pattern()
             or additive_attention_mask is not None
@@ -51,9 +58,26 @@ class FusedAttention(Attention):
         offset = 0
         if past_kv_cache_entry is not None:
             offset = past_kv_cache_entry.past_keys.size(1)
+            new_keys = k
             k, v = past_kv_cache_entry.append(k, v)
+            if isinstance(past_kv_cache_entry, PreallocatedKVEntry) and not has_hooks(
+                self.hook_rot_k
+            ):
+                # it keeps the rotated keys: rotate only the new ones (same values, bit for bit);
+                # a hook on the rotated keys gets a fresh tensor it may edit in place
+                every_key = k
+                k_rot = past_kv_cache_entry.rotated_keys(
+                    offset,
+                    lambda: self.apply_rotary(new_keys, offset, attention_mask),
+                    lambda: self.apply_rotary(every_key, 0, attention_mask),
+                )
+            else:
+                k_rot = self.apply_rotary(k, 0, attention_mask)
+        else:
+            k_rot = self.apply_rotary(k, 0, attention_mask)
+            offset = query_offset
         q = self.hook_rot_q(self.apply_rotary(q, offset, attention_mask))
-        k = self.hook_rot_k(self.apply_rotary(k, 0, attention_mask))
+        k = self.hook_rot_k(k_rot)
         n_q, n_k = q.shape[1], k.shape[1]
         mask = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(offset)[None, None]
         if attention_mask is not None:

@@ -19,7 +19,6 @@ from typing import Any, Literal, cast
 import torch
 from sae_lens import HookedSAETransformer
 from tqdm.auto import tqdm
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 from transformer_lens.components import AbstractAttention
 from transformer_lens.hook_points import HookPoint
 from transformer_lens.utilities import sample_logits
@@ -36,6 +35,7 @@ from sae_lens_maira.model.attention import use_fused_attention
 from sae_lens_maira.model.checkpoint import iter_tensors, save_state_dict, weight_files
 from sae_lens_maira.model.embed import MultimodalEmbed
 from sae_lens_maira.model.image_bank import ImageBank, split_virtual_ids
+from sae_lens_maira.model.kv_cache import PreallocatedKVCache
 from sae_lens_maira.model.position_marks import strip_marks
 from sae_lens_maira.model.vision import Maira2Projector, build_vision_tower
 from sae_lens_maira.model.weight_conversion import (
@@ -46,6 +46,7 @@ from sae_lens_maira.model.weight_conversion import (
     hub_text_config_flags,
     tl_to_hub_state_dict,
 )
+from sae_lens_maira.model.weight_layout import generation_weight_layout
 from sae_lens_maira.processing.images import PREPROCESSOR_CONFIG, ImagePreprocessor
 from sae_lens_maira.processing.validation import (
     ModelInputError,
@@ -615,35 +616,42 @@ class HookedMaira2(HookedSAETransformer):
         finished = torch.zeros(B, dtype=torch.bool, device=tokens.device)
         new_tokens: list[torch.Tensor] = []
         cache = (
-            TransformerLensKeyValueCache.init_cache(self.cfg, self.cfg.device, B)
+            PreallocatedKVCache.init_preallocated(
+                self.cfg, self.cfg.device, B, tokens.shape[1] + max_new_tokens
+            )
             if use_past_kv_cache
             else None
         )
-        logits = self(tokens, attention_mask=mask, past_kv_cache=cache, image_embeds=image_embeds)
-        prompt_embeds = None
-        for step in tqdm(range(max_new_tokens), disable=not verbose, desc="generate"):
-            final = logits[:, -1, :].float()
-            if do_sample:
-                nxt = sample_logits(final, top_k=top_k, top_p=top_p, temperature=temperature)
-            else:
-                nxt = final.argmax(-1)
-            nxt = nxt.to(tokens.device).masked_fill(finished, pad)
-            new_tokens.append(nxt)
-            if stop:
-                finished |= torch.isin(nxt, torch.tensor(stop, device=nxt.device))
-                if bool(finished.all()):
+        # weights stored in the order the forward reads them (no per-token copies; same values)
+        fused = all(
+            not getattr(b.attn, "_needs_pattern", lambda: True)() for b in self.blocks
+        )
+        with generation_weight_layout(self, attention=fused):
+            logits = self(tokens, attention_mask=mask, past_kv_cache=cache, image_embeds=image_embeds)
+            prompt_embeds = None
+            for step in tqdm(range(max_new_tokens), disable=not verbose, desc="generate"):
+                final = logits[:, -1, :].float()
+                if do_sample:
+                    nxt = sample_logits(final, top_k=top_k, top_p=top_p, temperature=temperature)
+                else:
+                    nxt = final.argmax(-1)
+                nxt = nxt.to(tokens.device).masked_fill(finished, pad)
+                new_tokens.append(nxt)
+                if stop:
+                    finished |= torch.isin(nxt, torch.tensor(stop, device=nxt.device))
+                    if bool(finished.all()):
+                        break
+                if step == max_new_tokens - 1:
                     break
-            if step == max_new_tokens - 1:
-                break
-            mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=mask.device)], dim=1)
-            if cache is not None:
-                logits = self(nxt[:, None], attention_mask=mask[:, -1:], past_kv_cache=cache)
-            else:
-                if prompt_embeds is None:
-                    with self.embed.images(image_embeds):
-                        prompt_embeds = self.embed(tokens)
-                embeds = torch.cat([prompt_embeds, self.embed(torch.stack(new_tokens, 1))], dim=1)
-                logits = self(self.hook_embed(embeds), start_at_layer=0, attention_mask=mask)
+                mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=mask.device)], dim=1)
+                if cache is not None:
+                    logits = self(nxt[:, None], attention_mask=mask[:, -1:], past_kv_cache=cache)
+                else:
+                    if prompt_embeds is None:
+                        with self.embed.images(image_embeds):
+                            prompt_embeds = self.embed(tokens)
+                    embeds = torch.cat([prompt_embeds, self.embed(torch.stack(new_tokens, 1))], dim=1)
+                    logits = self(self.hook_embed(embeds), start_at_layer=0, attention_mask=mask)
         generated = torch.stack(new_tokens, dim=1) if new_tokens else tokens[:, :0]
         if return_type == "str":
             assert self.tokenizer is not None, "return_type='str' needs a tokenizer"
