@@ -35,6 +35,8 @@ class LMHistory:
     lrs: list[float] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
     best_step: int | None = None
+    #: the step at which ``stop_when`` ended training (None: it ran every step)
+    stopped_at: int | None = None
     seconds: float = 0.0
 
 
@@ -196,6 +198,7 @@ def run_training(
     select_after: int = 0,
     after_step: Callable[[], None] | None = None,
     ema_decay: float | None = None,
+    stop_when: Callable[[dict], bool] | None = None,
     desc: str = "training",
     progress: bool = True,
     log: Callable[[str], None] | None = None,
@@ -209,6 +212,9 @@ def run_training(
     With ``ema_decay``, an exponential moving average of the weights is kept from step
     ``select_after`` on, and it is what gets evaluated and kept: greedy decoding of a small model
     flips between templates from one step to the next, the average does not.
+
+    ``stop_when(result)``: training ends at the first evaluation after ``select_after`` for
+    which it is true (an outcome, never elapsed time: the schedule still runs on ``steps``).
     """
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
@@ -242,8 +248,10 @@ def run_training(
         for n, p in named:
             ema[n].lerp_(p.detach(), 1.0 - ema_decay)
 
+    stop = False
+
     def run_eval(step: int) -> None:
-        nonlocal best_score, best_state
+        nonlocal best_score, best_state, stop
         if evaluate is None:
             return
         model.eval()
@@ -258,11 +266,16 @@ def run_training(
                 {k: v for k, v in model.state_dict().items() if not k.startswith("vision_tower.")}
             )
             history.best_step = step
+        if stop_when is not None and step > select_after and step < steps and stop_when(result):
+            stop = True
+            history.stopped_at = step
         if ema is not None:
             swap_ema()
         model.train()
         if log:
             log(format_eval(result))
+            if stop:
+                log(f"{desc}: validation targets met with margin at step {step}; stopping")
 
     model.train()
     model.vision_tower.eval()
@@ -293,6 +306,8 @@ def run_training(
             bar.set_postfix(loss=f"{history.losses[-1]:.3f}")
         if evaluate is not None and step % eval_every == 0 and step < steps:
             run_eval(step)
+            if stop:
+                break
         elif log and step % max(1, eval_every // 2) == 0:
             recent = history.losses[-10:]
             log(f"{desc} step {step}: loss {sum(recent) / len(recent):.3f}")
@@ -360,6 +375,7 @@ def train_findings_generation(
     reference_pixels: torch.Tensor | None = None,
     evaluate: Callable[[HookedMaira2, int], dict] | None = None,
     eval_every: int = 50,
+    stop_when: Callable[[dict], bool] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> LMHistory:
@@ -371,7 +387,8 @@ def train_findings_generation(
     words the grounding targets use), so reading the image is not unlearnt while the model
     learns the reports' long tail. With
     ``reference_pixels``, image tokens are held at the text embeddings' scale (:class:`ImageScale`).
-    Checkpoint selection only considers evaluations after the grounding phase.
+    Checkpoint selection (and ``stop_when``) only considers evaluations after the grounding
+    phase.
     """
     rng = random.Random(seed)
     model.vision_tower.requires_grad_(False)
@@ -401,6 +418,7 @@ def train_findings_generation(
         steps=steps,
         warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
         evaluate=evaluate, eval_every=eval_every, select_after=grounding_steps, ema_decay=ema_decay,
+        stop_when=stop_when,
         after_step=ImageScale(model, reference_pixels) if reference_pixels is not None else None,
         desc="findings generation",
         progress=progress, log=log,

@@ -111,6 +111,12 @@ class DemoModelConfig:
     min_positive_rate: float = MENTION_POSITIVES_MIN
     max_negative_rate: float = MENTION_NEGATIVES_MAX
     max_attempts: int = 2
+    #: findings generation ends at the first validation evaluation (after the warm-up) where
+    #: every finding is mentioned for at least stop_positive_rate of its positives and at most
+    #: stop_negative_rate of its negatives, a margin over the targets above (an outcome, so a
+    #: slow machine stops at the same step); None: always lm_steps
+    stop_positive_rate: float | None = 0.75
+    stop_negative_rate: float = 0.05
     #: training threads, fixed so the model repeats bit for bit on another machine of the same
     #: kind (the thread count changes reduction order); None: torch's default
     threads: int | None = 2
@@ -138,6 +144,21 @@ class DemoModelConfig:
         )  # fmt: skip
         base.update(changes)
         return cls(**base)
+
+
+def meets_stop_margin(result: dict, config: DemoModelConfig) -> bool:
+    """Whether a validation evaluation clears every finding's mention targets with the margin
+    of ``config.stop_positive_rate`` / ``stop_negative_rate`` (see :class:`DemoModelConfig`)."""
+    if config.stop_positive_rate is None:
+        return False
+    mentions = result.get("mentions", {})
+    for f in config.findings:
+        m = mentions.get(f)
+        if not m or not m.get("n_positives") or not m.get("n_negatives"):
+            return False
+        if m["positives"] < config.stop_positive_rate or m["negatives"] > config.stop_negative_rate:
+            return False
+    return True
 
 
 @contextmanager
@@ -284,7 +305,8 @@ def train_small_model(
             grounding_steps=config.grounding_steps, grounding_mix=config.grounding_mix,
             normalized_mix=config.normalized_mix, ema_decay=config.ema_decay,
             projector_weight_decay=config.projector_weight_decay, reference_pixels=sample,
-            seed=seed, evaluate=evaluate, eval_every=config.eval_every, progress=progress, log=say,
+            seed=seed, evaluate=evaluate, eval_every=config.eval_every,
+            stop_when=lambda result: meets_stop_margin(result, config), progress=progress, log=say,
         )  # fmt: skip
         timings["language_model_s"] = time.perf_counter() - t
         t = time.perf_counter()
@@ -311,6 +333,7 @@ def train_small_model(
         "lm_losses": history.losses,
         "evals": history.evals,
         "best_step": history.best_step,
+        "stopped_at": history.stopped_at,
     }
     (out / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
     from sae_lens_maira.demo.plots import plot_training
