@@ -60,7 +60,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from sae_lens_maira.training.commands import train_sae
 
-    result = train_sae(_experiment(args), resume=args.resume)
+    result = train_sae(_experiment(args), resume=args.resume, overwrite=args.overwrite)
     summary = ", ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in sorted(result.metrics.items())
                         if k.split("/")[-1] in ("explained_variance", "l0", "ce_loss_score", "kl_div_score",
                                                 "dead_latents_fraction"))  # fmt: skip
@@ -276,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train again over a finished SAE in train.output_dir (it is replaced)")  # fmt: skip
     p.set_defaults(handler=_cmd_train)
     p = sub.add_parser(
         "steer", help="steer report generation with SAE features and label the reports"

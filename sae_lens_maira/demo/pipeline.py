@@ -265,7 +265,7 @@ def _run_steps(
             from sae_lens_maira.demo.sae_health import sae_health
             from sae_lens_maira.training.commands import train_sae
 
-            result = train_sae(exp)
+            result = train_sae(exp, overwrite=True)  # the results cache decided to retrain
             # what users load: the inference SAE (global threshold), not the training object
             sae = SAE.load_from_disk(str(result.output_path))
             run.facts["sae"] = {"path": str(result.output_path), "metrics": result.metrics,
