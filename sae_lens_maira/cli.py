@@ -170,9 +170,11 @@ def _add_dashboards(sub) -> None:
             )
             q.add_argument("--batch-size", type=int, default=128)
             q.add_argument(
-                "--n-layers", type=int, default=32, help="the model's layer count (model row)"
+                "--n-layers", type=int, default=None,
+                help="the model's layer count (model row; default: what `collect` recorded)",
             )
-            q.add_argument("--d-model", type=int, default=4096)
+            q.add_argument("--d-model", type=int, default=None,
+                           help="the model's width (default: what `collect` recorded)")  # fmt: skip
             q.add_argument("--creator-id", help="Neuronpedia user id written as creatorId/authorId "
                            "(default clkht01d40000jv08hvalcvly, the seeded user Neuronpedia's own "
                            "exports use)")  # fmt: skip
