@@ -9,7 +9,7 @@ is found in one sort; the best features are then scored on held-out studies with
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -111,9 +111,9 @@ def best_thresholds(
 
 def finding_detectors(
     train_scores: torch.Tensor,
-    train_labels: dict[str, Sequence[bool]],
+    train_labels: Mapping[str, Sequence[bool]],
     held_out_scores: torch.Tensor | None = None,
-    held_out_labels: dict[str, Sequence[bool]] | None = None,
+    held_out_labels: Mapping[str, Sequence[bool]] | None = None,
     top: int = 3,
 ) -> dict[str, list[FeatureDetector]]:
     """The ``top`` features per finding by training balanced accuracy, scored on held-out studies."""

@@ -76,6 +76,7 @@ def viewer(
         return write_viewer_from_saedashboard(saedashboard, out, exps)
     from sae_lens_maira.dashboards.viewer import write_viewer
 
+    assert stats_dir is not None  # the first check: exactly one of the two is given
     stats = FeatureStats.load(stats_dir)
     return write_viewer(stats, out, exps, parse_features(features), private=private)
 

@@ -199,8 +199,8 @@ def feature_summary(stats: FeatureStats, f: int, meta: DashboardMeta | None = No
     return {
         "feature_index": f,
         "neuron_alignment_indices": t["align_idx"][f].tolist() if has_align else [],
-        "neuron_alignment_values": [r3(v) for v in t["align_val"][f]] if has_align else [],
-        "neuron_alignment_l1": [r3(v) for v in t["align_l1"][f]] if has_align else [],
+        "neuron_alignment_values": [r3(v) for v in t["align_val"][f].tolist()] if has_align else [],
+        "neuron_alignment_l1": [r3(v) for v in t["align_l1"][f].tolist()] if has_align else [],
         # residual-stream activations are not part of the pass: no correlated neurons
         "correlated_neurons_indices": [],
         "correlated_neurons_l1": [],

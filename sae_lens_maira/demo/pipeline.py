@@ -246,6 +246,7 @@ def _run_steps(
 
             for e in (exp, held_exp):
                 result = cache_from_experiment(e)
+                assert result is not None  # one process: rank 0 returns the merged result
                 print(
                     f"   {result.path.name}: {result.n_positions:,} positions from {result.n_studies} studies"
                 )

@@ -22,7 +22,7 @@ def sae_health(exp: Any, sae: Any, max_positions: int = 50_000, batch: int = 409
     import datasets
 
     hook = exp.section("cache")["hook_name"]
-    ds = datasets.load_from_disk(str(exp.path(exp.section("cache")["output_dir"])))
+    ds = datasets.Dataset.load_from_disk(str(exp.path(exp.section("cache")["output_dir"])))
     ds = ds.with_format("torch", columns=[hook, "roles"])
     param = next(sae.parameters())
     d_sae = int(sae.cfg.d_sae)
@@ -48,7 +48,7 @@ def sae_health(exp: Any, sae: Any, max_positions: int = 50_000, batch: int = 409
         n += len(acts)
         if n >= max_positions:
             break
-    if n == 0:
+    if n == 0 or s1 is None:  # (s1 is None exactly when n == 0)
         raise ValueError("the training cache holds no positions to measure the SAE on")
     total_var = s2 - float(s1.pow(2).sum()) / n  # sum of squared deviations from the mean
     return {

@@ -242,6 +242,7 @@ def train_sae(
         )
     if not use_cache:  # train on the selection's positions, as the cache would hold them
         store = SelectionActivationsStore.from_config(model, cfg, override_dataset=dataset)
+        assert isinstance(store, SelectionActivationsStore)  # cls(...), typed as the base class
         store.selection = selection
         replace_activations_store(runner, store)
     mark_checkpoints_complete(runner)
