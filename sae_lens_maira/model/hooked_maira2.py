@@ -640,8 +640,7 @@ class HookedMaira2(HookedSAETransformer):
                 logits = self(nxt[:, None], attention_mask=mask[:, -1:], past_kv_cache=cache)
             else:
                 if prompt_embeds is None:
-                    with self.embed.images(image_embeds):
-                        prompt_embeds = self.embed(tokens)
+                    prompt_embeds = self.embed(tokens, image_embeds)
                 embeds = torch.cat([prompt_embeds, self.embed(torch.stack(new_tokens, 1))], dim=1)
                 logits = self(self.hook_embed(embeds), start_at_layer=0, attention_mask=mask)
         generated = torch.stack(new_tokens, dim=1) if new_tokens else tokens[:, :0]
