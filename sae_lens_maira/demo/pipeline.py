@@ -304,16 +304,20 @@ def _run_steps(
 
         if not results.reuse("sae", {"sae": cfg["sae"], "train": cfg["train"],
                                      "health_positions": settings.health_positions}):  # fmt: skip
-            from sae_lens_maira.demo.sae_health import sae_health
+            import datasets
+
+            from sae_lens_maira.training.cached_evals import checkpoint_curve, sae_health
             from sae_lens_maira.training.commands import train_sae
 
             result = train_sae(exp)
             # what users load: the inference SAE (global threshold), not the training object
             sae = SAE.load_from_disk(str(result.output_path))
+            hook = cfg["cache"]["hook_name"]
+            train_cache = datasets.load_from_disk(str(cache_path(exp)))
             run.facts["sae"] = {"path": str(result.output_path), "metrics": result.metrics,
                                 "k": int(cfg["sae"]["k"]),
-                                "health": sae_health(exp, sae, settings.health_positions)}  # fmt: skip
-            run.facts["sae_curve"] = checkpoint_curve(exp, result.checkpoint_path)
+                                "health": sae_health(train_cache, sae, hook, settings.health_positions)}  # fmt: skip
+            run.facts["sae_curve"] = checkpoint_curve(train_cache, hook, result.checkpoint_path)
             results.keep(folders["sae"], ["sae", "sae_curve"])
         sae = SAE.load_from_disk(run.facts["sae"]["path"])
         h = run.facts["sae"]["health"]
@@ -448,62 +452,18 @@ def _subset(studies: list, n: int, findings: tuple[str, ...]) -> list:
     return chosen[:n] if len(chosen) > n else chosen
 
 
-def checkpoint_curve(exp, checkpoints: Path | None) -> list[dict[str, float]]:
-    """Explained variance and L0 of every saved checkpoint on held-in cached activations."""
-    import datasets
-    import torch
-    from sae_lens import SAE
-
-    if checkpoints is None:
-        return []
-    hook = exp.section("cache")["hook_name"]
-    ds = datasets.load_from_disk(str(cache_path(exp))).with_format(
-        "torch", columns=[hook]
-    )
-    x = ds[: min(len(ds), 64)][hook].reshape(-1, ds[0][hook].shape[-1]).float()
-    curve = []
-    for ck in sorted(
-        (p for p in checkpoints.glob("*/*") if p.name.isdigit()), key=lambda p: int(p.name)
-    ):
-        sae = SAE.load_from_disk(str(ck))
-        with torch.no_grad():
-            feats = sae.encode(x)
-            recon = sae.decode(feats)
-        ev = 1 - (x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
-        curve.append(
-            {
-                "tokens": int(ck.name),
-                "explained_variance": float(ev),
-                "l0": float((feats > 0).sum(-1).float().mean()),
-            }
-        )
-    return curve
-
-
 def detect_findings(exp, held_exp, sae, findings, top: int) -> dict[str, Any]:
+    """Step 5: each finding's best detectors on the two splits' caches, logged and as facts."""
     import datasets
 
-    from sae_lens_maira.analysis.finding_features import (
-        finding_detectors,
-        labels_of,
-        study_maxima_from_cache,
-    )
+    from sae_lens_maira.analysis.finding_features import detectors_from_caches
 
-    hook = exp.section("cache")["hook_name"]
-    train_studies, held_studies = exp.load_studies(), held_exp.load_studies()
-    train_max = study_maxima_from_cache(
-        datasets.load_from_disk(str(cache_path(exp))), sae, hook, len(train_studies)
-    )
-    held_max = study_maxima_from_cache(
-        datasets.load_from_disk(str(cache_path(held_exp))), sae, hook, len(held_studies)
-    )
-    detectors = finding_detectors(
-        train_max,
-        labels_of(train_studies, findings),
-        held_max,
-        labels_of(held_studies, findings),
-        top=top,
-    )
+    detectors = detectors_from_caches(
+        datasets.load_from_disk(str(cache_path(exp))),
+        datasets.load_from_disk(str(cache_path(held_exp))),
+        sae, exp.section("cache")["hook_name"], exp.load_studies(), held_exp.load_studies(),
+        findings, top=top,
+    )  # fmt: skip
     for f, rows in detectors.items():
         best = rows[0]
         print(f"   {f}: feature {best.feature} (threshold {best.threshold:.3g}) balanced accuracy "
