@@ -162,7 +162,7 @@ def test_the_training_code_s_imports_are_in_the_key_wherever_they_live():
     root = package_root()
     files = {p.relative_to(root).as_posix() for p in import_closure(root, "sae_lens_maira.demo.model_cache")}
     # training's validation reads the fluency checks; nothing reaches the steering study
-    assert {"steering/fluency.py", "demo/lm_training.py", "data/labeller.py"} <= files
+    assert {"steering/fluency.py", "demo/lm_training.py", "data/labeller.py", "training/loop.py"} <= files
     assert "demo/steering_study.py" not in files and "demo/pipeline.py" not in files
     with pytest.raises(ValueError, match="not a module"):
         import_closure(root, "sae_lens_maira.no_such_module")
