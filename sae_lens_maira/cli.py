@@ -301,9 +301,27 @@ DEBUG_ENV = "SAE_LENS_MAIRA_DEBUG"
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, LookupError, RuntimeError)
 
 
+#: libgomp's setting for what idle OpenMP threads do between parallel regions
+WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
+
+
+def calm_idle_threads() -> None:
+    """Let idle OpenMP threads sleep rather than spin (a user's own setting wins).
+
+    libgomp's default spins for a while after every parallel region; on a busy machine the
+    spinning threads take the cores the working ones need, and a 2-thread run of the small
+    model's training steps ran 10-20x slower beside other work (benchmarks/omp_wait_policy.py).
+    The policy changes only scheduling, never results. It is read once, when torch loads, so
+    it is set here, before any subcommand imports torch.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault(WAIT_POLICY_ENV, "PASSIVE")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. Errors print one ``error: ...`` line and exit 1 (``--debug`` or
     ``SAE_LENS_MAIRA_DEBUG=1`` shows the traceback instead); Ctrl-C exits 130."""
+    calm_idle_threads()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]
