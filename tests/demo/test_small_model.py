@@ -142,7 +142,9 @@ def test_editing_what_shapes_the_model_changes_its_key(demo_split, tmp_path, mod
 
 
 @pytest.mark.parametrize(
-    "module", ["demo/steering_study.py", "training/cached_evals.py", "demo/pipeline.py", "steering/sweep.py"]
+    "module",
+    ["demo/steering_study.py", "training/cached_evals.py", "demo/pipeline.py", "steering/sweep.py",
+     "steering/screening.py"],
 )
 def test_editing_what_only_uses_the_model_keeps_its_key(demo_split, tmp_path, module):
     """Code that only reads a trained model (the steering study, the SAE's health check, the
