@@ -136,25 +136,6 @@ def _score(value: float | None) -> str:
     return "not scored" if value is None else f"{value:.2f}"
 
 
-def write_manifest(studies, path: Path) -> Path:
-    """Studies as a JSONL manifest (image paths + sections + labels): the route users take."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for s in studies:
-        rec = {
-            "study_id": s.study_id,
-            "frontal": str(s.frontal),
-            "lateral": str(s.lateral) if s.lateral is not None else None,
-            "indication": s.indication,
-            "comparison": s.comparison,
-            "findings": s.findings,
-            "labels": s.labels,
-        }
-        lines.append(json.dumps(rec))
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
 def run_demo(
     out_dir: str | Path = "outputs/demo",
     *,
@@ -213,6 +194,7 @@ def _run_steps(
     os.environ.setdefault("WANDB_SILENT", "true")
 
     with run.step("1/8 data: Open-I reports + synthetic radiographs"):
+        from sae_lens_maira.data.manifest import write_manifest
         from sae_lens_maira.demo.studies import demo_studies
 
         studies = demo_studies(
