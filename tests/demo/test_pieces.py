@@ -215,3 +215,17 @@ def test_lazy_package_exports():
     assert demo.DEMO_HOOK == "blocks.1.hook_resid_post"
     with pytest.raises(AttributeError):
         demo.no_such_thing  # noqa: B018
+
+
+def test_grounding_classes_follow_the_render_details():
+    from sae_lens_maira.demo.grounding_text import _classes
+
+    render = {"effusion": "left", "devices": ["pacemaker", "central_line"], "cardiomegaly": True}
+    s = Study("x", np.zeros((8, 8)), labels={"pleural_effusion": True, "devices": True,
+                                            "cardiomegaly": True}, meta={"render": render})  # fmt: skip
+    assert _classes(s, "pleural_effusion") == ["pleural_effusion:left"]
+    assert _classes(s, "devices") == ["devices:pacemaker", "devices:central_line"]
+    assert _classes(s, "cardiomegaly") == ["cardiomegaly:present"]
+    bare = Study("y", np.zeros((8, 8)), labels={"pleural_effusion": True})
+    assert _classes(bare, "pleural_effusion") == ["pleural_effusion:present"]
+    assert _classes(bare, "devices") == ["devices:absent"]
