@@ -21,7 +21,7 @@ _EXPORTS = {
     "evaluate_generation": "evaluation",
     "generate_findings": "evaluation",
     "mention_summary": "evaluation",
-    "probe_findings": "probes",
+    "probe_findings": "held_out",  # lives in sae_lens_maira.analysis.probes
     "evaluate_held_out": "held_out",
     "DEMO_HOOK": "held_out",
     "split_validation": "model_cache",
