@@ -2,8 +2,8 @@
 
 import torch
 
-from sae_lens_maira.demo.lm_training import run_training
 from sae_lens_maira.demo.small_model import DemoModelConfig, meets_stop_margin
+from sae_lens_maira.training.loop import run_training
 
 
 class _Stub(torch.nn.Module):
