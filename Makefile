@@ -12,19 +12,30 @@ SAEDASHBOARD ?= sae-dashboard==0.8.0
 # runs 10-20x slower (benchmarks/omp_wait_policy.py); results are unchanged. The CLI sets the same.
 export OMP_WAIT_POLICY ?= PASSIVE
 BIN    := $(VENV)/bin
+BASE   := $(VENV)/.installed-base
 STAMP  := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck bench clean browser
 
-$(STAMP): pyproject.toml
+# What `make demo` needs: torch and the package, without the dev extras (triton alone unpacks to
+# ~1 GB and the demo runs on the CPU) and without byte-compiling every installed file (pip's
+# compile step was most of the install's time; Python compiles the modules it imports instead).
+$(BASE): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
-	$(BIN)/pip install -q --no-deps "$(SAEDASHBOARD)"
+	$(BIN)/pip install -q --no-compile "$(TORCH)"
+	$(BIN)/pip install -q --no-compile -e .
+	touch $(BASE)
+
+# The test suite's extras; then everything is byte-compiled, on every core, since test
+# subprocesses would otherwise each compile what they import where bytecode is not written.
+$(STAMP): $(BASE)
+	$(BIN)/pip install -q --no-compile -e ".[dev]"
+	$(BIN)/pip install -q --no-compile --no-deps "$(SAEDASHBOARD)"
+	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE)
 	$(BIN)/sae-lens-maira demo
 
 test: $(STAMP) browser

@@ -85,44 +85,17 @@ class ImageScale:
         return scale
 
 
-def last_block_from(
-    model: HookedMaira2, resid_pre: torch.Tensor, attention_mask: torch.Tensor, start: int
-) -> torch.Tensor:
-    """The last block's output at positions ``start:`` only (its keys and values still see
-    every position): what TransformerLens's block computes there, without the hooks.
-
-    The scored positions of a findings prompt are its last ~20 % (the report), so the last
-    layer's queries, attention output and MLP skip the prompt, which only later layers would
-    have read.
-    """
-    block = model.blocks[-1]
-    normalized = block.ln1(resid_pre)
-    attn_out = block.attn(
-        normalized[:, start:], normalized, normalized,
-        attention_mask=attention_mask, query_offset=start,
-    )  # fmt: skip
-    resid_mid = resid_pre[:, start:] + attn_out
-    return resid_mid + block.apply_mlp(block.ln2(resid_mid))
-
-
 def report_loss(model: HookedMaira2, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Weighted next-token loss on the scored (report) positions of a right-padded batch.
-
-    Only the positions from the first scored one of the batch on go through the last block
-    (:func:`last_block_from`); the result is TransformerLens's forward at those positions.
-    """
-    w = batch["target_weights"]
-    keep = w > 0
-    scored = keep.any(0).nonzero()
-    start = int(scored[0]) if len(scored) else 0
-    resid_pre = model(
+    """Weighted next-token loss on the scored (report) positions of a right-padded batch."""
+    resid = model(
         batch["input_ids"],
         pixel_values=batch["pixel_values"],
         attention_mask=batch["attention_mask"],
-        stop_at_layer=model.cfg.n_layers - 1,
+        stop_at_layer=model.cfg.n_layers,
     )
-    resid = last_block_from(model, resid_pre, batch["attention_mask"], start)
-    h = resid[:, :-1][keep[:, start:]]
+    w = batch["target_weights"]
+    keep = w > 0
+    h = resid[:, :-1][keep]
     logits = model.unembed(model.ln_final(h[None]))[0]
     targets = batch["input_ids"][:, 1:][keep]
     ce = F.cross_entropy(logits.float(), targets, reduction="none")

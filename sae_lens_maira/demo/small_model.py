@@ -19,7 +19,9 @@ Training, in order (all on the training studies; validation studies are only eva
    sentences first, :mod:`.grounding_text`); rare findings' positives get fresh renders so each
    makes up ~25 % of an epoch, duplicate normal reports are thinned (:mod:`.training_data`).
    Every ``eval_every`` steps greedy generations on validation studies are labelled, and the
-   weights with the best (positive - negative) mention-rate gap after the warm-up are kept.
+   weights with the best (positive - negative) mention-rate gap after the warm-up are kept;
+   training ends at the first evaluation that clears every mention target with a margin
+   (:func:`meets_stop_margin`, an outcome, not a time budget).
 """
 
 from __future__ import annotations
@@ -225,8 +227,8 @@ def train_small_model(
     tokenizer, preprocessor_config.json) that ``HookedMaira2.from_pretrained`` and
     ``Maira2Processor.from_pretrained`` load, plus ``demo_training.json`` (settings, timings,
     losses, validation mention rates) and ``loss_curve.png``. Every stage runs a fixed number of
-    steps (nothing depends on elapsed time, so a slow machine trains the same model as a fast
-    one); ``val_studies`` are only evaluated (loss and generated mention rates), never trained on.
+    steps, findings generation stopping early only on a validation outcome (nothing depends on
+    elapsed time, so a slow machine trains the same model as a fast one); ``val_studies`` are only evaluated (loss and generated mention rates), never trained on.
     """
     config = config or DemoModelConfig()
     if not train_studies:

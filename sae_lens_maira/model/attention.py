@@ -38,13 +38,7 @@ class FusedAttention(Attention):
         additive_attention_mask: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         position_bias: torch.Tensor | None = None,
-        query_offset: int = 0,
     ) -> torch.Tensor:
-        """TransformerLens's attention; ``query_offset`` (fused path only, no cache): the
-        queries are the keys' positions from ``query_offset`` on (e.g. the scored positions of
-        a last layer), so only those positions are computed."""
-        if query_offset and (past_kv_cache_entry is not None or self._needs_pattern()):
-            raise ValueError("query_offset needs the fused path without a KV cache")
         if (
             self._needs_pattern()
             or additive_attention_mask is not None
@@ -75,7 +69,6 @@ class FusedAttention(Attention):
                 k_rot = self.apply_rotary(k, 0, attention_mask)
         else:
             k_rot = self.apply_rotary(k, 0, attention_mask)
-            offset = query_offset
         q = self.hook_rot_q(self.apply_rotary(q, offset, attention_mask))
         k = self.hook_rot_k(k_rot)
         n_q, n_k = q.shape[1], k.shape[1]

@@ -89,14 +89,3 @@ def test_preallocated_cache_grows_past_its_capacity(model):
     entry.frozen = True
     more, _ = entry.append(a, a)
     assert more.shape[1] == 8 and entry.past_keys.shape[1] == 6  # frozen: not kept
-
-
-def test_query_offset_equals_the_full_attention_there(model):
-    attn = model.blocks[0].attn
-    x = torch.randn(2, 9, model.cfg.d_model, generator=torch.Generator().manual_seed(0))
-    mask = torch.ones(2, 9, dtype=torch.long)
-    mask[1, 7:] = 0  # right padding
-    with torch.no_grad():
-        full = attn(x, x, x, attention_mask=mask)
-        part = attn(x[:, 5:], x, x, attention_mask=mask, query_offset=5)
-    assert torch.allclose(full[:, 5:], part, atol=1e-6)
