@@ -20,9 +20,9 @@ import torch
 from sae_lens import HookedSAETransformer
 from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.components import AbstractAttention
+from transformer_lens.components import AbstractAttention  # pyright: ignore[reportPrivateImportUsage]  (TL re-exports it, no __all__)
 from transformer_lens.hook_points import HookPoint
-from transformer_lens.utilities import sample_logits
+from transformer_lens.utilities import sample_logits  # pyright: ignore[reportPrivateImportUsage]  (TL re-exports it, no __all__)
 from transformers import PreTrainedTokenizerBase
 
 from sae_lens_maira.checkpoint_config import (
