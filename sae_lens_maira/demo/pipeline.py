@@ -164,7 +164,7 @@ def run_demo(
     from sae_lens_maira.cache_dirs import default_cache_dir
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    from sae_lens_maira.demo.small_model import reproducible_torch
+    from sae_lens_maira.training.determinism import reproducible_torch
 
     with reproducible_torch(settings.threads):
         return _run_steps(out, cfg, settings, cache, wheel, max_studies, model_config)
