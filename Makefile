@@ -9,6 +9,9 @@ TORCH  ?= torch==2.13.0
 # and transformer-lens 2 (we need 5 and 3), so it cannot sit in pyproject's extras: installed
 # without its dependencies (the classes the test imports need only numpy); the test skips without it.
 SAEDASHBOARD ?= sae-dashboard==0.8.0
+# Idle OpenMP threads sleep instead of spinning: on a busy machine spinning threads made 2-thread
+# runs 10-20x slower (benchmarks/omp_wait_policy.py); results are unchanged. The CLI sets the same.
+export OMP_WAIT_POLICY ?= PASSIVE
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 # basedpyright (the `typecheck` extra) on top of the dev install: only lint needs it

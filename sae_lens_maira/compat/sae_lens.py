@@ -106,6 +106,15 @@ def replace_activations_store(runner: Any, store: Any) -> None:
     runner.activations_store = store
 
 
+def restart_tokenized_sequences(store: Any) -> None:
+    """Start ``store``'s tokenized-sequence stream over from its (already reset) input dataset.
+
+    ``ActivationsStore.reset_input_dataset`` resets only the raw dataset iterator; the sequences
+    ``get_batch_tokens`` reads come from ``iterable_sequences``, a generator made by the private
+    ``_iterate_tokenized_sequences``, which would otherwise go on from where it was."""
+    store.iterable_sequences = store._iterate_tokenized_sequences()
+
+
 def evaluator_store(runner: Any) -> Any:
     """The activations store the runner's evaluator reads."""
     return runner.evaluator.activations_store

@@ -138,7 +138,8 @@ def make_synthetic(
         )
     namer = TokenNamer(vocab, grid)
     meta = DashboardMeta(model_id="maira-2-synthetic", layer=3, hook_name="blocks.3.hook_resid_post",
-                         sae_set="synthetic", d_sae=d_sae, source_set="res-syn", dataset="synthetic")  # fmt: skip
+                         sae_set="synthetic", d_sae=d_sae, source_set="res-syn", dataset="synthetic",
+                         n_layers=8, d_model=12)  # fmt: skip
     return SyntheticData(batches, namer, meta, vocab, region, d_sae, grid)
 
 

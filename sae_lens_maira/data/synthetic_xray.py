@@ -36,6 +36,9 @@ from PIL import Image, ImageDraw
 DEVICE_KINDS = ("central_line", "pacemaker", "endotracheal_tube", "nasogastric_tube")
 EFFUSION_SIDES = ("left", "right", "bilateral")
 EFFUSION_SIZES = ("small", "moderate", "large")
+#: The :class:`RenderSpec` field that says how a finding looks beyond present / absent (the
+#: effusion's side, each device's kind), by the finding's label name.
+FINDING_DETAILS = {"pleural_effusion": "effusion", "devices": "devices"}
 
 
 def gaussian_filter(a: np.ndarray, sigma: float, **kwargs) -> np.ndarray:

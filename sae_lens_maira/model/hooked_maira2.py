@@ -31,6 +31,7 @@ from sae_lens_maira.checkpoint_config import (
     read_config,
     resolve_checkpoint,
 )
+from sae_lens_maira.compat.torch import has_hooks, version
 from sae_lens_maira.compat.transformer_lens import keep_tokenizer_on_set, rotary_base
 from sae_lens_maira.model.attention import use_fused_attention
 from sae_lens_maira.model.checkpoint import iter_tensors, save_state_dict, weight_files
@@ -94,8 +95,12 @@ class HookedMaira2(HookedSAETransformer):
         self.embed.resolve_virtual = self._embed_virtual_tokens
         self.image_bank: ImageBank | None = None
         self.image_preprocessor: ImagePreprocessor | None = None  # saved with the checkpoint
+        # Virtual-image embeddings of the attached bank, per model (never shared), no-grad passes
+        # only; bypassed while a hook sits on hook_vision_out / hook_projector_out, cleared when
+        # an image-path weight changes (in place, replaced, moved, cast) or another bank comes.
         self.image_cache_size = 8
         self._image_cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._image_cache_state: tuple[Any, ...] | None = None  # what the cached entries came from
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
         if move_to_device:
@@ -428,6 +433,25 @@ class HookedMaira2(HookedSAETransformer):
         self.image_bank = bank
         self._image_cache.clear()
 
+    def _image_modules(self) -> list[torch.nn.Module]:
+        return [self.vision_tower, self.hook_vision_out, self.multi_modal_projector,
+                self.hook_projector_out]  # fmt: skip
+
+    def _image_path_hooked(self) -> bool:
+        """Whether a hook sits on the image path's hook points (a cached embedding would skip
+        it). Hooks registered on the tower's own modules are not seen: transformers keeps
+        output-capturing hooks there on every model."""
+        return has_hooks(self.hook_vision_out) or has_hooks(self.hook_projector_out)
+
+    def _image_path_state(self) -> tuple[Any, ...]:
+        """The identity, in-place version, device and dtype of every image-path weight: the
+        virtual-image cache holds only embeddings made from the weights as they are now."""
+        return tuple(
+            (id(p), version(p), p.device, p.dtype)
+            for top in self._image_modules()
+            for p in (*top.parameters(), *top.buffers())
+        )
+
     def _embed_virtual_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         if self.image_bank is None:
             raise ValueError(
@@ -436,7 +460,12 @@ class HookedMaira2(HookedSAETransformer):
             )
         image_idx, patch_idx = split_virtual_ids(ids, self.cfg.d_vocab, self.n_patches)
         unique = image_idx.unique().tolist()
-        use_cache = not torch.is_grad_enabled()
+        use_cache = not torch.is_grad_enabled() and not self._image_path_hooked()
+        if use_cache:
+            state = self._image_path_state()
+            if state != self._image_cache_state:  # weights edited, replaced, moved or cast
+                self._image_cache.clear()
+                self._image_cache_state = state
         cached = {i: self._image_cache[i] for i in unique if use_cache and i in self._image_cache}
         todo = [i for i in unique if i not in cached]
         fresh: dict[int, torch.Tensor] = {}
@@ -643,8 +672,7 @@ class HookedMaira2(HookedSAETransformer):
                 logits = self(nxt[:, None], attention_mask=mask[:, -1:], past_kv_cache=cache)
             else:
                 if prompt_embeds is None:
-                    with self.embed.images(image_embeds):
-                        prompt_embeds = self.embed(tokens)
+                    prompt_embeds = self.embed(tokens, image_embeds)
                 embeds = torch.cat([prompt_embeds, self.embed(torch.stack(new_tokens, 1))], dim=1)
                 logits = self(self.hook_embed(embeds), start_at_layer=0, attention_mask=mask)
         generated = torch.stack(new_tokens, dim=1) if new_tokens else tokens[:, :0]
