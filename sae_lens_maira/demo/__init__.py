@@ -29,11 +29,12 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover  (what the lazy names resolve to, for type checkers)
+    from sae_lens_maira.analysis.probes import probe_findings
+
     from .evaluation import evaluate_generation, generate_findings, mention_summary
     from .held_out import DEMO_HOOK, evaluate_held_out
     from .model_cache import demo_model_key, ensure_demo_model, split_validation
     from .plots import plot_training
-    from .probes import probe_findings
     from .small_model import DemoModelConfig, train_small_model
     from .studies import DEMO_FINDINGS, DEMO_IMAGE_SIZE, DemoStudies, demo_studies
     from .tokenizer_corpus import build_demo_tokenizer

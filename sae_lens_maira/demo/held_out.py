@@ -72,7 +72,7 @@ def evaluate_held_out(
                 return cached
         except (OSError, json.JSONDecodeError):
             pass
-    from sae_lens_maira.demo.small_model import reproducible_torch
+    from sae_lens_maira.training.determinism import reproducible_torch
 
     with reproducible_torch(threads):
         model = HookedMaira2.from_pretrained(model_dir, device="cpu")

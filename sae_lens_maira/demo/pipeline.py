@@ -164,7 +164,7 @@ def run_demo(
     from sae_lens_maira.cache_dirs import default_cache_dir
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    from sae_lens_maira.demo.small_model import reproducible_torch
+    from sae_lens_maira.training.determinism import reproducible_torch
 
     with reproducible_torch(settings.threads):
         return _run_steps(out, cfg, settings, cache, wheel, max_studies, model_config)
@@ -296,7 +296,7 @@ def _run_steps(
             # what users load: the inference SAE (global threshold), not the training object
             sae = SAE.load_from_disk(str(result.output_path))
             hook = cfg["cache"]["hook_name"]
-            train_cache = datasets.load_from_disk(str(cache_path(exp)))
+            train_cache = datasets.Dataset.load_from_disk(str(cache_path(exp)))
             run.facts["sae"] = {"path": str(result.output_path), "metrics": result.metrics,
                                 "k": int(cfg["sae"]["k"]),
                                 "health": sae_health(train_cache, sae, hook, settings.health_positions)}  # fmt: skip
@@ -442,8 +442,8 @@ def detect_findings(exp, held_exp, sae, findings, top: int) -> dict[str, Any]:
     from sae_lens_maira.analysis.finding_features import detectors_from_caches
 
     detectors = detectors_from_caches(
-        datasets.load_from_disk(str(cache_path(exp))),
-        datasets.load_from_disk(str(cache_path(held_exp))),
+        datasets.Dataset.load_from_disk(str(cache_path(exp))),
+        datasets.Dataset.load_from_disk(str(cache_path(held_exp))),
         sae, exp.section("cache")["hook_name"], exp.load_studies(), held_exp.load_studies(),
         findings, top=top,
     )  # fmt: skip

@@ -51,7 +51,7 @@ def steer_finding(exp, held_exp, run, sae, train, held_out, finding: str, settin
     hook_name = spec.hook_name or exp.section("cache")["hook_name"]
     model, processor = exp.load_model(), exp.load_processor()
     train_studies = exp.load_studies()
-    cache = datasets.load_from_disk(str(exp.path(exp.section("cache")["output_dir"])))
+    cache = datasets.Dataset.load_from_disk(str(exp.path(exp.section("cache")["output_dir"])))
     cache_hook = exp.section("cache")["hook_name"]
     detect_max = study_maxima_from_cache(cache, sae, cache_hook, len(train_studies))
     report_max = study_maxima_from_cache(cache, sae, cache_hook, len(train_studies),

@@ -61,7 +61,7 @@ def run_training(
     eval_every: int = 50,
     score_key: str = "score",
     select_after: int = 0,
-    after_step: Callable[[], None] | None = None,
+    after_step: Callable[[], object] | None = None,  # its return value is ignored
     ema_decay: float | None = None,
     stop_when: Callable[[dict], bool] | None = None,
     frozen: Sequence[str] = (),
