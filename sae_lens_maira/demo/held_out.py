@@ -17,8 +17,9 @@ from pathlib import Path
 
 from sae_lens_maira.analysis.probes import probe_findings
 from sae_lens_maira.data.study import Study
-from sae_lens_maira.demo.evaluation import generate_findings, mention_summary, sample_records
+from sae_lens_maira.demo.evaluation import mention_summary, sample_records
 from sae_lens_maira.demo.studies import DEMO_FINDINGS, DemoStudies
+from sae_lens_maira.model.generation import generate_findings
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.processing.processor import Maira2Processor
 
