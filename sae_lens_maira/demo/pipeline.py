@@ -131,6 +131,17 @@ def steer_finding_of(cfg: dict[str, Any]) -> str:
     return SteerSettings.from_section(cfg.get("steer")).finding or SteerSettings.finding
 
 
+def model_config_for(settings: Any, base: DemoModelConfig | None = None) -> DemoModelConfig:
+    """The small model's training settings (``base``, default :class:`DemoModelConfig`) with the
+    findings and image size of the demo's settings: ``demo.findings`` and ``demo.image_size`` are
+    the one source of both, so a run on other findings trains (and keys) its model on them."""
+    from sae_lens_maira.demo.small_model import DemoModelConfig
+
+    return dataclasses.replace(
+        base or DemoModelConfig(), findings=tuple(settings.findings), image_size=settings.image_size
+    )
+
+
 def _score(value: float | None) -> str:
     """A balanced accuracy for the log; None (one class in the studies) is no score."""
     return "not scored" if value is None else f"{value:.2f}"
@@ -226,7 +237,8 @@ def _run_steps(
         from sae_lens_maira.demo.model_cache import ensure_demo_model, model_status
 
         checkpoint = ensure_demo_model(
-            cache, studies=studies, config=model_config, seed=settings.model_seed,
+            cache, studies=studies, config=model_config_for(settings, model_config),
+            seed=settings.model_seed,
             progress=True,
         )  # fmt: skip
         report = evaluate_held_out(
