@@ -183,7 +183,9 @@ def run_demo(
 
 def demo_verdict(summary: str | Path) -> tuple[bool, str]:
     """(passed, one-line reason) from a summary written by :func:`run_demo`."""
-    card = json.loads((Path(summary).parent / "summary.json").read_text())["report_card"]
+    from sae_lens_maira.demo.summary import FACTS_NAME
+
+    card = json.loads((Path(summary).parent / FACTS_NAME).read_text())["report_card"]
     return card["verdict"] == "PASS", card["reason"]
 
 
@@ -364,7 +366,7 @@ def _results_base(checkpoint: Path, cfg: dict[str, Any], settings: Any, *manifes
     from sae_lens_maira.results_cache import digests, environment, package_fingerprint
 
     model_files = [p for p in sorted(Path(checkpoint).iterdir())
-                   if p.is_file() and p.suffix != ".png" and p.name not in MODEL_NOTES]  # fmt: skip
+                   if p.is_file() and p.suffix != ".png" and p.name not in model_notes()]  # fmt: skip
     return {
         "model": digests(model_files),
         "manifests": digests(manifests),
@@ -376,9 +378,14 @@ def _results_base(checkpoint: Path, cfg: dict[str, Any], settings: Any, *manifes
     }
 
 
-#: Files the demo writes beside the model's own (training notes with timings, the cache marker,
-#: the held-out evaluation): not part of what defines the model.
-MODEL_NOTES = ("demo_training.json", "cache_key.json", "held_out_eval.json")
+def model_notes() -> tuple[str, ...]:
+    """Files the demo writes beside the model's own (training notes with timings, the cache
+    marker, the held-out evaluation): not part of what defines the model."""
+    from sae_lens_maira.demo.held_out import EVAL_NAME
+    from sae_lens_maira.demo.model_cache import KEY_FILE
+    from sae_lens_maira.demo.small_model import SUMMARY_NAME
+
+    return (SUMMARY_NAME, KEY_FILE, EVAL_NAME)
 
 
 class StepResults:
@@ -488,7 +495,9 @@ def dashboards_and_autointerp(held_exp, run: DemoRun, n_explain: int) -> dict[st
         stats_dir, explanations, backend=backend, model=os.environ.get("SAE_LENS_MAIRA_LLM_MODEL"),
         base_url=os.environ.get("SAE_LENS_MAIRA_LLM_BASE_URL", "https://api.openai.com/v1"), features=spec,
     )  # fmt: skip
-    model_cfg = json.loads((Path(held_exp.checkpoint()) / "config.json").read_text())["text_config"]
+    from sae_lens_maira.checkpoint_config import CONFIG_NAME
+
+    model_cfg = json.loads((Path(held_exp.checkpoint()) / CONFIG_NAME).read_text())["text_config"]
     from sae_lens_maira.dashboards.neuronpedia_rules import EXPLANATION_MODELS
 
     # Neuronpedia shows explanations only from models it has registered: the offline backend's
