@@ -54,14 +54,11 @@ def main() -> None:
         generate_findings,
     )
     from sae_lens_maira.demo.pipeline import default_config
-    from sae_lens_maira.demo.small_model import (
-        DemoModelConfig,
-        build_demo_model,
-        reproducible_torch,
-    )
+    from sae_lens_maira.demo.small_model import DemoModelConfig, build_demo_model
     from sae_lens_maira.demo.studies import demo_studies
     from sae_lens_maira.demo.training_data import DemoTrainingSet, ReportStream
     from sae_lens_maira.demo_settings import DemoSettings
+    from sae_lens_maira.training.determinism import reproducible_torch
 
     yaml_cfg = default_config()
     settings = DemoSettings.from_section(yaml_cfg["demo"])

@@ -14,9 +14,12 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, fields, is_dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")  # a section dataclass
 
 
 def unknown_key_message(where: str, key: str, valid: Iterable[str]) -> str:
@@ -100,7 +103,7 @@ def section_from_dict(cls: type[T], values: Mapping[str, Any] | None, where: str
     values = typed_values(cls, values, where)
     required = [
         f.name
-        for f in fields(cls)  # type: ignore[arg-type]  (cls is a dataclass)
+        for f in fields(cls)
         if f.default is MISSING and f.default_factory is MISSING and f.name not in values
     ]
     if required:

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from sae_lens_maira.analysis.probes import probe_findings
 from sae_lens_maira.data.study import Study
 from sae_lens_maira.demo.evaluation import generate_findings, mention_summary, sample_records
-from sae_lens_maira.demo.probes import probe_findings
 from sae_lens_maira.demo.studies import DEMO_FINDINGS, DemoStudies
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.processing.processor import Maira2Processor
@@ -72,7 +72,7 @@ def evaluate_held_out(
                 return cached
         except (OSError, json.JSONDecodeError):
             pass
-    from sae_lens_maira.demo.small_model import reproducible_torch
+    from sae_lens_maira.training.determinism import reproducible_torch
 
     with reproducible_torch(threads):
         model = HookedMaira2.from_pretrained(model_dir, device="cpu")

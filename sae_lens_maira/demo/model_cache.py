@@ -44,9 +44,8 @@ _CODE_DIRS = ("demo", "model", "processing", "data")
 _CODE_FILES = ("checkpoint_config.py",)  # the model's config, outside those folders
 #: Files in those folders that only use a trained model (editing them must not retrain it).
 _NOT_TRAINING = {
-    "demo/pipeline.py", "demo/summary.py", "demo/held_out.py", "demo/probes.py",
+    "demo/pipeline.py", "demo/summary.py", "demo/held_out.py",
     "demo/targets.py", "demo/plots.py", "demo/__init__.py", "demo/steering_study.py",
-    "demo/sae_health.py",
 }  # fmt: skip
 #: The training entry point: every package file it imports is in the key too, wherever it lives.
 _TRAINING_MODULE = "sae_lens_maira.demo.model_cache"

@@ -29,7 +29,6 @@ import platform
 import resource
 import time
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +50,7 @@ from sae_lens_maira.demo.vision_pretraining import init_vision_tower, pretrain_v
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.processing.images import ImagePreprocessor
 from sae_lens_maira.processing.processor import Maira2Processor
+from sae_lens_maira.training.determinism import reproducible_torch
 
 SUMMARY_NAME = "demo_training.json"
 #: The small preset with a 3-layer tower (2 layers learn device lines too slowly).
@@ -138,28 +138,6 @@ class DemoModelConfig:
         )  # fmt: skip
         base.update(changes)
         return cls(**base)
-
-
-@contextmanager
-def reproducible_torch(threads: int | None):
-    """Run with ``threads`` intra-op threads and deterministic algorithms, restoring both after.
-
-    Some CPU kernels split reductions across threads in a varying order; over a thousand steps
-    of training those last-bit differences grow into different models. With a fixed thread count
-    and deterministic algorithms a run repeats bit for bit on the same hardware and torch build.
-    ``threads=None`` leaves torch's thread setting alone.
-    """
-    previous = torch.get_num_threads()
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
-    was_warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    if threads:
-        torch.set_num_threads(int(threads))
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-        torch.use_deterministic_algorithms(was_deterministic, warn_only=was_warn_only)
 
 
 def build_demo_model(

@@ -24,6 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from sae_lens_maira.cache_dirs import default_cache_dir, openi_wheel_dir
+from sae_lens_maira.data.labeller import DEFAULT_FINDINGS
 from sae_lens_maira.data.openi import (
     OpenIReport,
     ensure_openi_wheel,
@@ -38,8 +39,9 @@ from sae_lens_maira.data.synthetic_xray import SyntheticXrayRenderer
 DEMO_IMAGE_SIZE = 112
 DEMO_HELD_OUT_FRACTION = 0.2
 DEMO_RENDER_SEED = 0
-#: The findings the demo is judged on (labels from MeSH, mentions from the report labeller).
-DEMO_FINDINGS = ("cardiomegaly", "pleural_effusion", "devices")
+#: The findings the demo is judged on by default (labels from MeSH, mentions from the report
+#: labeller): the labeller's own list, not a copy. A run reads ``demo.findings`` from its config.
+DEMO_FINDINGS = DEFAULT_FINDINGS
 
 
 @dataclass
@@ -53,12 +55,12 @@ class DemoStudies:
     source: str = ""
     meta: dict = field(default_factory=dict)
 
-    def counts(self) -> dict[str, dict[str, int]]:
+    def counts(self, findings: Sequence[str] = DEMO_FINDINGS) -> dict[str, dict[str, int]]:
         """Studies and positives per finding in each split (for logs and reports)."""
         out = {}
         for name, part in (("train", self.train), ("held_out", self.held_out)):
             row = {"studies": len(part)}
-            row.update({f: sum(bool(s.labels.get(f)) for s in part) for f in DEMO_FINDINGS})
+            row.update({f: sum(bool(s.labels.get(f)) for s in part) for f in findings})
             out[name] = row
         return out
 

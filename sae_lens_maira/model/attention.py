@@ -12,7 +12,7 @@ from __future__ import annotations
 import einops
 import torch
 import torch.nn.functional as F
-from transformer_lens.components import Attention
+from transformer_lens.components import Attention  # pyright: ignore[reportPrivateImportUsage]  (TL re-exports it, no __all__)
 
 from sae_lens_maira.compat.torch import has_hooks
 from sae_lens_maira.compat.transformer_lens import swap_class

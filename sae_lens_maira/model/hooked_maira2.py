@@ -20,9 +20,9 @@ import torch
 from sae_lens import HookedSAETransformer
 from tqdm.auto import tqdm
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.components import AbstractAttention
+from transformer_lens.components import AbstractAttention  # pyright: ignore[reportPrivateImportUsage]  (TL re-exports it, no __all__)
 from transformer_lens.hook_points import HookPoint
-from transformer_lens.utilities import sample_logits
+from transformer_lens.utilities import sample_logits  # pyright: ignore[reportPrivateImportUsage]  (TL re-exports it, no __all__)
 from transformers import PreTrainedTokenizerBase
 
 from sae_lens_maira.checkpoint_config import (
@@ -81,7 +81,10 @@ class HookedMaira2(HookedSAETransformer):
         super().__init__(tl_cfg, tokenizer=None, move_to_device=False)
         use_fused_attention(self.blocks)
         self.maira_config = config
-        self.vision_tower = build_vision_tower(config).to(dtype)  # type: ignore[call-arg]
+        self.vision_tower = build_vision_tower(config)
+        # in place (returns the module); transformers declares PreTrainedModel.to as
+        # @wraps(nn.Module.to), whose stub keeps the unbound `self`: dtype reads as passed for self
+        self.vision_tower.to(dtype)  # pyright: ignore[reportArgumentType]
         self.hook_vision_out = HookPoint()
         self.multi_modal_projector = Maira2Projector(
             config.d_vision, config.d_model, config.projector_n_layers
@@ -417,7 +420,7 @@ class HookedMaira2(HookedSAETransformer):
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pixels [n, 3, H, W] -> projected image embeddings [n, n_patches, d_model]."""
         check_pixel_values(pixel_values, image_size=self.maira_config.image_size)
-        param: torch.Tensor = self.multi_modal_projector.layers[0].weight  # type: ignore[assignment]
+        param = self.multi_modal_projector.first_layer.weight
         pixels = pixel_values.to(device=param.device, dtype=param.dtype)
         features = self.vision_tower(pixels).feature_maps[-1]
         if self.maira_config.vision_feature_select_strategy == "default":
