@@ -5,7 +5,8 @@ the threads spin between them; when another process wants the cores, the spinnin
 the time the working ones need. This runs the same 2-thread workload (training steps of a
 transformer layer at the small default's shapes: batch 4 x 300 tokens, d_model 256) in a fresh
 process per policy, first on an otherwise idle machine, then beside ``--beside`` CPU-bound
-processes, and prints each wall time and the ratio default / PASSIVE (higher: PASSIVE helps).
+processes, and prints each wall time and each policy's wall time over PASSIVE's (above 1: PASSIVE is faster). A short spin
+(``GOMP_SPINCOUNT=10000``) is measured too, as the alternative if PASSIVE cost time on an idle machine.
 
     python benchmarks/omp_wait_policy.py --out benchmarks/results/omp_wait_policy.json
 """
@@ -45,14 +46,22 @@ def _spin(stop: float) -> None:
         pass
 
 
-def run_workload(policy: str | None, steps: int) -> tuple[float, float]:
+#: name -> the OpenMP environment it runs under (None: libgomp's default, spinning ~300k rounds)
+POLICIES: dict[str, dict[str, str] | None] = {
+    "default": None,
+    "PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "spin10k": {"GOMP_SPINCOUNT": "10000"},  # a short spin, then sleep
+}
+
+
+def run_workload(policy: dict[str, str] | None, steps: int) -> tuple[float, float]:
     """(wall s, CPU s) of ``steps`` training steps in a fresh process under ``policy``."""
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    code = WORKLOAD.format(steps=steps)
-    if policy is not None:
-        env["OMP_WAIT_POLICY"] = policy
-    else:  # a sitecustomize may set it: take it out inside the process before torch loads
-        code = "import os; os.environ.pop('OMP_WAIT_POLICY', None)\n" + code
+    names = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+    env = {k: v for k, v in os.environ.items() if k not in names}
+    env.update(policy or {})
+    # a sitecustomize may set a policy: take what is not asked for out before torch loads
+    code = f"import os\nfor k in {names!r}:\n    if k not in {sorted(policy or {})!r}: os.environ.pop(k, None)\n"
+    code += WORKLOAD.format(steps=steps)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True)  # fmt: skip
     wall, cpu = map(float, out.stdout.split())
@@ -67,12 +76,12 @@ def measure(steps: int, beside: int) -> dict[str, dict[str, float]]:
         for p in procs:
             p.start()
     try:
-        result = {}
-        for name, policy in (("default", None), ("PASSIVE", "PASSIVE")):
+        result: dict[str, dict[str, float]] = {}
+        for name, policy in POLICIES.items():
             wall, cpu = run_workload(policy, steps)
             result[name] = {"wall_s": wall, "cpu_s": cpu}
-        result["ratio_default_over_passive"] = {
-            "wall": result["default"]["wall_s"] / result["PASSIVE"]["wall_s"]
+        result["ratio_over_passive"] = {
+            name: result[name]["wall_s"] / result["PASSIVE"]["wall_s"] for name in POLICIES
         }
         return result
     finally:
@@ -96,8 +105,9 @@ def main() -> None:
     }
     for key in ("alone", f"beside_{args.beside}_cpu_bound"):
         r = report[key]
-        print(f"{key:>22}: default {r['default']['wall_s']:.1f} s, PASSIVE {r['PASSIVE']['wall_s']:.1f} s "
-              f"wall; default / PASSIVE = {r['ratio_default_over_passive']['wall']:.2f}")  # fmt: skip
+        walls = ", ".join(f"{name} {r[name]['wall_s']:.1f} s" for name in POLICIES)
+        ratios = ", ".join(f"{name} {r['ratio_over_passive'][name]:.2f}" for name in POLICIES)
+        print(f"{key:>22}: wall {walls}; / PASSIVE: {ratios}")
     if load > 0.5:
         print(f"note: load average {load:.1f} at start: 'alone' had other work beside it too")
     if args.out:

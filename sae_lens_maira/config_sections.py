@@ -14,12 +14,16 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, fields, is_dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
 
-T = TypeVar("T", bound="DataclassInstance")  # a section dataclass
+class DataclassInstance(Protocol):
+    """What every dataclass has (typeshed's private protocol of the same name, spelled here)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
+T = TypeVar("T", bound=DataclassInstance)  # a section dataclass
 
 
 def unknown_key_message(where: str, key: str, valid: Iterable[str]) -> str:

@@ -1,4 +1,5 @@
-"""SAELens internals the plugin relies on. Checked against sae-lens 6.54.12.
+"""SAELens internals the plugin relies on. Checked against sae-lens 6.54.12 (the tests pass from
+6.49.2 on: CONTRIBUTING.md "Upstream versions").
 
 SAELens has public ``register_sae_class`` / ``register_sae_training_class``; everything else here
 has no public counterpart: the named pretrained loaders are module-level dicts, the pretrained

@@ -19,7 +19,7 @@ _EXPORTS = {
     "ensure_demo_model": "model_cache",
     "demo_model_key": "model_cache",
     "evaluate_generation": "evaluation",
-    "generate_findings": "evaluation",
+    "generate_findings": "evaluation",  # lives in sae_lens_maira.model.generation
     "mention_summary": "evaluation",
     "probe_findings": "held_out",  # lives in sae_lens_maira.analysis.probes
     "evaluate_held_out": "held_out",
@@ -30,8 +30,9 @@ _EXPORTS = {
 
 if TYPE_CHECKING:  # pragma: no cover  (what the lazy names resolve to, for type checkers)
     from sae_lens_maira.analysis.probes import probe_findings
+    from sae_lens_maira.model.generation import generate_findings
 
-    from .evaluation import evaluate_generation, generate_findings, mention_summary
+    from .evaluation import evaluate_generation, mention_summary
     from .held_out import DEMO_HOOK, evaluate_held_out
     from .model_cache import demo_model_key, ensure_demo_model, split_validation
     from .plots import plot_training

@@ -49,7 +49,7 @@ _NOT_TRAINING = {
 }  # fmt: skip
 #: The training entry point: every package file it imports is in the key too, wherever it lives.
 _TRAINING_MODULE = "sae_lens_maira.demo.model_cache"
-_KEY_FILE = "cache_key.json"
+KEY_FILE = "cache_key.json"
 #: Validation studies are carved out of the training split (never trained on).
 VALIDATION_FRACTION = 0.08
 VALIDATION_SALT = "demo-validation"
@@ -183,7 +183,7 @@ def ensure_demo_model(
         if not passed and log:
             log(f"no run met the validation targets in {config.max_attempts} attempt(s); the "
                 "model is recorded as failed")  # fmt: skip
-        (tmp / _KEY_FILE).write_text(
+        (tmp / KEY_FILE).write_text(
             json.dumps(
                 {
                     **key,
@@ -210,15 +210,15 @@ def model_status(model_dir: str | Path) -> dict:
     """``{"passed": bool, "reason": str}`` from the model's marker (a model without a verdict,
     e.g. trained before verdicts were recorded, counts as failed)."""
     try:
-        marker = json.loads((Path(model_dir) / _KEY_FILE).read_text())
+        marker = json.loads((Path(model_dir) / KEY_FILE).read_text())
     except (OSError, json.JSONDecodeError):
-        return {"passed": False, "reason": f"no readable {_KEY_FILE} in {model_dir}"}
+        return {"passed": False, "reason": f"no readable {KEY_FILE} in {model_dir}"}
     return {"passed": bool(marker.get("passed", False)), "reason": marker.get("reason", "")}
 
 
 def mark_failed(model_dir: str | Path, reason: str) -> None:
     """Record that the cached model failed its targets, so no later run takes it for a good one."""
-    path = Path(model_dir) / _KEY_FILE
+    path = Path(model_dir) / KEY_FILE
     marker = json.loads(path.read_text())
     marker.update(passed=False, reason=reason)
     tmp = path.with_suffix(".tmp")
@@ -277,7 +277,7 @@ def _models_dir(cache_dir: str | Path | None) -> Path:
 
 
 def _is_complete(folder: Path, key: str) -> bool:
-    marker = folder / _KEY_FILE
+    marker = folder / KEY_FILE
     if not (folder.is_dir() and marker.is_file() and (folder / SUMMARY_NAME).is_file()):
         return False
     try:

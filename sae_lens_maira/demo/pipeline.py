@@ -131,6 +131,17 @@ def steer_finding_of(cfg: dict[str, Any]) -> str:
     return SteerSettings.from_section(cfg.get("steer")).finding or SteerSettings.finding
 
 
+def model_config_for(settings: Any, base: DemoModelConfig | None = None) -> DemoModelConfig:
+    """The small model's training settings (``base``, default :class:`DemoModelConfig`) with the
+    findings and image size of the demo's settings: ``demo.findings`` and ``demo.image_size`` are
+    the one source of both, so a run on other findings trains (and keys) its model on them."""
+    from sae_lens_maira.demo.small_model import DemoModelConfig
+
+    return dataclasses.replace(
+        base or DemoModelConfig(), findings=tuple(settings.findings), image_size=settings.image_size
+    )
+
+
 def _score(value: float | None) -> str:
     """A balanced accuracy for the log; None (one class in the studies) is no score."""
     return "not scored" if value is None else f"{value:.2f}"
@@ -172,7 +183,9 @@ def run_demo(
 
 def demo_verdict(summary: str | Path) -> tuple[bool, str]:
     """(passed, one-line reason) from a summary written by :func:`run_demo`."""
-    card = json.loads((Path(summary).parent / "summary.json").read_text())["report_card"]
+    from sae_lens_maira.demo.summary import FACTS_NAME
+
+    card = json.loads((Path(summary).parent / FACTS_NAME).read_text())["report_card"]
     return card["verdict"] == "PASS", card["reason"]
 
 
@@ -226,7 +239,8 @@ def _run_steps(
         from sae_lens_maira.demo.model_cache import ensure_demo_model, model_status
 
         checkpoint = ensure_demo_model(
-            cache, studies=studies, config=model_config, seed=settings.model_seed,
+            cache, studies=studies, config=model_config_for(settings, model_config),
+            seed=settings.model_seed,
             progress=True,
         )  # fmt: skip
         report = evaluate_held_out(
@@ -352,7 +366,7 @@ def _results_base(checkpoint: Path, cfg: dict[str, Any], settings: Any, *manifes
     from sae_lens_maira.results_cache import digests, environment, package_fingerprint
 
     model_files = [p for p in sorted(Path(checkpoint).iterdir())
-                   if p.is_file() and p.suffix != ".png" and p.name not in MODEL_NOTES]  # fmt: skip
+                   if p.is_file() and p.suffix != ".png" and p.name not in model_notes()]  # fmt: skip
     return {
         "model": digests(model_files),
         "manifests": digests(manifests),
@@ -364,9 +378,14 @@ def _results_base(checkpoint: Path, cfg: dict[str, Any], settings: Any, *manifes
     }
 
 
-#: Files the demo writes beside the model's own (training notes with timings, the cache marker,
-#: the held-out evaluation): not part of what defines the model.
-MODEL_NOTES = ("demo_training.json", "cache_key.json", "held_out_eval.json")
+def model_notes() -> tuple[str, ...]:
+    """Files the demo writes beside the model's own (training notes with timings, the cache
+    marker, the held-out evaluation): not part of what defines the model."""
+    from sae_lens_maira.demo.held_out import EVAL_NAME
+    from sae_lens_maira.demo.model_cache import KEY_FILE
+    from sae_lens_maira.demo.small_model import SUMMARY_NAME
+
+    return (SUMMARY_NAME, KEY_FILE, EVAL_NAME)
 
 
 class StepResults:
@@ -476,7 +495,9 @@ def dashboards_and_autointerp(held_exp, run: DemoRun, n_explain: int) -> dict[st
         stats_dir, explanations, backend=backend, model=os.environ.get("SAE_LENS_MAIRA_LLM_MODEL"),
         base_url=os.environ.get("SAE_LENS_MAIRA_LLM_BASE_URL", "https://api.openai.com/v1"), features=spec,
     )  # fmt: skip
-    model_cfg = json.loads((Path(held_exp.checkpoint()) / "config.json").read_text())["text_config"]
+    from sae_lens_maira.checkpoint_config import CONFIG_NAME
+
+    model_cfg = json.loads((Path(held_exp.checkpoint()) / CONFIG_NAME).read_text())["text_config"]
     from sae_lens_maira.dashboards.neuronpedia_rules import EXPLANATION_MODELS
 
     # Neuronpedia shows explanations only from models it has registered: the offline backend's

@@ -24,7 +24,6 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from sae_lens_maira.cache_dirs import default_cache_dir, openi_wheel_dir
-from sae_lens_maira.data.labeller import DEFAULT_FINDINGS
 from sae_lens_maira.data.openi import (
     OpenIReport,
     ensure_openi_wheel,
@@ -34,14 +33,16 @@ from sae_lens_maira.data.openi import (
 from sae_lens_maira.data.splits import split_studies
 from sae_lens_maira.data.study import Study
 from sae_lens_maira.data.synthetic_xray import SyntheticXrayRenderer
+from sae_lens_maira.demo_settings import DemoSettings
 
-#: Image side of the small default (8 x 8 patches of 14 px); see ``small_model.DEMO_OVERRIDES``.
-DEMO_IMAGE_SIZE = 112
-DEMO_HELD_OUT_FRACTION = 0.2
+#: Image side of the small default (8 x 8 patches of 14 px) and the held-out share: the demo
+#: settings' defaults (``demo.image_size``, ``demo.held_out_fraction``), not copies.
+DEMO_IMAGE_SIZE = DemoSettings.image_size
+DEMO_HELD_OUT_FRACTION = DemoSettings.held_out_fraction
 DEMO_RENDER_SEED = 0
 #: The findings the demo is judged on by default (labels from MeSH, mentions from the report
-#: labeller): the labeller's own list, not a copy. A run reads ``demo.findings`` from its config.
-DEMO_FINDINGS = DEFAULT_FINDINGS
+#: labeller): ``demo.findings``' default, the labeller's own list. A run reads its config's.
+DEMO_FINDINGS = DemoSettings.findings
 
 
 @dataclass

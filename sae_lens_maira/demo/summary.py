@@ -7,6 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+#: The summary's machine-readable facts beside ``summary.md`` (:func:`.pipeline.demo_verdict` reads
+#: its report card).
+FACTS_NAME = "summary.json"
+
 
 def _plot_sae_curve(curve: list[dict[str, float]], path: Path) -> Path | None:
     if not curve:
@@ -250,7 +254,7 @@ def write_summary(run: Any) -> Path:
     path = out / "summary.md"
     path.write_text("\n".join(lines))
     card = f.get("report_card")
-    (out / "summary.json").write_text(
+    (out / FACTS_NAME).write_text(
         json.dumps({"report_card": card, "timings": run.timings,
                     "cpu_timings": cpu, "reused_steps": sorted(reused),
                     **{k: v for k, v in f.items() if k != "report_card"}}, indent=1, default=str)

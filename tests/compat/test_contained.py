@@ -23,6 +23,9 @@ ASSIGNED = {"__class__", "evaluator", "save_checkpoint", "save_final_sae", "get_
 OVERRIDDEN = {"_apply"}
 #: upstreams whose submodules are not imported outside compat (their top level exports all we use)
 TOP_LEVEL_ONLY = ("transformers",)
+#: private-looking modules that are not an upstream's internals: typeshed's stub-only helpers
+#: (imported under ``TYPE_CHECKING``, never at run time)
+NOT_INTERNAL_MODULES = {"_typeshed"}
 
 
 def is_private(name: str) -> bool:
@@ -75,19 +78,26 @@ def violations(source: str, where: str, own: set[str] | None = None) -> list[str
             parts = module.split(".")
             if parts[0] in TOP_LEVEL_ONLY and len(parts) > 1:
                 out.append(f"{where}:{node.lineno} imports from {module} (use {parts[0]}' top level)")
-            elif parts[0] != "sae_lens_maira" and any(is_private(p) for p in parts):
+            elif (
+                parts[0] not in ("sae_lens_maira", *NOT_INTERNAL_MODULES)
+                and any(is_private(p) for p in parts)
+            ):
                 out.append(f"{where}:{node.lineno} imports from the private module {module}")
             for alias in node.names:
                 if alias.name in INTERNAL_NAMES:
                     out.append(f"{where}:{node.lineno} imports {alias.name}")
-                elif parts[0] != "sae_lens_maira" and is_private(alias.name):
+                elif parts[0] not in ("sae_lens_maira", *NOT_INTERNAL_MODULES) and is_private(
+                    alias.name
+                ):
                     out.append(f"{where}:{node.lineno} imports the private {alias.name} from {module}")
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 parts = alias.name.split(".")
                 if parts[0] in TOP_LEVEL_ONLY and len(parts) > 1:
                     out.append(f"{where}:{node.lineno} imports {alias.name} (use {parts[0]}' top level)")
-                elif parts[0] != "sae_lens_maira" and any(is_private(p) for p in parts):
+                elif parts[0] not in ("sae_lens_maira", *NOT_INTERNAL_MODULES) and any(
+                    is_private(p) for p in parts
+                ):
                     out.append(f"{where}:{node.lineno} imports the private module {alias.name}")
         elif isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
@@ -120,11 +130,12 @@ def test_the_checker_finds_each_kind_of_use() -> None:
         "self._mine = 1\nother._mine\nother._theirs\nother.__dict__\n"
         "from sae_lens_maira.saes import _complete\n"
         "import transformers\nfrom transformers import AutoTokenizer\n"
+        "from _typeshed import DataclassInstance\n"
     )
     found = violations(source, "probe.py", own={"_mine"})
     assert len(found) == 13, "\n".join(found)
     assert sum("_theirs" in v for v in found) == 1 and not any("_mine" in v for v in found)
-    assert not any("_complete" in v or "AutoTokenizer" in v for v in found)
+    assert not any(n in v for v in found for n in ("_complete", "AutoTokenizer", "_typeshed"))
 
 
 def test_no_upstream_internal_outside_compat() -> None:

@@ -212,7 +212,10 @@ def test_lazy_package_exports():
 
     for name in demo.__all__:
         assert getattr(demo, name) is not None, name
-    assert demo.DEMO_HOOK == "blocks.1.hook_resid_post"
+    from sae_lens_maira.demo.pipeline import default_config
+
+    # read from the shipped config, not repeated
+    assert demo.DEMO_HOOK == default_config()["cache"]["hook_name"] == "blocks.1.hook_resid_post"
     with pytest.raises(AttributeError):
         demo.no_such_thing  # noqa: B018
 

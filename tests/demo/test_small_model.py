@@ -104,6 +104,8 @@ def test_key_covers_data_config_and_code(demo_split):
     assert key == model_cache.demo_model_key(list(demo_split.train), cfg)
     assert key["key"] != model_cache.demo_model_key(demo_split.train[1:], cfg)["key"]
     assert key["config"] != model_cache.demo_model_key(demo_split.train, cfg, seed=3)["config"]
+    other_findings = DemoModelConfig.tiny(findings=("devices",))
+    assert key["config"] != model_cache.demo_model_key(demo_split.train, other_findings)["config"]
     assert len(key["code"]) == 64 and len(key["images"]) == 64
 
 
