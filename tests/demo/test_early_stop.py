@@ -45,7 +45,7 @@ def test_without_a_rule_or_a_match_every_step_runs():
 
 
 def test_stop_margin_is_stricter_than_the_targets():
-    cfg = DemoModelConfig(findings=("a", "b"))
+    cfg = DemoModelConfig(findings=("a", "b"), stop_positive_rate=0.75)
 
     def result(pos_a, neg_a, pos_b=1.0, neg_b=0.0):
         return {"mentions": {
