@@ -72,9 +72,10 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def module_level_containers(tree: ast.Module) -> set[str]:
+def containers_bound_in(body: list[ast.stmt]) -> set[str]:
+    """Names a statement list binds to a mutable container (plain or annotated assignment)."""
     names: set[str] = set()
-    for node in tree.body:
+    for node in body:
         if isinstance(node, ast.Assign) and _is_mutable(node.value):
             names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
         elif (
@@ -86,21 +87,16 @@ def module_level_containers(tree: ast.Module) -> set[str]:
     return names
 
 
+def module_level_containers(tree: ast.Module) -> set[str]:
+    return containers_bound_in(tree.body)
+
+
 def class_level_containers(tree: ast.Module) -> set[str]:
     """Mutable containers bound in a class body (shared by every instance of the class)."""
     names: set[str] = set()
     for cls in ast.walk(tree):
-        if not isinstance(cls, ast.ClassDef):
-            continue
-        for node in cls.body:
-            if isinstance(node, ast.Assign) and _is_mutable(node.value):
-                names |= {t.id for t in node.targets if isinstance(t, ast.Name)}
-            elif (
-                isinstance(node, ast.AnnAssign)
-                and isinstance(node.target, ast.Name)
-                and _is_mutable(node.value)
-            ):
-                names.add(node.target.id)
+        if isinstance(cls, ast.ClassDef):
+            names |= containers_bound_in(cls.body)
     return names
 
 

@@ -28,7 +28,12 @@ from pathlib import Path
 
 from sae_lens_maira.data.splits import split_studies
 from sae_lens_maira.data.study import Study
-from sae_lens_maira.demo.small_model import SUMMARY_NAME, DemoModelConfig, train_small_model
+from sae_lens_maira.demo.small_model import (
+    SUMMARY_NAME,
+    DemoModelConfig,
+    meets_mention_rates,
+    train_small_model,
+)
 from sae_lens_maira.demo.studies import (
     DEMO_RENDER_SEED,
     DemoStudies,
@@ -231,14 +236,9 @@ def validation_passes(model_dir: Path, config: DemoModelConfig) -> bool:
     kept = _kept_eval(model_dir)
     if kept is None:
         return False
-    mentions = kept.get("mentions", {})
-    for f in config.findings:
-        m = mentions.get(f)
-        if not m or not m.get("n_positives") or not m.get("n_negatives"):
-            return False
-        if m["positives"] < config.min_positive_rate or m["negatives"] > config.max_negative_rate:
-            return False
-    return True
+    return meets_mention_rates(
+        kept, config.findings, config.min_positive_rate, config.max_negative_rate
+    )
 
 
 def _rank(model_dir: Path, config: DemoModelConfig) -> tuple[bool, float]:

@@ -157,12 +157,22 @@ def meets_stop_margin(result: dict, config: DemoModelConfig) -> bool:
     of ``config.stop_positive_rate`` / ``stop_negative_rate`` (see :class:`DemoModelConfig`)."""
     if config.stop_positive_rate is None:
         return False
+    return meets_mention_rates(
+        result, config.findings, config.stop_positive_rate, config.stop_negative_rate
+    )
+
+
+def meets_mention_rates(
+    result: dict, findings: Sequence[str], min_positive: float, max_negative: float
+) -> bool:
+    """Whether a validation evaluation mentions every finding for at least ``min_positive`` of
+    its positives and at most ``max_negative`` of its negatives (both groups present)."""
     mentions = result.get("mentions", {})
-    for f in config.findings:
+    for f in findings:
         m = mentions.get(f)
         if not m or not m.get("n_positives") or not m.get("n_negatives"):
             return False
-        if m["positives"] < config.stop_positive_rate or m["negatives"] > config.stop_negative_rate:
+        if m["positives"] < min_positive or m["negatives"] > max_negative:
             return False
     return True
 
