@@ -48,24 +48,18 @@ def main() -> None:
 
     from sae_lens_maira.demo import lm_training as lm
     from sae_lens_maira.demo import vision_pretraining as vp
-    from sae_lens_maira.demo.evaluation import (
-        evaluate_generation,
-        evaluation_subset,
-        generate_findings,
-    )
-    from sae_lens_maira.demo.pipeline import default_config
-    from sae_lens_maira.demo.small_model import (
-        DemoModelConfig,
-        build_demo_model,
-        reproducible_torch,
-    )
+    from sae_lens_maira.demo.evaluation import evaluate_generation, evaluation_subset
+    from sae_lens_maira.demo.pipeline import default_config, model_config_for
+    from sae_lens_maira.demo.small_model import build_demo_model
     from sae_lens_maira.demo.studies import demo_studies
     from sae_lens_maira.demo.training_data import DemoTrainingSet, ReportStream
     from sae_lens_maira.demo_settings import DemoSettings
+    from sae_lens_maira.model.generation import generate_findings
+    from sae_lens_maira.training.determinism import reproducible_torch
 
     yaml_cfg = default_config()
     settings = DemoSettings.from_section(yaml_cfg["demo"])
-    config = DemoModelConfig()
+    config = model_config_for(settings)
     if args.threads is not None:
         config = dataclasses.replace(config, threads=args.threads)
     n = args.steps

@@ -60,7 +60,7 @@ def _cmd_cache(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from sae_lens_maira.training.commands import train_sae
 
-    result = train_sae(_experiment(args), resume=args.resume)
+    result = train_sae(_experiment(args), resume=args.resume, overwrite=args.overwrite)
     summary = ", ".join(f"{k.split('/')[-1]}={v:.4g}" for k, v in sorted(result.metrics.items())
                         if k.split("/")[-1] in ("explained_variance", "l0", "ce_loss_score", "kl_div_score",
                                                 "dead_latents_fraction"))  # fmt: skip
@@ -170,9 +170,11 @@ def _add_dashboards(sub) -> None:
             )
             q.add_argument("--batch-size", type=int, default=128)
             q.add_argument(
-                "--n-layers", type=int, default=32, help="the model's layer count (model row)"
+                "--n-layers", type=int, default=None,
+                help="the model's layer count (model row; default: what `collect` recorded)",
             )
-            q.add_argument("--d-model", type=int, default=4096)
+            q.add_argument("--d-model", type=int, default=None,
+                           help="the model's width (default: what `collect` recorded)")  # fmt: skip
             q.add_argument("--creator-id", help="Neuronpedia user id written as creatorId/authorId "
                            "(default clkht01d40000jv08hvalcvly, the seeded user Neuronpedia's own "
                            "exports use)")  # fmt: skip
@@ -276,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_args(p)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    p.add_argument("--overwrite", action="store_true",
+                   help="train again over a finished SAE in train.output_dir (it is replaced)")  # fmt: skip
     p.set_defaults(handler=_cmd_train)
     p = sub.add_parser(
         "steer", help="steer report generation with SAE features and label the reports"
@@ -301,9 +305,27 @@ DEBUG_ENV = "SAE_LENS_MAIRA_DEBUG"
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, LookupError, RuntimeError)
 
 
+#: libgomp's setting for what idle OpenMP threads do between parallel regions
+WAIT_POLICY_ENV = "OMP_WAIT_POLICY"
+
+
+def calm_idle_threads() -> None:
+    """Let idle OpenMP threads sleep rather than spin (a user's own setting wins).
+
+    libgomp's default spins for a while after every parallel region; on a busy machine the
+    spinning threads take the cores the working ones need, and a 2-thread run of the small
+    model's training steps ran 10-20x slower beside other work (benchmarks/omp_wait_policy.py).
+    The policy changes only scheduling, never results. It is read once, when torch loads, so
+    it is set here, before any subcommand imports torch.
+    """
+    if "torch" not in sys.modules:
+        os.environ.setdefault(WAIT_POLICY_ENV, "PASSIVE")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one subcommand. Errors print one ``error: ...`` line and exit 1 (``--debug`` or
     ``SAE_LENS_MAIRA_DEBUG=1`` shows the traceback instead); Ctrl-C exits 130."""
+    calm_idle_threads()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
     argv = [a for a in argv if a != "--debug"]

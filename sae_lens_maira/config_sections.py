@@ -14,9 +14,16 @@ import types
 import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import MISSING, asdict, fields, is_dataclass
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
-T = TypeVar("T")
+
+class DataclassInstance(Protocol):
+    """What every dataclass has (typeshed's private protocol of the same name, spelled here)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
+T = TypeVar("T", bound=DataclassInstance)  # a section dataclass
 
 
 def unknown_key_message(where: str, key: str, valid: Iterable[str]) -> str:
@@ -100,7 +107,7 @@ def section_from_dict(cls: type[T], values: Mapping[str, Any] | None, where: str
     values = typed_values(cls, values, where)
     required = [
         f.name
-        for f in fields(cls)  # type: ignore[arg-type]  (cls is a dataclass)
+        for f in fields(cls)
         if f.default is MISSING and f.default_factory is MISSING and f.name not in values
     ]
     if required:

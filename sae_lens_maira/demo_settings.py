@@ -14,11 +14,13 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from sae_lens_maira.config_sections import check_keys
+from sae_lens_maira.data.labeller import DEFAULT_FINDINGS
 
 
 @dataclass(frozen=True)
 class DemoSettings:
-    findings: tuple[str, ...] = ("cardiomegaly", "pleural_effusion", "devices")
+    #: the findings the report labeller has rules for (and the synthetic radiographs show)
+    findings: tuple[str, ...] = DEFAULT_FINDINGS
     #: intra-op threads, fixed (with deterministic algorithms) so runs repeat; None: all cores
     threads: int | None = 2
     #: seed 0 never learnt to mention cardiomegaly on the reference machine

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 import yaml
@@ -186,7 +186,12 @@ class Experiment:
             raise ValueError(f"config section {name!r} must be a mapping")
         return dict(value)
 
+    @overload
+    def path(self, value: str | Path) -> Path: ...
+    @overload
+    def path(self, value: None) -> None: ...
     def path(self, value: str | Path | None) -> Path | None:
+        """``value`` relative to the config's folder (``~`` expanded); None stays None."""
         if value is None:
             return None
         p = Path(value).expanduser()
@@ -289,7 +294,7 @@ class Experiment:
     def _data_path(self, spec: dict[str, Any]) -> Path:
         if not spec.get("path"):
             raise ValueError(f"data.path is required for source {spec.get('source')!r}")
-        return self.path(spec["path"])  # type: ignore[return-value]
+        return self.path(spec["path"])
 
 
 def check_sae_keys(spec: dict[str, Any]) -> None:

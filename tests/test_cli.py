@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -103,3 +104,36 @@ def test_steer_number_lists_name_the_flag(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err.strip()
         # was: "could not convert string to float: 'x'", naming neither the flag nor the form
         assert err.startswith(f"error: {flag} takes comma-separated") and repr(value) in err
+
+
+_DISPLAY_WAIT_POLICY = """
+import os, sys
+os.environ.pop("OMP_WAIT_POLICY", None)  # whatever the environment (or a sitecustomize) set
+if len(sys.argv) > 1:
+    os.environ["OMP_WAIT_POLICY"] = sys.argv[1]
+from sae_lens_maira import cli
+cli.calm_idle_threads()
+import torch  # libgomp reads the policy here and, with OMP_DISPLAY_ENV, prints it
+torch.ones(4).sum()
+"""
+
+
+def _wait_policy_shown(*args: str) -> str:
+    env = {**os.environ, "OMP_DISPLAY_ENV": "TRUE"}
+    out = subprocess.run(
+        [sys.executable, "-c", _DISPLAY_WAIT_POLICY, *args],
+        env=env, capture_output=True, text=True, check=True, timeout=300,
+    )  # fmt: skip
+    shown = [line for line in (out.stdout + out.stderr).splitlines() if "OMP_WAIT_POLICY" in line]
+    assert shown, "libgomp printed no OMP_WAIT_POLICY line (not the GNU OpenMP runtime?)"
+    return shown[0]
+
+
+def test_cli_lets_idle_openmp_threads_sleep_before_torch_loads() -> None:
+    """Spinning idle threads made 2-thread runs 10-20x slower on a busy machine."""
+    assert "PASSIVE" in _wait_policy_shown()
+
+
+def test_cli_keeps_the_users_own_wait_policy() -> None:
+    assert "ACTIVE" in _wait_policy_shown("ACTIVE")
+    assert "PASSIVE" not in _wait_policy_shown("ACTIVE")

@@ -22,6 +22,7 @@ from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.training.prefetch import PrefetchingIterator
 
 from sae_lens_maira.activations.selection import policy_label, resolve_policy
+from sae_lens_maira.compat.sae_lens import restart_tokenized_sequences
 from sae_lens_maira.model.position_marks import OUTSIDE_SELECTION, is_marked
 
 
@@ -66,7 +67,7 @@ class SelectionActivationsStore(ActivationsStore):
 
     def reset_input_dataset(self) -> None:
         super().reset_input_dataset()
-        self.iterable_sequences = self._iterate_tokenized_sequences()
+        restart_tokenized_sequences(self)
 
     def ignore_tokens(self) -> list[Any]:
         """SAELens's ``exclude_special_tokens`` list for evals: the excluded ids and every mark."""

@@ -9,7 +9,7 @@ is found in one sort; the best features are then scored on held-out studies with
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -111,9 +111,9 @@ def best_thresholds(
 
 def finding_detectors(
     train_scores: torch.Tensor,
-    train_labels: dict[str, Sequence[bool]],
+    train_labels: Mapping[str, Sequence[bool]],
     held_out_scores: torch.Tensor | None = None,
-    held_out_labels: dict[str, Sequence[bool]] | None = None,
+    held_out_labels: Mapping[str, Sequence[bool]] | None = None,
     top: int = 3,
 ) -> dict[str, list[FeatureDetector]]:
     """The ``top`` features per finding by training balanced accuracy, scored on held-out studies."""
@@ -138,6 +138,30 @@ def finding_detectors(
     return out
 
 
+def detectors_from_caches(
+    train_cache: Any,
+    held_out_cache: Any,
+    sae: Any,
+    hook_name: str,
+    train_studies: Sequence[Any],
+    held_out_studies: Sequence[Any],
+    findings: Sequence[str],
+    top: int = 3,
+) -> dict[str, list[FeatureDetector]]:
+    """Detectors for ``findings`` from two activation caches: thresholds chosen on the training
+    cache's studies, scored on the held-out cache's (each cache's ``study_index`` counts into its
+    own study list, whose labels are the truth)."""
+    train_max = study_maxima_from_cache(train_cache, sae, hook_name, len(train_studies))
+    held_max = study_maxima_from_cache(held_out_cache, sae, hook_name, len(held_out_studies))
+    return finding_detectors(
+        train_max,
+        labels_of(train_studies, findings),
+        held_max,
+        labels_of(held_out_studies, findings),
+        top=top,
+    )
+
+
 def labels_of(studies: Iterable[Any], findings: Sequence[str]) -> dict[str, list[bool]]:
     studies = list(studies)
     return {f: [bool(s.labels.get(f, False)) for s in studies] for f in findings}
@@ -149,5 +173,5 @@ def detector_table(detectors: dict[str, list[FeatureDetector]]) -> list[dict[str
 
 __all__ = [
     "DETECTION_ROLES", "FeatureDetector", "detector_table", "best_thresholds",
-    "finding_detectors", "labels_of", "study_maxima_from_cache",
+    "detectors_from_caches", "finding_detectors", "labels_of", "study_maxima_from_cache",
 ]  # fmt: skip

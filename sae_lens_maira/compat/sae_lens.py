@@ -1,4 +1,5 @@
-"""SAELens internals the plugin relies on. Checked against sae-lens 6.54.12.
+"""SAELens internals the plugin relies on. Checked against sae-lens 6.54.12 (the tests pass from
+6.49.2 on: CONTRIBUTING.md "Upstream versions").
 
 SAELens has public ``register_sae_class`` / ``register_sae_training_class``; everything else here
 has no public counterpart: the named pretrained loaders are module-level dicts, the pretrained
@@ -104,6 +105,15 @@ def replace_activations_store(runner: Any, store: Any) -> None:
     """Give a training runner, before ``run()``, another activations store to train from (the
     runner builds its trainer's data provider from ``runner.activations_store`` in ``run()``)."""
     runner.activations_store = store
+
+
+def restart_tokenized_sequences(store: Any) -> None:
+    """Start ``store``'s tokenized-sequence stream over from its (already reset) input dataset.
+
+    ``ActivationsStore.reset_input_dataset`` resets only the raw dataset iterator; the sequences
+    ``get_batch_tokens`` reads come from ``iterable_sequences``, a generator made by the private
+    ``_iterate_tokenized_sequences``, which would otherwise go on from where it was."""
+    store.iterable_sequences = store._iterate_tokenized_sequences()
 
 
 def evaluator_store(runner: Any) -> Any:

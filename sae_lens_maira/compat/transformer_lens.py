@@ -2,12 +2,15 @@
 
 Neither has a public counterpart: the rotary base a layer was built with is a private method of
 ``AbstractAttention``, and ``set_tokenizer`` re-creates a tokenizer from its ``init_kwargs``
-(``get_tokenizer_with_bos``), which fails for tokenizers built in memory.
+(``get_tokenizer_with_bos``), which fails for tokenizers built in memory (that dict is a
+transformers internal too: ``compat/transformers.py`` holds the one read of it).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from sae_lens_maira.compat.transformers import tokenizer_init_kwargs
 
 
 def rotary_base(attention: Any) -> float:
@@ -23,10 +26,11 @@ def keep_tokenizer_on_set(tokenizer: Any) -> None:
     unless ``add_bos_token`` is there, reloads the tokenizer from that path with
     ``add_bos_token=True``.
     """
-    tokenizer.init_kwargs.setdefault("name_or_path", tokenizer.name_or_path or "")
+    init_kwargs = tokenizer_init_kwargs(tokenizer)
+    init_kwargs.setdefault("name_or_path", tokenizer.name_or_path or "")
     ids = tokenizer("").input_ids
     if ids and ids[0] == tokenizer.bos_token_id:
-        tokenizer.init_kwargs["add_bos_token"] = True
+        init_kwargs["add_bos_token"] = True
 
 
 def swap_class(module: Any, cls: type) -> None:

@@ -129,6 +129,8 @@ def collect_dashboard_stats(
         layer=layer if layer is not None else 0,
         hook_name=hook,
         d_sae=int(sae.cfg.d_sae),
+        n_layers=int(model.cfg.n_layers),
+        d_model=int(model.cfg.d_model),
     )
     batches = sequence_batches(model, sae, processor, studies, batch_size=batch_size, keep_images=keep_images,
                                skipped=skipped if skipped is not None else {})  # fmt: skip

@@ -31,7 +31,7 @@ def parse_features(spec: str | None) -> list[int] | None:
 def export(
     stats_dir: str | Path, out: str | Path, fmt: str = "both", explanations: str | Path | None = None,
     features: str | None = None, private: bool = False, batch_size: int = 128,
-    n_layers: int = 32, d_model: int = 4096, creator_id: str | None = None,
+    n_layers: int | None = None, d_model: int | None = None, creator_id: str | None = None,
     explanation_method: str | None = None, explanation_model: str | None = None,
 ) -> list[Path]:  # fmt: skip
     """Write the Neuronpedia export and/or SAE-Dashboard batches; returns the folders written."""
@@ -76,6 +76,7 @@ def viewer(
         return write_viewer_from_saedashboard(saedashboard, out, exps)
     from sae_lens_maira.dashboards.viewer import write_viewer
 
+    assert stats_dir is not None  # the first check: exactly one of the two is given
     stats = FeatureStats.load(stats_dir)
     return write_viewer(stats, out, exps, parse_features(features), private=private)
 

@@ -25,6 +25,7 @@ from sae_lens_maira.dashboards.export_records import (
     feature_examples,
     feature_summary,
     inside,
+    model_shape,
     windowed,
 )
 from sae_lens_maira.dashboards.feature_stats import FeatureStats
@@ -48,8 +49,8 @@ def write_neuronpedia_export(
     per_group: int = 5,
     min_log_density: float = -10.0,
     private: bool = False,
-    n_layers: int = 32,
-    d_model: int = 4096,
+    n_layers: int | None = None,
+    d_model: int | None = None,
     creator_id: str = rules.DEFAULT_CREATOR_ID,
     explanation_method: str | None = None,
     explanation_model: str | None = None,
@@ -63,6 +64,7 @@ def write_neuronpedia_export(
     ``explanation_model`` must be names Neuronpedia has registered (default: the method
     ``np_max-act-logits`` and each explanation's own explainer, which must then be registered).
     """
+    n_layers, d_model = model_shape(stats.meta, n_layers, d_model)  # default: what collect saw
     m = export_meta(stats, private, n_layers, d_model)
     creator = rules.check_creator_id(creator_id)
     explanations = explanations or {}

@@ -19,6 +19,26 @@ PRIVATE = "(private)"
 _DATASET_KEYS = re.compile(r"dataset|data_path|path|dir", re.I)
 
 
+#: MAIRA-2's own shape (Vicuna-7B), for its statistics collected before ``collect`` recorded one
+MAIRA2_SHAPE = (32, 4096)
+
+
+def model_shape(meta: DashboardMeta, n_layers: int | None = None, d_model: int | None = None,
+                required: bool = True) -> tuple[int | None, int | None]:  # fmt: skip
+    """The model row's layer count and width: as given, else as ``collect`` recorded them, else
+    MAIRA-2's own for ``maira-2`` statistics. Never another model's numbers by default."""
+    n = n_layers if n_layers is not None else meta.n_layers
+    d = d_model if d_model is not None else meta.d_model
+    if (n is None or d is None) and _norm(meta.model_id) == _norm("maira-2"):
+        n, d = (n if n is not None else MAIRA2_SHAPE[0]), (d if d is not None else MAIRA2_SHAPE[1])
+    if required and (n is None or d is None):
+        raise ValueError(
+            f"the statistics of model {meta.model_id!r} do not record its layer count and width "
+            "(collected by an older version); pass --n-layers and --d-model"
+        )
+    return n, d
+
+
 def export_meta(stats: FeatureStats, private: bool, n_layers: int | None = None,
                 d_model: int | None = None) -> DashboardMeta:  # fmt: skip
     """The statistics' metadata checked for an export (ids, folder names, that the SAE belongs to
@@ -179,8 +199,8 @@ def feature_summary(stats: FeatureStats, f: int, meta: DashboardMeta | None = No
     return {
         "feature_index": f,
         "neuron_alignment_indices": t["align_idx"][f].tolist() if has_align else [],
-        "neuron_alignment_values": [r3(v) for v in t["align_val"][f]] if has_align else [],
-        "neuron_alignment_l1": [r3(v) for v in t["align_l1"][f]] if has_align else [],
+        "neuron_alignment_values": [r3(v) for v in t["align_val"][f].tolist()] if has_align else [],
+        "neuron_alignment_l1": [r3(v) for v in t["align_l1"][f].tolist()] if has_align else [],
         # residual-stream activations are not part of the pass: no correlated neurons
         "correlated_neurons_indices": [],
         "correlated_neurons_l1": [],

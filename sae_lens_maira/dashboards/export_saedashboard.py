@@ -28,6 +28,7 @@ from sae_lens_maira.dashboards.export_records import (
     feature_examples,
     feature_summary,
     inside,
+    model_shape,
     r3,
     windowed,
 )
@@ -67,6 +68,7 @@ def write_saedashboard(
     metadata, and writes no thumbnails."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n_layers, d_model = model_shape(stats.meta, n_layers, d_model, required=False)
     m = export_meta(stats, private, n_layers, d_model)  # ids, folder names, SAE of this model
     folder = inside(out_dir, saedashboard_dirname(m, stats.d_sae))
     folder.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ def _is(value: Any, kind: str) -> bool:
         "int": isinstance(value, int) and not isinstance(value, bool),
         "str": isinstance(value, str), "dict": isinstance(value, dict),
         "str|None": value is None or isinstance(value, str),
+        "int|None": value is None or (isinstance(value, int) and not isinstance(value, bool)),
         "str-list": isinstance(value, list) and all(isinstance(x, str) for x in value),
         "str-dict": isinstance(value, dict) and all(isinstance(x, str) for x in value.values()),
     }[kind]  # fmt: skip
@@ -38,7 +39,8 @@ _META_KEYS = {"model_id": "str", "layer": "int", "hook_name": "str", "sae_set": 
               "source_set": "str", "sae_id_suffix": "str|None", "dataset": "str", "creator": "str",
               "release": "str", "hf_repo_id": "str|None", "hf_folder_id": "str|None",
               "saelens_release": "str|None", "saelens_sae_id": "str|None",
-              "saelens_config": "dict", "description": "str"}  # fmt: skip
+              "saelens_config": "dict", "description": "str", "n_layers": "int|None",
+              "d_model": "int|None"}  # fmt: skip
 
 
 def _check_stats_json(meta: dict[str, Any], path: Path) -> None:

@@ -153,7 +153,7 @@ def check_upload_batch(body: dict[str, Any]) -> None:
     if not isinstance(feats, list) or not 1 <= len(feats) <= MAX_FEATURES_PER_BATCH:
         add(f"features must be a list of 1..{MAX_FEATURES_PER_BATCH}")
         feats = []
-    seen: set[int] = set()
+    seen: set[object] = set()  # the indices so far (None for a feature that is not a dict)
     for f in feats:
         _check_feature(f, add)
         if isinstance(f, dict) and f.get("index") in seen:

@@ -189,6 +189,9 @@ class DashboardMeta:
     saelens_sae_id: str | None = None
     saelens_config: dict[str, Any] = field(default_factory=dict)
     description: str = "Matryoshka BatchTopK SAE on MAIRA-2's residual stream"
+    #: the model's layer count and width (Neuronpedia's model row), recorded by ``collect``
+    n_layers: int | None = None
+    d_model: int | None = None
 
     @property
     def source_id(self) -> str:

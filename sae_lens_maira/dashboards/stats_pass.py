@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 from PIL import Image
@@ -113,7 +114,7 @@ class FeatureStatsCollector:
         if d_sae < 1:
             raise ValueError(f"d_sae must be positive, got {d_sae}")
         self.cfg = config or FeatureStatsConfig()
-        self.d_sae, self.grid, self.max_images = d_sae, tuple(grid), max_images
+        self.d_sae, self.grid, self.max_images = d_sae, (grid[0], grid[1]), max_images
         self.n_patches = grid[0] * grid[1]
         self.thumbnail_size = thumbnail_size
         self.device = torch.device(device) if device is not None else None
@@ -133,11 +134,14 @@ class FeatureStatsCollector:
         self.exp = torch.full((f,), _UNSET, dtype=torch.long, device=device)
         self.hist = torch.zeros((f, cfg.n_hist_bins), dtype=torch.long, device=device)
         self.qcount = torch.zeros((f, cfg.n_quantile_bins), dtype=torch.long, device=device)
-        common = dict(ctx_left=cfg.ctx_left, ctx_right=cfg.ctx_right, text_context=cfg.text_context)
-        self.top = ExampleBuffer(f, cfg.n_top, device, **common)
-        self.quant = ExampleBuffer(
-            f, cfg.n_quantile_bins * cfg.n_per_quantile_bin, device, **common
+        windowed = partial(
+            ExampleBuffer,
+            ctx_left=cfg.ctx_left,
+            ctx_right=cfg.ctx_right,
+            text_context=cfg.text_context,
         )
+        self.top = windowed(f, cfg.n_top, device)
+        self.quant = windowed(f, cfg.n_quantile_bins * cfg.n_per_quantile_bin, device)
         self.n_heat = min(cfg.n_heatmaps, cfg.n_top)
         self.heat = (
             ExampleBuffer(f, self.n_heat, device, windows=False, n_patches=self.n_patches)
@@ -169,9 +173,10 @@ class FeatureStatsCollector:
             raise ValueError(
                 f"batch grid {batch.grid} differs from the collector's grid {self.grid}"
             )
+        device = self.device or batch.feature_acts.device  # the first batch's, unless given
         if not self._initialised:
-            self._init(self.device or batch.feature_acts.device)
-        batch = batch.to(self.device)
+            self._init(device)
+        batch = batch.to(device)
         view = self._prepare(batch)
         self._update_counts(view, batch)
         self._update_examples(view)

@@ -53,7 +53,7 @@ def make_synthetic(
 ) -> SyntheticData:
     """Build ``n_studies`` prompts in batches (padded on the right) with planted features."""
     g = torch.Generator().manual_seed(seed)
-    vocab = sorted(set(SYSTEM) | set(WORDS)) + [IMAGE_TOKEN]
+    vocab: list[str] = [*sorted(set(SYSTEM) | set(WORDS)), IMAGE_TOKEN]
     tok = {w: i for i, w in enumerate(vocab)}
     image_id = tok[IMAGE_TOKEN]
     rows, cols = grid
@@ -64,14 +64,10 @@ def make_synthetic(
         b = min(batch_size, n_studies - start)
         seqs = []
         for i in range(b):
-            ids, roles, img_idx, patch_idx = [], [], [], []
-            for w in SYSTEM:
-                (
-                    ids.append(tok[w]),
-                    roles.append(Role.BOILERPLATE),
-                    img_idx.append(-1),
-                    patch_idx.append(-1),
-                )
+            # (token id, role, image index, patch index) per position
+            seq: list[tuple[int, Role, int, int]] = [
+                (tok[w], Role.BOILERPLATE, -1, -1) for w in SYSTEM
+            ]
             k = 1 + (start + i) % n_images
             for im in range(k):
                 for p in range(n_p):
@@ -82,23 +78,14 @@ def make_synthetic(
                         if p == n_p - 1
                         else Role.IMAGE_MIDDLE
                     )
-                    (
-                        ids.append(image_id),
-                        roles.append(role),
-                        img_idx.append(im),
-                        patch_idx.append(p),
-                    )
+                    seq.append((image_id, role, im, p))
             n_text = text_len - int(torch.randint(0, 6, (1,), generator=g))
             words = torch.randint(0, len(WORDS), (n_text,), generator=g).tolist()
             for j, w in enumerate(words):
                 role = Role.INDICATION if j < 4 else Role.REPORT
-                (
-                    ids.append(tok[WORDS[w]]),
-                    roles.append(role),
-                    img_idx.append(-1),
-                    patch_idx.append(-1),
-                )
+                seq.append((tok[WORDS[w]], role, -1, -1))
             cardio = (start + i) % 3 == 0
+            ids, roles, img_idx, patch_idx = (list(column) for column in zip(*seq))
             seqs.append((ids, roles, img_idx, patch_idx, cardio))
         t = max(len(s[0]) for s in seqs)
         token_ids = torch.zeros(b, t, dtype=torch.long)
@@ -130,7 +117,7 @@ def make_synthetic(
         acts[..., REGION_FEATURE] = torch.where(in_region & cardio, strength, 0.0)
         acts[..., ROLE_FEATURE] = torch.where(role_t == int(Role.REPORT), 0.2 + 0.1 * strength, 0.0)
         acts = acts * mask[..., None]
-        images = None
+        images: list[list[Image.Image | None]] | None = None
         if with_images:
             images = [
                 [_xray(seed * 1000 + start + i, im) for im in range(1 + (start + i) % n_images)]
@@ -151,7 +138,8 @@ def make_synthetic(
         )
     namer = TokenNamer(vocab, grid)
     meta = DashboardMeta(model_id="maira-2-synthetic", layer=3, hook_name="blocks.3.hook_resid_post",
-                         sae_set="synthetic", d_sae=d_sae, source_set="res-syn", dataset="synthetic")  # fmt: skip
+                         sae_set="synthetic", d_sae=d_sae, source_set="res-syn", dataset="synthetic",
+                         n_layers=8, d_model=12)  # fmt: skip
     return SyntheticData(batches, namer, meta, vocab, region, d_sae, grid)
 
 

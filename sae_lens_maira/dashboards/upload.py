@@ -24,7 +24,7 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,7 +90,7 @@ class Plan:
     features: list[dict[str, Any]]  # one upload-batch feature payload each, in index order
     sizes: dict[int, int] = field(default_factory=dict)  # index -> encoded bytes of its payload
 
-    def batches(self, opts: UploadOptions, skip: set[int] = frozenset()) -> list[list[dict]]:
+    def batches(self, opts: UploadOptions, skip: Set[int] = frozenset()) -> list[list[dict]]:
         """Greedy batches of the features not in ``skip``, each under both limits."""
         overhead = len(
             encode_json({"modelId": self.model_id, "source": self.source, "features": []})
@@ -419,7 +419,7 @@ def _ensure_source_set(client: NeuronpediaClient, plan: Plan, user: str | None, 
     if plan.source not in sources:
         raise UploadError(
             f"source set {plan.source_set!r} on Neuronpedia has no source {plan.source!r}; "
-            f"it has {sorted(sources)[:8]}"
+            f"it has {sorted(sources, key=str)[:8]}"
         )
     progress.set(source_set_ok=True, user_id=user)
 

@@ -12,6 +12,7 @@ import base64
 import io
 import json
 import shutil
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,7 @@ def _env() -> jinja2.Environment:
 
 
 def svg_bars(
-    xs: list[float], heights: list[float], width: int = 320, height: int = 110
+    xs: Sequence[float], heights: Sequence[float], width: int = 320, height: int = 110
 ) -> dict[str, Any]:
     """Geometry of a bar chart (one rect per bin) for the SVG macro; axis labels at the ends."""
     n = len(heights)

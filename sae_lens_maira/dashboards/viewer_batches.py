@@ -81,6 +81,7 @@ def _read_folder(folder: Path) -> tuple[DashboardMeta, bool, list[tuple[dict, di
                                             "sae_id_suffix": batch["sae_id_suffix"]})  # fmt: skip
         sides = side["features"] if side else [None] * len(batch["features"])
         feats += list(zip(batch["features"], sides, strict=True))
+    assert meta is not None  # set by the first of the (non-empty) batches
     return meta, bool(settings.get("private")), feats
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -178,3 +179,28 @@ def load_manifest(
             )
         )
     return result
+
+
+#: What :func:`write_manifest` writes per study (absent text stays null, read back as None).
+WRITTEN_FIELDS = ("study_id", "frontal", "lateral", "indication", "comparison", "findings", "labels")
+
+
+def write_manifest(studies: Iterable[Study], path: str | Path) -> Path:
+    """Studies as a JSONL manifest that :func:`load_manifest` reads back: absolute image paths,
+    the :data:`WRITTEN_FIELDS` (technique, priors and ``meta`` are not written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for s in studies:
+        rec = {
+            "study_id": s.study_id,
+            "frontal": str(s.frontal),
+            "lateral": str(s.lateral) if s.lateral is not None else None,
+            "indication": s.indication,
+            "comparison": s.comparison,
+            "findings": s.findings,
+            "labels": s.labels,
+        }
+        lines.append(json.dumps(rec))
+    path.write_text("\n".join(lines) + "\n")
+    return path

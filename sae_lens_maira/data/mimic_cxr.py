@@ -169,13 +169,12 @@ def load_mimic_cxr(
             )
 
     sectioned: dict[str, dict[str, str]] = {}
-    sec_path = (
-        Path(sectioned_csv).expanduser()
-        if sectioned_csv
-        else _find_table(root, "mimic_cxr_sectioned")
-    )
-    if sectioned_csv and not sec_path.exists():
-        raise FileNotFoundError(f"sectioned reports {sec_path} do not exist")
+    if sectioned_csv:
+        sec_path: Path | None = Path(sectioned_csv).expanduser()
+        if not sec_path.exists():
+            raise FileNotFoundError(f"sectioned reports {sec_path} do not exist")
+    else:
+        sec_path = _find_table(root, "mimic_cxr_sectioned")
     if sec_path is not None:
         for r in read_csv_rows(sec_path):
             sid = r.get("study", "").strip().lstrip("s")

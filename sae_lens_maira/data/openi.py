@@ -26,12 +26,13 @@ import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from tqdm.auto import tqdm
 
 from sae_lens_maira.cache_dirs import openi_wheel_dir
 
-from .study import Study
+from .study import ImageRef, Study
 from .synthetic_xray import RenderSpec, SyntheticXrayRenderer, stable_seed
 
 OPENI_WHEEL_VERSION = "1.5.7"
@@ -54,7 +55,16 @@ SECTIONS = ("COMPARISON", "INDICATION", "FINDINGS", "IMPRESSION")
 #:   term containing "pacemaker" or the whole word "tube(s)" ("Tuberculosis" is not a tube).
 #:   Surgical clips and sternotomy wires ("Surgical Instruments") and stents are not counted.
 #: * normal: the major term "normal" (the indexers' code for a normal study).
-MESH_LABEL_RULES: dict[str, dict[str, object]] = {
+class MeshLabelRule(TypedDict, total=False):
+    """A label is true when a major term's heading is one of ``headings``, is a ``(heading,
+    qualifier)`` pair of ``qualified``, or the term matches ``pattern``."""
+
+    headings: tuple[str, ...]
+    qualified: tuple[tuple[str, str], ...]
+    pattern: re.Pattern[str]
+
+
+MESH_LABEL_RULES: dict[str, MeshLabelRule] = {
     "cardiomegaly": {"headings": ("cardiomegaly",), "qualified": (("cardiac shadow", "enlarged"),)},
     "pleural_effusion": {"headings": ("pleural effusion",)},
     "devices": {
@@ -183,9 +193,10 @@ def parse_openi_xml(data: bytes | str, name: str = "<xml>") -> OpenIReport:
     except ET.ParseError as exc:
         raise ValueError(f"{name}: not well-formed Open-I XML ({exc})") from exc
     uid_el = root.find("uId")
-    if uid_el is None or not uid_el.get("id"):
+    uid = uid_el.get("id") if uid_el is not None else None
+    if not uid:
         raise ValueError(f"{name}: no <uId id=...>; is this an Open-I (ecgen-radiology) report?")
-    sections = {label: None for label in SECTIONS}
+    sections: dict[str, str | None] = dict.fromkeys(SECTIONS)
     for el in root.iter("AbstractText"):
         label = (el.get("Label") or "").upper()
         if label in sections:
@@ -197,12 +208,12 @@ def parse_openi_xml(data: bytes | str, name: str = "<xml>") -> OpenIReport:
     auto = tuple(
         t for t in (_text(e) for e in (mesh.findall("automatic") if mesh is not None else [])) if t
     )
-    images = tuple(el.get("id") for el in root.findall("parentImage") if el.get("id"))
+    images = tuple(i for i in (el.get("id") for el in root.findall("parentImage")) if i)
     captions = tuple(
         c for c in (_text(el.find("caption")) for el in root.findall("parentImage")) if c
     )
     return OpenIReport(
-        uid=uid_el.get("id"),
+        uid=uid,
         comparison=sections["COMPARISON"],
         indication=sections["INDICATION"],
         findings=sections["FINDINGS"],
@@ -220,9 +231,10 @@ def _reports_from_tgz(data: bytes, source: str) -> list[OpenIReport]:
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
             for member in tar:
-                if member.isfile() and member.name.endswith(".xml"):
-                    blob = tar.extractfile(member).read()
-                    reports.append(parse_openi_xml(blob, f"{source}:{member.name}"))
+                xml = member.isfile() and member.name.endswith(".xml")
+                fh = tar.extractfile(member) if xml else None
+                if fh is not None:
+                    reports.append(parse_openi_xml(fh.read(), f"{source}:{member.name}"))
     except tarfile.TarError as exc:
         raise ValueError(f"{source}: not a readable .tgz of Open-I reports ({exc})") from exc
     return reports
@@ -362,7 +374,7 @@ def openi_studies(
         spec = render_spec(report, study_seed)
         want_lateral = lateral == "always" or (lateral == "auto" and _has_lateral(report))
         views = ("frontal", "lateral") if want_lateral else ("frontal",)
-        images: dict[str, object] = {}
+        images: dict[str, ImageRef] = {}
         if out_dir is not None:
             paths = {v: out_dir / f"{report.uid}_{v}.png" for v in views}
             if not all(p.exists() for p in paths.values()):

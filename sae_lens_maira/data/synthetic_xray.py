@@ -36,6 +36,9 @@ from PIL import Image, ImageDraw
 DEVICE_KINDS = ("central_line", "pacemaker", "endotracheal_tube", "nasogastric_tube")
 EFFUSION_SIDES = ("left", "right", "bilateral")
 EFFUSION_SIZES = ("small", "moderate", "large")
+#: The :class:`RenderSpec` field that says how a finding looks beyond present / absent (the
+#: effusion's side, each device's kind), by the finding's label name.
+FINDING_DETAILS = {"pleural_effusion": "effusion", "devices": "devices"}
 
 
 def gaussian_filter(a: np.ndarray, sigma: float, **kwargs) -> np.ndarray:
@@ -293,7 +296,7 @@ class SyntheticXrayRenderer:
                 devices = self._lateral_devices if patient.devices else None
             if self._ws != self.size:
                 atten = np.asarray(
-                    Image.fromarray(atten).resize((self.size, self.size), Image.BICUBIC),
+                    Image.fromarray(atten).resize((self.size, self.size), Image.Resampling.BICUBIC),
                     dtype=np.float32,
                 )
             if devices is not None:
@@ -313,10 +316,8 @@ class SyntheticXrayRenderer:
         atten = gaussian_filter(atten, sigma=0.45 * S / 224, mode="nearest")
         img = 1.0 - np.exp(-1.25 * p.exposure * atten)
         # Clinical processing: mild unsharp masking brings out ribs and vessels.
-        low = np.asarray(
-            Image.fromarray(img).resize((S // 8, S // 8), Image.BOX).resize((S, S), Image.BICUBIC),
-            dtype=np.float32,
-        )
+        small = Image.fromarray(img).resize((S // 8, S // 8), Image.Resampling.BOX)
+        low = np.asarray(small.resize((S, S), Image.Resampling.BICUBIC), dtype=np.float32)
         img = img + 0.35 * (img - low)
         img = np.clip(img / 0.93, 0.0, 1.0) ** p.gamma
         # Quantum noise grows with transmitted signal (dark areas); plus a little fine grain.

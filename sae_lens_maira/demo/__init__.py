@@ -6,7 +6,7 @@ Imports are lazy (no import-time work): ``from sae_lens_maira.demo import ensure
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
     "DemoStudies": "studies",
@@ -19,16 +19,46 @@ _EXPORTS = {
     "ensure_demo_model": "model_cache",
     "demo_model_key": "model_cache",
     "evaluate_generation": "evaluation",
-    "generate_findings": "evaluation",
+    "generate_findings": "evaluation",  # lives in sae_lens_maira.model.generation
     "mention_summary": "evaluation",
-    "probe_findings": "probes",
+    "probe_findings": "held_out",  # lives in sae_lens_maira.analysis.probes
     "evaluate_held_out": "held_out",
     "DEMO_HOOK": "held_out",
     "split_validation": "model_cache",
     "plot_training": "plots",
 }
 
-__all__ = sorted(_EXPORTS)
+if TYPE_CHECKING:  # pragma: no cover  (what the lazy names resolve to, for type checkers)
+    from sae_lens_maira.analysis.probes import probe_findings
+    from sae_lens_maira.model.generation import generate_findings
+
+    from .evaluation import evaluate_generation, mention_summary
+    from .held_out import DEMO_HOOK, evaluate_held_out
+    from .model_cache import demo_model_key, ensure_demo_model, split_validation
+    from .plots import plot_training
+    from .small_model import DemoModelConfig, train_small_model
+    from .studies import DEMO_FINDINGS, DEMO_IMAGE_SIZE, DemoStudies, demo_studies
+    from .tokenizer_corpus import build_demo_tokenizer
+
+__all__ = [
+    "DEMO_FINDINGS",
+    "DEMO_HOOK",
+    "DEMO_IMAGE_SIZE",
+    "DemoModelConfig",
+    "DemoStudies",
+    "build_demo_tokenizer",
+    "demo_model_key",
+    "demo_studies",
+    "ensure_demo_model",
+    "evaluate_generation",
+    "evaluate_held_out",
+    "generate_findings",
+    "mention_summary",
+    "plot_training",
+    "probe_findings",
+    "split_validation",
+    "train_small_model",
+]
 
 
 def __getattr__(name: str) -> Any:

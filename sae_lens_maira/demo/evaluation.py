@@ -10,39 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
-from tqdm.auto import tqdm
-
 from sae_lens_maira.data.labeller import Status, label_report
 from sae_lens_maira.data.study import Study
+from sae_lens_maira.model.generation import generate_findings
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.processing.processor import Maira2Processor
 from sae_lens_maira.steering.fluency import teacher_forced_loss
-
-
-@torch.no_grad()
-def generate_findings(
-    model: HookedMaira2,
-    processor: Maira2Processor,
-    studies: Sequence[Study],
-    *,
-    max_new_tokens: int = 96,
-    batch_size: int = 16,
-    progress: bool = False,
-) -> list[str]:
-    """Greedy findings (MAIRA-2's decoding) for each study, in order."""
-    out: list[str] = []
-    starts = range(0, len(studies), batch_size)
-    for start in tqdm(starts, desc="generating findings", disable=not progress):
-        batch = processor(list(studies[start : start + batch_size]), padding_side="left")
-        out += model.generate(
-            batch.input_ids,
-            pixel_values=batch.pixel_values,
-            attention_mask=batch.attention_mask,
-            max_new_tokens=max_new_tokens,
-            return_type="str",
-        )
-    return out
 
 
 def mention_summary(

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from sae_lens_maira.data.labeller import Status, find_mentions, split_sentences
 from sae_lens_maira.data.study import Study
+from sae_lens_maira.data.synthetic_xray import FINDING_DETAILS
 
 #: A finding's absence is stated in grounding targets only when at least this share of negative
 #: reports states it (heart size and effusions are routinely negated; devices are not).
@@ -32,10 +33,9 @@ def _classes(study: Study, finding: str) -> list[str]:
     if not study.labels.get(finding):
         return [f"{finding}:absent"]
     render = study.meta.get("render") or {}
-    if finding == "pleural_effusion" and render.get("effusion"):
-        return [f"{finding}:{render['effusion']}"]
-    if finding == "devices" and render.get("devices"):
-        return [f"{finding}:{kind}" for kind in render["devices"]]
+    detail = render.get(FINDING_DETAILS.get(finding, ""))  # a side, or a list of device kinds
+    if detail:
+        return [f"{finding}:{d}" for d in ([detail] if isinstance(detail, str) else detail)]
     return [f"{finding}:present"]
 
 

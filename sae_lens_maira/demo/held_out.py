@@ -15,16 +15,20 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from sae_lens_maira.analysis.probes import probe_findings
 from sae_lens_maira.data.study import Study
-from sae_lens_maira.demo.evaluation import generate_findings, mention_summary, sample_records
-from sae_lens_maira.demo.probes import probe_findings
+from sae_lens_maira.demo.evaluation import mention_summary, sample_records
+from sae_lens_maira.demo.pipeline import default_config
 from sae_lens_maira.demo.studies import DEMO_FINDINGS, DemoStudies
+from sae_lens_maira.model.checkpoint import SAFE_SINGLE
+from sae_lens_maira.model.generation import generate_findings
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.processing.processor import Maira2Processor
 
 EVAL_NAME = "held_out_eval.json"
-#: The hook the demo's SAEs read: the residual stream after the second of four blocks.
-DEMO_HOOK = "blocks.1.hook_resid_post"
+#: The hook the demo's SAEs read: the shipped config's ``cache.hook_name`` (the residual stream
+#: after the second of four blocks); a run reads its own config's.
+DEMO_HOOK: str = default_config()["cache"]["hook_name"]
 
 
 def _sample(studies: Sequence[Study], findings: Sequence[str], n_negatives: int, seed: int):
@@ -61,8 +65,8 @@ def evaluate_held_out(
         "findings": list(findings), "hooks": list(hooks), "n_negatives": n_negatives,
         "probe_train_negatives": probe_train_negatives, "max_new_tokens": max_new_tokens,
         "seed": seed, "held_out": [s.study_id for s in studies.held_out],
-        "model": (model_dir / "model.safetensors").stat().st_mtime_ns
-        if (model_dir / "model.safetensors").exists() else None,
+        "model": (model_dir / SAFE_SINGLE).stat().st_mtime_ns
+        if (model_dir / SAFE_SINGLE).exists() else None,
     }  # fmt: skip
     path = model_dir / EVAL_NAME
     if path.is_file():
@@ -72,7 +76,7 @@ def evaluate_held_out(
                 return cached
         except (OSError, json.JSONDecodeError):
             pass
-    from sae_lens_maira.demo.small_model import reproducible_torch
+    from sae_lens_maira.training.determinism import reproducible_torch
 
     with reproducible_torch(threads):
         model = HookedMaira2.from_pretrained(model_dir, device="cpu")

@@ -4,38 +4,27 @@ The loss is next-token cross-entropy on the report positions only (what MAIRA-2 
 write), weighted per token by :class:`DemoTrainingSet`. Logits are computed for those positions
 only: the prompt is ~80 % of each sequence and its logits would be thrown away.
 
-The learning-rate schedule (linear warm-up, cosine decay) runs on ``step / steps``: a fixed step
-count, never elapsed time, so a slow or busy machine trains the same model as a fast one.
+Both stages run the fixed-step AdamW loop of :mod:`sae_lens_maira.training.loop` (linear
+warm-up, cosine decay on ``step / steps``, never elapsed time); what is MAIRA-2-specific stays
+here: the losses, the parameter groups, the projector's initialisation and scale constraint.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import random
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from sae_lens_maira.demo.training_data import DemoTrainingSet, ReportStream
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.model.weight_conversion import ZERO_FILLED
+from sae_lens_maira.training.loop import TrainingHistory, run_training
 
-
-@dataclass
-class LMHistory:
-    """What happened during training, for logs, plots and the training summary."""
-
-    steps: list[int] = field(default_factory=list)
-    losses: list[float] = field(default_factory=list)
-    lrs: list[float] = field(default_factory=list)
-    evals: list[dict] = field(default_factory=list)
-    best_step: int | None = None
-    seconds: float = 0.0
+#: Frozen like MAIRA-2's RAD-DINO: never trained by these stages, kept in eval mode.
+FROZEN = ("vision_tower",)
 
 
 @torch.no_grad()
@@ -153,137 +142,6 @@ def text_loss(model: HookedMaira2, batch: dict[str, torch.Tensor]) -> torch.Tens
     return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
 
 
-def run_training(
-    model: HookedMaira2,
-    *,
-    next_batch: Callable[[], dict[str, torch.Tensor]],
-    loss_fn: Callable[[HookedMaira2, dict[str, torch.Tensor]], torch.Tensor],
-    groups: list[dict],
-    steps: int,
-    warmup_steps: int,
-    min_lr_ratio: float = 0.1,
-    grad_clip: float = 1.0,
-    evaluate: Callable[[HookedMaira2, int], dict] | None = None,
-    eval_every: int = 50,
-    score_key: str = "score",
-    select_after: int = 0,
-    after_step: Callable[[], None] | None = None,
-    ema_decay: float | None = None,
-    desc: str = "training",
-    progress: bool = True,
-    log: Callable[[str], None] | None = None,
-) -> LMHistory:
-    """AdamW with warm-up and cosine decay for exactly ``steps`` steps.
-
-    ``evaluate(model, step)`` runs every ``eval_every`` steps and at the end; when its result has
-    ``score_key``, the weights of the best-scoring evaluation after step ``select_after`` are
-    restored at the end. ``after_step`` runs after every optimizer step (constraints).
-
-    With ``ema_decay``, an exponential moving average of the weights is kept from step
-    ``select_after`` on, and it is what gets evaluated and kept: greedy decoding of a small model
-    flips between templates from one step to the next, the average does not.
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be at least 1, got {steps}")
-    params = [p for g in groups for p in g["params"]]
-    opt = torch.optim.AdamW(groups, betas=(0.9, 0.95), eps=1e-8)
-    history = LMHistory()
-    best_score, best_state = -math.inf, None
-    start = time.perf_counter()
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    ema: dict[str, torch.Tensor] | None = None
-
-    @torch.no_grad()
-    def swap_ema() -> None:
-        """Exchange the live weights and their moving average (twice = no-op)."""
-        assert ema is not None
-        for n, p in named:
-            live = p.detach().clone()
-            p.copy_(ema[n])
-            ema[n].copy_(live)
-        if after_step is not None:
-            after_step()
-
-    @torch.no_grad()
-    def update_ema(step: int) -> None:
-        nonlocal ema
-        if ema_decay is None or step <= select_after:
-            return
-        if ema is None:
-            ema = {n: p.detach().clone() for n, p in named}
-            return
-        for n, p in named:
-            ema[n].lerp_(p.detach(), 1.0 - ema_decay)
-
-    def run_eval(step: int) -> None:
-        nonlocal best_score, best_state
-        if evaluate is None:
-            return
-        model.eval()
-        if ema is not None:
-            swap_ema()
-        result = {"step": step, **evaluate(model, step)}
-        history.evals.append(result)
-        score = result.get(score_key)
-        if score is not None and step > select_after and score >= best_score:
-            best_score = float(score)
-            best_state = copy.deepcopy(
-                {k: v for k, v in model.state_dict().items() if not k.startswith("vision_tower.")}
-            )
-            history.best_step = step
-        if ema is not None:
-            swap_ema()
-        model.train()
-        if log:
-            log(format_eval(result))
-
-    model.train()
-    model.vision_tower.eval()
-    bar = tqdm(total=steps, desc=desc, disable=not progress)
-    step = 0
-    while step < steps:
-        frac = step / steps
-        if step < warmup_steps:
-            factor = (step + 1) / warmup_steps
-        else:
-            factor = min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac))
-        for g in opt.param_groups:
-            g["lr"] = g["base_lr"] * factor
-        loss = loss_fn(model, next_batch())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        opt.step()
-        if after_step is not None:
-            after_step()
-        step += 1
-        update_ema(step)
-        history.steps.append(step)
-        history.losses.append(float(loss.detach()))
-        history.lrs.append(factor * groups[0]["base_lr"])
-        bar.update(1)
-        if progress:
-            bar.set_postfix(loss=f"{history.losses[-1]:.3f}")
-        if evaluate is not None and step % eval_every == 0 and step < steps:
-            run_eval(step)
-        elif log and step % max(1, eval_every // 2) == 0:
-            recent = history.losses[-10:]
-            log(f"{desc} step {step}: loss {sum(recent) / len(recent):.3f}")
-    bar.close()
-    if evaluate is not None and (not history.evals or history.evals[-1]["step"] != step):
-        run_eval(step)
-    if best_state is not None:
-        model.load_state_dict(best_state, strict=False)
-        if log:
-            what = "averaged weights" if ema is not None else "weights"
-            log(f"kept the {what} of step {history.best_step} (best {score_key})")
-    elif ema is not None:
-        swap_ema()
-    history.seconds = time.perf_counter() - start
-    model.eval()
-    return history
-
-
 def pretrain_on_reports(
     model: HookedMaira2,
     stream: ReportStream,
@@ -296,7 +154,7 @@ def pretrain_on_reports(
     seed: int = 0,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
-) -> LMHistory:
+) -> TrainingHistory:
     """Language-model pretraining on report text alone (the small model's "Vicuna" stage).
 
     Packed sequences score every token, ~5x more report tokens per second than findings prompts
@@ -308,8 +166,8 @@ def pretrain_on_reports(
     return run_training(
         model, next_batch=lambda: stream.batch(rng, batch_size), loss_fn=text_loss,
         groups=groups, steps=steps, warmup_steps=warmup_steps,
-        eval_every=max(1, steps // 4), desc="pretraining on report text", progress=progress,
-        log=log,
+        eval_every=max(1, steps // 4), frozen=FROZEN, desc="pretraining on report text",
+        progress=progress, log=log,
     )  # fmt: skip
 
 
@@ -333,9 +191,10 @@ def train_findings_generation(
     reference_pixels: torch.Tensor | None = None,
     evaluate: Callable[[HookedMaira2, int], dict] | None = None,
     eval_every: int = 50,
+    stop_when: Callable[[dict], bool] | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
-) -> LMHistory:
+) -> TrainingHistory:
     """Train projector + language model (tower frozen) on findings prompts, loss on the report.
 
     The first ``grounding_steps`` steps train on label-driven grounding targets
@@ -344,7 +203,8 @@ def train_findings_generation(
     words the grounding targets use), so reading the image is not unlearnt while the model
     learns the reports' long tail. With
     ``reference_pixels``, image tokens are held at the text embeddings' scale (:class:`ImageScale`).
-    Checkpoint selection only considers evaluations after the grounding phase.
+    Checkpoint selection (and ``stop_when``) only considers evaluations after the grounding
+    phase.
     """
     rng = random.Random(seed)
     model.vision_tower.requires_grad_(False)
@@ -374,8 +234,9 @@ def train_findings_generation(
         steps=steps,
         warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
         evaluate=evaluate, eval_every=eval_every, select_after=grounding_steps, ema_decay=ema_decay,
+        stop_when=stop_when,
         after_step=ImageScale(model, reference_pixels) if reference_pixels is not None else None,
-        desc="findings generation",
+        frozen=FROZEN, describe=format_eval, desc="findings generation",
         progress=progress, log=log,
     )  # fmt: skip
 

@@ -28,7 +28,12 @@ from pathlib import Path
 
 from sae_lens_maira.data.splits import split_studies
 from sae_lens_maira.data.study import Study
-from sae_lens_maira.demo.small_model import SUMMARY_NAME, DemoModelConfig, train_small_model
+from sae_lens_maira.demo.small_model import (
+    SUMMARY_NAME,
+    DemoModelConfig,
+    meets_mention_rates,
+    train_small_model,
+)
 from sae_lens_maira.demo.studies import (
     DEMO_RENDER_SEED,
     DemoStudies,
@@ -44,13 +49,12 @@ _CODE_DIRS = ("demo", "model", "processing", "data")
 _CODE_FILES = ("checkpoint_config.py",)  # the model's config, outside those folders
 #: Files in those folders that only use a trained model (editing them must not retrain it).
 _NOT_TRAINING = {
-    "demo/pipeline.py", "demo/summary.py", "demo/held_out.py", "demo/probes.py",
+    "demo/pipeline.py", "demo/summary.py", "demo/held_out.py",
     "demo/targets.py", "demo/plots.py", "demo/__init__.py", "demo/steering_study.py",
-    "demo/sae_health.py",
 }  # fmt: skip
 #: The training entry point: every package file it imports is in the key too, wherever it lives.
 _TRAINING_MODULE = "sae_lens_maira.demo.model_cache"
-_KEY_FILE = "cache_key.json"
+KEY_FILE = "cache_key.json"
 #: Validation studies are carved out of the training split (never trained on).
 VALIDATION_FRACTION = 0.08
 VALIDATION_SALT = "demo-validation"
@@ -184,7 +188,7 @@ def ensure_demo_model(
         if not passed and log:
             log(f"no run met the validation targets in {config.max_attempts} attempt(s); the "
                 "model is recorded as failed")  # fmt: skip
-        (tmp / _KEY_FILE).write_text(
+        (tmp / KEY_FILE).write_text(
             json.dumps(
                 {
                     **key,
@@ -211,15 +215,15 @@ def model_status(model_dir: str | Path) -> dict:
     """``{"passed": bool, "reason": str}`` from the model's marker (a model without a verdict,
     e.g. trained before verdicts were recorded, counts as failed)."""
     try:
-        marker = json.loads((Path(model_dir) / _KEY_FILE).read_text())
+        marker = json.loads((Path(model_dir) / KEY_FILE).read_text())
     except (OSError, json.JSONDecodeError):
-        return {"passed": False, "reason": f"no readable {_KEY_FILE} in {model_dir}"}
+        return {"passed": False, "reason": f"no readable {KEY_FILE} in {model_dir}"}
     return {"passed": bool(marker.get("passed", False)), "reason": marker.get("reason", "")}
 
 
 def mark_failed(model_dir: str | Path, reason: str) -> None:
     """Record that the cached model failed its targets, so no later run takes it for a good one."""
-    path = Path(model_dir) / _KEY_FILE
+    path = Path(model_dir) / KEY_FILE
     marker = json.loads(path.read_text())
     marker.update(passed=False, reason=reason)
     tmp = path.with_suffix(".tmp")
@@ -232,14 +236,9 @@ def validation_passes(model_dir: Path, config: DemoModelConfig) -> bool:
     kept = _kept_eval(model_dir)
     if kept is None:
         return False
-    mentions = kept.get("mentions", {})
-    for f in config.findings:
-        m = mentions.get(f)
-        if not m or not m.get("n_positives") or not m.get("n_negatives"):
-            return False
-        if m["positives"] < config.min_positive_rate or m["negatives"] > config.max_negative_rate:
-            return False
-    return True
+    return meets_mention_rates(
+        kept, config.findings, config.min_positive_rate, config.max_negative_rate
+    )
 
 
 def _rank(model_dir: Path, config: DemoModelConfig) -> tuple[bool, float]:
@@ -278,7 +277,7 @@ def _models_dir(cache_dir: str | Path | None) -> Path:
 
 
 def _is_complete(folder: Path, key: str) -> bool:
-    marker = folder / _KEY_FILE
+    marker = folder / KEY_FILE
     if not (folder.is_dir() and marker.is_file() and (folder / SUMMARY_NAME).is_file()):
         return False
     try:

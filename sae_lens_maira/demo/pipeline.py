@@ -28,7 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
     from sae_lens_maira.demo.small_model import DemoModelConfig
 
 logger = logging.getLogger(__name__)
-
-FINDINGS = ("cardiomegaly", "pleural_effusion", "devices")
 
 
 @dataclass
@@ -89,28 +87,64 @@ def default_config() -> dict[str, Any]:
     )
 
 
+def top_folder(relative: str) -> str:
+    """The first folder of a path the config gives relative to the output folder."""
+    return PurePosixPath(relative).parts[0]
+
+
+def step_folders(cfg: dict[str, Any]) -> dict[str, list[str]]:
+    """The output folder's subfolders each step writes, from the config's paths (defaults
+    filled in): what the results cache keeps per step."""
+    from sae_lens_maira.experiment import Experiment
+
+    exp = Experiment(cfg)
+    train, steer = exp.typed("train"), exp.typed("steer")
+    return {
+        "cache": [top_folder(cfg["cache"]["output_dir"])],
+        "sae": [top_folder(train.output_dir), top_folder(train.checkpoint_dir)],
+        "dashboards": [top_folder(exp.typed("dashboards").out)],
+        "steering": [top_folder(steer.out)],
+    }
+
+
+def output_folders(cfg: dict[str, Any]) -> list[str]:
+    """What a rerun clears first: every step's folders plus the demo's own ``model`` (plots)
+    and ``wandb`` (offline logs)."""
+    folders = [f for step in step_folders(cfg).values() for f in step]
+    return list(dict.fromkeys(folders + ["wandb", "model"]))
+
+
+def held_out_cache_dir(cfg: dict[str, Any]) -> str:
+    """The held-out split's activation cache: ``held_out`` beside ``cache.output_dir``."""
+    return str(PurePosixPath(cfg["cache"]["output_dir"]).with_name("held_out"))
+
+
+def cache_path(exp: Any) -> Path:
+    """The activation cache an experiment's ``cache:`` section writes (and SAELens reads)."""
+    return exp.path(exp.section("cache")["output_dir"])
+
+
+def steer_finding_of(cfg: dict[str, Any]) -> str:
+    """``steer.finding``, or the steering settings' default when it is left out or null."""
+    from sae_lens_maira.steering.settings import SteerSettings
+
+    return SteerSettings.from_section(cfg.get("steer")).finding or SteerSettings.finding
+
+
+def model_config_for(settings: Any, base: DemoModelConfig | None = None) -> DemoModelConfig:
+    """The small model's training settings (``base``, default :class:`DemoModelConfig`) with the
+    findings and image size of the demo's settings: ``demo.findings`` and ``demo.image_size`` are
+    the one source of both, so a run on other findings trains (and keys) its model on them."""
+    from sae_lens_maira.demo.small_model import DemoModelConfig
+
+    return dataclasses.replace(
+        base or DemoModelConfig(), findings=tuple(settings.findings), image_size=settings.image_size
+    )
+
+
 def _score(value: float | None) -> str:
     """A balanced accuracy for the log; None (one class in the studies) is no score."""
     return "not scored" if value is None else f"{value:.2f}"
-
-
-def write_manifest(studies, path: Path) -> Path:
-    """Studies as a JSONL manifest (image paths + sections + labels): the route users take."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lines = []
-    for s in studies:
-        rec = {
-            "study_id": s.study_id,
-            "frontal": str(s.frontal),
-            "lateral": str(s.lateral) if s.lateral is not None else None,
-            "indication": s.indication,
-            "comparison": s.comparison,
-            "findings": s.findings,
-            "labels": s.labels,
-        }
-        lines.append(json.dumps(rec))
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def run_demo(
@@ -135,15 +169,13 @@ def run_demo(
     cfg = config or default_config()
     settings = DemoSettings.from_section(cfg.get("demo"))
     out = Path(out_dir).resolve()
-    for stale in ("activations", "checkpoints", "sae", "dashboards", "steering", "wandb", "model"):
-        shutil.rmtree(
-            out / stale, ignore_errors=True
-        )  # a rerun starts clean (the model stays cached)
+    for stale in output_folders(cfg):  # a rerun starts clean (the model stays cached)
+        shutil.rmtree(out / stale, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     from sae_lens_maira.cache_dirs import default_cache_dir
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
-    from sae_lens_maira.demo.small_model import reproducible_torch
+    from sae_lens_maira.training.determinism import reproducible_torch
 
     with reproducible_torch(settings.threads):
         return _run_steps(out, cfg, settings, cache, wheel, max_studies, model_config)
@@ -151,7 +183,9 @@ def run_demo(
 
 def demo_verdict(summary: str | Path) -> tuple[bool, str]:
     """(passed, one-line reason) from a summary written by :func:`run_demo`."""
-    card = json.loads((Path(summary).parent / "summary.json").read_text())["report_card"]
+    from sae_lens_maira.demo.summary import FACTS_NAME
+
+    card = json.loads((Path(summary).parent / FACTS_NAME).read_text())["report_card"]
     return card["verdict"] == "PASS", card["reason"]
 
 
@@ -173,6 +207,7 @@ def _run_steps(
     os.environ.setdefault("WANDB_SILENT", "true")
 
     with run.step("1/8 data: Open-I reports + synthetic radiographs"):
+        from sae_lens_maira.data.manifest import write_manifest
         from sae_lens_maira.demo.studies import demo_studies
 
         studies = demo_studies(
@@ -186,7 +221,7 @@ def _run_steps(
         train, held_out = studies.train, studies.held_out
         train_manifest = write_manifest(train, out / "data" / "openi_train.jsonl")
         held_manifest = write_manifest(held_out, out / "data" / "openi_held_out.jsonl")
-        counts = studies.counts()
+        counts = studies.counts(findings)
         run.facts["data"] = {
             "studies": len(train) + len(held_out),
             "train": len(train),
@@ -204,7 +239,8 @@ def _run_steps(
         from sae_lens_maira.demo.model_cache import ensure_demo_model, model_status
 
         checkpoint = ensure_demo_model(
-            cache, studies=studies, config=model_config, seed=settings.model_seed,
+            cache, studies=studies, config=model_config_for(settings, model_config),
+            seed=settings.model_seed,
             progress=True,
         )  # fmt: skip
         report = evaluate_held_out(
@@ -235,44 +271,51 @@ def _run_steps(
     exp = Experiment.from_yaml(out / "experiment.yaml")
     held_exp = Experiment.from_yaml(
         out / "experiment.yaml",
-        {"data.path": str(held_manifest), "cache.output_dir": "activations/held_out"},
+        {"data.path": str(held_manifest), "cache.output_dir": held_out_cache_dir(cfg)},
     )
 
     results = StepResults(run, cache, _results_base(checkpoint, cfg, settings, train_manifest, held_manifest))
+    folders = step_folders(cfg)
 
     with run.step("3/8 cache: layer activations with the study's token selection"):
         if not results.reuse("cache", {"cache": cfg["cache"]}):
+            from sae_lens_maira.activations.cache import INFO_FILE
             from sae_lens_maira.activations.commands import cache_from_experiment
 
             for e in (exp, held_exp):
                 result = cache_from_experiment(e)
+                assert result is not None  # one process: rank 0 returns the merged result
                 print(
                     f"   {result.path.name}: {result.n_positions:,} positions from {result.n_studies} studies"
                 )
             info = {
-                split: json.loads((e.path(f"activations/{split}") / "cache_info.json").read_text())
+                split: json.loads((cache_path(e) / INFO_FILE).read_text())
                 for split, e in (("train", exp), ("held_out", held_exp))
             }
             run.facts["cache"] = {"hook": cfg["cache"]["hook_name"],
                                   **{k: v["n_positions"] for k, v in info.items()}}  # fmt: skip
-            results.keep(["activations"], ["cache"])
+            results.keep(folders["cache"], ["cache"])
 
     with run.step("4/8 train: Matryoshka BatchTopK SAE through SAELens's runner"):
         from sae_lens import SAE
 
         if not results.reuse("sae", {"sae": cfg["sae"], "train": cfg["train"],
                                      "health_positions": settings.health_positions}):  # fmt: skip
-            from sae_lens_maira.demo.sae_health import sae_health
+            import datasets
+
+            from sae_lens_maira.training.cached_evals import checkpoint_curve, sae_health
             from sae_lens_maira.training.commands import train_sae
 
-            result = train_sae(exp)
+            result = train_sae(exp, overwrite=True)  # the results cache decided to retrain
             # what users load: the inference SAE (global threshold), not the training object
             sae = SAE.load_from_disk(str(result.output_path))
+            hook = cfg["cache"]["hook_name"]
+            train_cache = datasets.Dataset.load_from_disk(str(cache_path(exp)))
             run.facts["sae"] = {"path": str(result.output_path), "metrics": result.metrics,
                                 "k": int(cfg["sae"]["k"]),
-                                "health": sae_health(exp, sae, settings.health_positions)}  # fmt: skip
-            run.facts["sae_curve"] = checkpoint_curve(exp, result.checkpoint_path)
-            results.keep(["sae", "checkpoints"], ["sae", "sae_curve"])
+                                "health": sae_health(train_cache, sae, hook, settings.health_positions)}  # fmt: skip
+            run.facts["sae_curve"] = checkpoint_curve(train_cache, hook, result.checkpoint_path)
+            results.keep(folders["sae"], ["sae", "sae_curve"])
         sae = SAE.load_from_disk(run.facts["sae"]["path"])
         h = run.facts["sae"]["health"]
         print(f"   on its training positions: explained variance {h['explained_variance']:.3f}, "
@@ -294,9 +337,9 @@ def _run_steps(
                 held_exp, run, settings.autointerp_top_features
             )
             if not llm:
-                results.keep(["dashboards"], ["dashboards"])
+                results.keep(folders["dashboards"], ["dashboards"])
 
-    finding = str(cfg.get("steer", {}).get("finding") or "pleural_effusion")
+    finding = steer_finding_of(cfg)
     with run.step(f"7/8 steer: the {finding} feature, both directions, on held-out studies"):
         if not results.reuse("steering", {"steer": cfg.get("steer"), "demo": dataclasses.asdict(settings)}):
             from sae_lens_maira.demo.steering_study import steer_finding
@@ -304,7 +347,7 @@ def _run_steps(
             run.facts["steering"] = steer_finding(
                 exp, held_exp, run, sae, train, held_out, finding, settings
             )
-            results.keep(["steering"], ["steering"])
+            results.keep(folders["steering"], ["steering"])
 
     with run.step("8/8 summary"):
         from sae_lens_maira.demo.summary import write_summary
@@ -323,7 +366,7 @@ def _results_base(checkpoint: Path, cfg: dict[str, Any], settings: Any, *manifes
     from sae_lens_maira.results_cache import digests, environment, package_fingerprint
 
     model_files = [p for p in sorted(Path(checkpoint).iterdir())
-                   if p.is_file() and p.suffix != ".png" and p.name not in MODEL_NOTES]  # fmt: skip
+                   if p.is_file() and p.suffix != ".png" and p.name not in model_notes()]  # fmt: skip
     return {
         "model": digests(model_files),
         "manifests": digests(manifests),
@@ -335,9 +378,14 @@ def _results_base(checkpoint: Path, cfg: dict[str, Any], settings: Any, *manifes
     }
 
 
-#: Files the demo writes beside the model's own (training notes with timings, the cache marker,
-#: the held-out evaluation): not part of what defines the model.
-MODEL_NOTES = ("demo_training.json", "cache_key.json", "held_out_eval.json")
+def model_notes() -> tuple[str, ...]:
+    """Files the demo writes beside the model's own (training notes with timings, the cache
+    marker, the held-out evaluation): not part of what defines the model."""
+    from sae_lens_maira.demo.held_out import EVAL_NAME
+    from sae_lens_maira.demo.model_cache import KEY_FILE
+    from sae_lens_maira.demo.small_model import SUMMARY_NAME
+
+    return (SUMMARY_NAME, KEY_FILE, EVAL_NAME)
 
 
 class StepResults:
@@ -406,62 +454,18 @@ def _subset(studies: list, n: int, findings: tuple[str, ...]) -> list:
     return chosen[:n] if len(chosen) > n else chosen
 
 
-def checkpoint_curve(exp, checkpoints: Path | None) -> list[dict[str, float]]:
-    """Explained variance and L0 of every saved checkpoint on held-in cached activations."""
-    import datasets
-    import torch
-    from sae_lens import SAE
-
-    if checkpoints is None:
-        return []
-    hook = exp.section("cache")["hook_name"]
-    ds = datasets.load_from_disk(str(exp.path("activations/train"))).with_format(
-        "torch", columns=[hook]
-    )
-    x = ds[: min(len(ds), 64)][hook].reshape(-1, ds[0][hook].shape[-1]).float()
-    curve = []
-    for ck in sorted(
-        (p for p in checkpoints.glob("*/*") if p.name.isdigit()), key=lambda p: int(p.name)
-    ):
-        sae = SAE.load_from_disk(str(ck))
-        with torch.no_grad():
-            feats = sae.encode(x)
-            recon = sae.decode(feats)
-        ev = 1 - (x - recon).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
-        curve.append(
-            {
-                "tokens": int(ck.name),
-                "explained_variance": float(ev),
-                "l0": float((feats > 0).sum(-1).float().mean()),
-            }
-        )
-    return curve
-
-
 def detect_findings(exp, held_exp, sae, findings, top: int) -> dict[str, Any]:
+    """Step 5: each finding's best detectors on the two splits' caches, logged and as facts."""
     import datasets
 
-    from sae_lens_maira.analysis.finding_features import (
-        finding_detectors,
-        labels_of,
-        study_maxima_from_cache,
-    )
+    from sae_lens_maira.analysis.finding_features import detectors_from_caches
 
-    hook = exp.section("cache")["hook_name"]
-    train_studies, held_studies = exp.load_studies(), held_exp.load_studies()
-    train_max = study_maxima_from_cache(
-        datasets.load_from_disk(str(exp.path("activations/train"))), sae, hook, len(train_studies)
-    )
-    held_max = study_maxima_from_cache(
-        datasets.load_from_disk(str(exp.path("activations/held_out"))), sae, hook, len(held_studies)
-    )
-    detectors = finding_detectors(
-        train_max,
-        labels_of(train_studies, findings),
-        held_max,
-        labels_of(held_studies, findings),
-        top=top,
-    )
+    detectors = detectors_from_caches(
+        datasets.Dataset.load_from_disk(str(cache_path(exp))),
+        datasets.Dataset.load_from_disk(str(cache_path(held_exp))),
+        sae, exp.section("cache")["hook_name"], exp.load_studies(), held_exp.load_studies(),
+        findings, top=top,
+    )  # fmt: skip
     for f, rows in detectors.items():
         best = rows[0]
         print(f"   {f}: feature {best.feature} (threshold {best.threshold:.3g}) balanced accuracy "
@@ -473,7 +477,8 @@ def dashboards_and_autointerp(held_exp, run: DemoRun, n_explain: int) -> dict[st
     from sae_lens_maira.autointerp.commands import autointerp
     from sae_lens_maira.dashboards.commands import collect, export, viewer
 
-    stats_dir = collect(held_exp, run.out / "dashboards" / "stats")
+    stats_dir = collect(held_exp, held_exp.path(held_exp.section("dashboards")["out"]))
+    dashboards = stats_dir.parent  # exports, explanations and the viewer go beside the statistics
     finding_feats = sorted({r["feature"] for rows in run.facts["detectors"].values() for r in rows})
     from sae_lens_maira.dashboards.feature_stats import FeatureStats
 
@@ -485,23 +490,25 @@ def dashboards_and_autointerp(held_exp, run: DemoRun, n_explain: int) -> dict[st
     chosen = sorted(set(finding_feats) | set(busiest))
     spec = ",".join(map(str, chosen))
     backend = "openai" if os.environ.get("SAE_LENS_MAIRA_LLM_MODEL") else "offline"
-    explanations = run.out / "dashboards" / "explanations.jsonl"
+    explanations = dashboards / "explanations.jsonl"
     exps = autointerp(
         stats_dir, explanations, backend=backend, model=os.environ.get("SAE_LENS_MAIRA_LLM_MODEL"),
         base_url=os.environ.get("SAE_LENS_MAIRA_LLM_BASE_URL", "https://api.openai.com/v1"), features=spec,
     )  # fmt: skip
-    model_cfg = json.loads((Path(held_exp.checkpoint()) / "config.json").read_text())["text_config"]
+    from sae_lens_maira.checkpoint_config import CONFIG_NAME
+
+    model_cfg = json.loads((Path(held_exp.checkpoint()) / CONFIG_NAME).read_text())["text_config"]
     from sae_lens_maira.dashboards.neuronpedia_rules import EXPLANATION_MODELS
 
     # Neuronpedia shows explanations only from models it has registered: the offline backend's
     # stay in the viewer, an LLM's go into the export when Neuronpedia knows that model
     llm = os.environ.get("SAE_LENS_MAIRA_LLM_MODEL")
     np_explanations = explanations if llm in EXPLANATION_MODELS else None
-    exported = export(stats_dir, run.out / "dashboards", explanations=np_explanations, features=spec,
+    exported = export(stats_dir, dashboards, explanations=np_explanations, features=spec,
                       explanation_model=llm if np_explanations else None,
                       n_layers=int(model_cfg["num_hidden_layers"]), d_model=int(model_cfg["hidden_size"]))  # fmt: skip
     page = viewer(
-        stats_dir, run.out / "dashboards" / "viewer", explanations=explanations, features=spec
+        stats_dir, dashboards / "viewer", explanations=explanations, features=spec
     )
     scores = {int(f): e.score for f, e in exps.items()}
     return {

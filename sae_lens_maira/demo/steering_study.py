@@ -2,107 +2,32 @@
 
 1. Candidates for ``steer.finding``: features that read it (detectors on image/prompt positions
    and on report positions) and features whose decoder direction raises its words' logits.
-2. Screening on training studies, by causal effect on the labelled outcome: each candidate is
-   clamped (:class:`~sae_lens_maira.steering.clamp.FeatureClamp`) at multiples of its typical
-   activation on studies with the finding, on studies without it (share of *fluent* reports that
-   now state the finding, best over the multiples), and clamped to zero on studies whose
-   unsteered report states it (share that no longer does). The candidate with the largest sum
-   is kept.
+2. Screening on training studies, by causal effect on the labelled outcome
+   (:func:`~sae_lens_maira.steering.screening.screen_candidates`: clamped at multiples of its
+   typical activation on studies without the finding, clamped to zero on studies whose report
+   states it); the candidate with the largest sum is kept.
 3. The kept feature on held-out studies: the same two sweeps, with fluency (repeated phrases,
    the word stuffed in) and the mean log-likelihood of the reports under the unsteered model.
+
+The mechanisms live in :mod:`sae_lens_maira.steering.screening`; this module picks the studies
+and candidates, logs and returns the facts the summary and report card read.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-import torch
-
-from sae_lens_maira.data.labeller import Status, label_report
-from sae_lens_maira.steering.clamp import FeatureClamp
-from sae_lens_maira.steering.fluency import fluency_summary, is_fluent, mean_log_likelihood
+from sae_lens_maira.steering.fluency import fluency_summary, mean_log_likelihood
+from sae_lens_maira.steering.screening import (
+    ReportGenerator,
+    add_sweep,
+    examples,
+    feature_scales,
+    mentions,
+    remove_sweep,
+    screen_candidates,
+)
 from sae_lens_maira.steering.settings import SteerSettings
-from sae_lens_maira.steering.sweep import generate_reports
-
-
-def _mentions(texts: Sequence[str], finding: str) -> list[bool]:
-    return [label_report(t, [finding])[finding] is Status.POSITIVE for t in texts]
-
-
-class _Generator:
-    """Greedy reports for studies under one clamp (or none), with the settings' decoding."""
-
-    def __init__(self, model, processor, sae, spec: SteerSettings, hook_name: str) -> None:
-        self.model, self.processor, self.sae, self.spec, self.hook_name = (
-            model, processor, sae, spec, hook_name,
-        )  # fmt: skip
-
-    def __call__(self, studies, feature: int | None = None, value: float | None = None,
-                 where: str | None = None) -> list[str]:  # fmt: skip
-        hook = None
-        if feature is not None:
-            hook = FeatureClamp.at(self.sae, feature, value, where or self.spec.where[0],
-                                  tokenizer=self.processor.tokenizer)  # fmt: skip
-        return generate_reports(
-            self.model, self.processor, list(studies), hook=hook, hook_name=self.hook_name,
-            batch_size=self.spec.batch_size, max_new_tokens=self.spec.max_new_tokens,
-        )  # fmt: skip
-
-
-def add_sweep(gen: _Generator, studies, feature: int, scale: float, finding: str,
-              where: str) -> dict[str, Any]:  # fmt: skip
-    """Clamp ``feature`` to ``coefficient * scale`` at ``where`` on studies without ``finding``."""
-    points = []
-    for coef in gen.spec.coefficients:
-        texts = gen(studies, feature, float(coef) * scale, where)
-        said = _mentions(texts, finding)
-        fluent = [is_fluent(t, finding) for t in texts]
-        points.append({
-            "coefficient": float(coef), "value": float(coef) * scale,
-            "mention_rate": sum(said) / len(texts),
-            "fluent_mention_rate": sum(a and b for a, b in zip(said, fluent, strict=True)) / len(texts),
-            **{f"share_{k}": v for k, v in fluency_summary(texts, finding).items() if k != "n"},
-            "reports": texts,
-        })  # fmt: skip
-    best = max(points, key=lambda p: (p["fluent_mention_rate"], -p["coefficient"]))
-    return {"points": points, "best": best}
-
-
-def remove_sweep(gen: _Generator, studies, feature: int, finding: str,
-                 baseline: Sequence[str]) -> dict[str, Any]:  # fmt: skip
-    """Clamp ``feature`` to zero on studies whose unsteered report states ``finding``."""
-    said = _mentions(baseline, finding)
-    chosen = [s for s, m in zip(studies, said, strict=True) if m]
-    if not chosen:
-        return {"n": 0, "removed_rate": None, "reports": [], "study_ids": []}
-    texts = gen(chosen, feature, 0.0, gen.spec.suppress_where)
-    still = _mentions(texts, finding)
-    return {
-        "n": len(chosen),
-        "removed_rate": 1.0 - sum(still) / len(chosen),
-        **{f"share_{k}": v for k, v in fluency_summary(texts, finding).items() if k != "n"},
-        "reports": texts,
-        "unsteered": [b for b, m in zip(baseline, said, strict=True) if m],
-        "study_ids": [s.study_id for s in chosen],
-    }
-
-
-def feature_scales(train_maxima: torch.Tensor, labels: Sequence[bool], features: Sequence[int],
-                   all_maxima: torch.Tensor | None = None) -> dict[int, float]:  # fmt: skip
-    """Each feature's typical activation on training studies with the finding (mean of its
-    per-study maxima over positives; the largest maximum over all studies when it never fires
-    there): the unit the clamp's coefficients are counted in."""
-    y = torch.tensor(list(labels), dtype=torch.bool)
-    out = {}
-    for f in features:
-        col = train_maxima[:, f]
-        pos = col[y]
-        value = float(pos[pos > 0].mean()) if bool((pos > 0).any()) else 0.0
-        if value <= 0 and all_maxima is not None:
-            value = float(all_maxima[:, f].max())
-        out[int(f)] = value if value > 0 else 1.0
-    return out
 
 
 def steer_finding(exp, held_exp, run, sae, train, held_out, finding: str, settings) -> dict[str, Any]:
@@ -126,7 +51,7 @@ def steer_finding(exp, held_exp, run, sae, train, held_out, finding: str, settin
     hook_name = spec.hook_name or exp.section("cache")["hook_name"]
     model, processor = exp.load_model(), exp.load_processor()
     train_studies = exp.load_studies()
-    cache = datasets.load_from_disk(str(exp.path("activations/train")))
+    cache = datasets.Dataset.load_from_disk(str(exp.path(exp.section("cache")["output_dir"])))
     cache_hook = exp.section("cache")["hook_name"]
     detect_max = study_maxima_from_cache(cache, sae, cache_hook, len(train_studies))
     report_max = study_maxima_from_cache(cache, sae, cache_hook, len(train_studies),
@@ -150,27 +75,19 @@ def steer_finding(exp, held_exp, run, sae, train, held_out, finding: str, settin
     candidates = list(kinds)
     scales = feature_scales(detect_max, labels[finding], candidates, all_maxima=report_max)
 
-    gen = _Generator(model, processor, sae, spec, hook_name)
+    gen = ReportGenerator(model, processor, sae, spec, hook_name)
     n_screen = settings.steer_screen_studies
     screen_neg = [s for s in train if not s.labels.get(finding)][:n_screen]
     screen_pos_all = [s for s in train if s.labels.get(finding)][: 2 * n_screen]
-    screen_base = gen(screen_pos_all)
-    screening: dict[int, dict[str, Any]] = {}
-    for f in candidates:
-        rem = remove_sweep(gen, screen_pos_all, f, finding, screen_base)
-        tries = {w: add_sweep(gen, screen_neg, f, scales[f], finding, w)["best"] for w in spec.where}
-        where = max(spec.where, key=lambda w: (tries[w]["fluent_mention_rate"], -spec.where.index(w)))
-        add = tries[where]
-        score = add["fluent_mention_rate"] + (rem["removed_rate"] or 0.0)
-        screening[f] = {"add": add["fluent_mention_rate"], "add_coefficient": add["coefficient"],
-                        "where": where, "remove": rem["removed_rate"], "score": score,
-                        "by_where": {w: t["fluent_mention_rate"] for w, t in tries.items()}}  # fmt: skip
-        print(f"   screening feature {f} ({kinds[f]}): {add['fluent_mention_rate']:.0%} of "
-              f"training studies without it state {finding} fluently (x{add['coefficient']:g} at "
-              f"{where}); suppressing removes it from "
-              + ("n/a" if rem["removed_rate"] is None else f"{rem['removed_rate']:.0%}")
-              + f" of {rem['n']}")  # fmt: skip
-    best = max(candidates, key=lambda f: (screening[f]["score"], -candidates.index(f)))
+
+    def log(f: int, row: dict[str, Any]) -> None:
+        print(f"   screening feature {f} ({kinds[f]}): {row['add']:.0%} of "
+              f"training studies without it state {finding} fluently (x{row['add_coefficient']:g} at "
+              f"{row['where']}); suppressing removes it from "
+              + ("n/a" if row["remove"] is None else f"{row['remove']:.0%}")
+              + f" of {row['n_remove']}")  # fmt: skip
+
+    best, screening = screen_candidates(gen, candidates, scales, finding, screen_neg, screen_pos_all, log)
     where = screening[best]["where"]
 
     negatives = [s for s in held_out if not s.labels.get(finding)][: spec.n_studies]
@@ -202,7 +119,7 @@ def steer_finding(exp, held_exp, run, sae, train, held_out, finding: str, settin
         "screening": screening,
         "add": {
             "n": len(negatives),
-            "unsteered_mention_rate": sum(_mentions(base_neg, finding)) / max(1, len(base_neg)),
+            "unsteered_mention_rate": sum(mentions(base_neg, finding)) / max(1, len(base_neg)),
             "unsteered_disfluent": unsteered["disfluent"],
             "unsteered_repeated_phrase": unsteered["repeated_phrase"],
             "unsteered_log_likelihood": ll_base,
@@ -213,17 +130,10 @@ def steer_finding(exp, held_exp, run, sae, train, held_out, finding: str, settin
             "best_repeated_phrase": best_point["share_repeated_phrase"],
             "best_log_likelihood": ll_best,
             "points": [{k: v for k, v in p.items() if k != "reports"} for p in add["points"]],
-            "examples": {p["coefficient"]: _examples(p["reports"], finding) for p in add["points"]},
+            "examples": {p["coefficient"]: examples(p["reports"], finding) for p in add["points"]},
             "unsteered_examples": base_neg[:2],
         },
         "remove": {k: v for k, v in remove.items() if k not in ("reports", "unsteered")}
         | {"examples": list(zip(remove.get("unsteered", [])[:2], remove.get("reports", [])[:2],
                                 strict=True))},  # fmt: skip
     }
-
-
-def _examples(reports: list[str], finding: str, n: int = 2) -> list[str]:
-    """Up to ``n`` reports, those that mention ``finding`` (positively) first."""
-    said = _mentions(reports, finding)
-    positive = [r for r, m in zip(reports, said, strict=True) if m]
-    return (positive + [r for r in reports if r not in positive])[:n]

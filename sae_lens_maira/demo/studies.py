@@ -33,13 +33,16 @@ from sae_lens_maira.data.openi import (
 from sae_lens_maira.data.splits import split_studies
 from sae_lens_maira.data.study import Study
 from sae_lens_maira.data.synthetic_xray import SyntheticXrayRenderer
+from sae_lens_maira.demo_settings import DemoSettings
 
-#: Image side of the small default (8 x 8 patches of 14 px); see ``small_model.DEMO_OVERRIDES``.
-DEMO_IMAGE_SIZE = 112
-DEMO_HELD_OUT_FRACTION = 0.2
+#: Image side of the small default (8 x 8 patches of 14 px) and the held-out share: the demo
+#: settings' defaults (``demo.image_size``, ``demo.held_out_fraction``), not copies.
+DEMO_IMAGE_SIZE = DemoSettings.image_size
+DEMO_HELD_OUT_FRACTION = DemoSettings.held_out_fraction
 DEMO_RENDER_SEED = 0
-#: The findings the demo is judged on (labels from MeSH, mentions from the report labeller).
-DEMO_FINDINGS = ("cardiomegaly", "pleural_effusion", "devices")
+#: The findings the demo is judged on by default (labels from MeSH, mentions from the report
+#: labeller): ``demo.findings``' default, the labeller's own list. A run reads its config's.
+DEMO_FINDINGS = DemoSettings.findings
 
 
 @dataclass
@@ -53,12 +56,12 @@ class DemoStudies:
     source: str = ""
     meta: dict = field(default_factory=dict)
 
-    def counts(self) -> dict[str, dict[str, int]]:
+    def counts(self, findings: Sequence[str] = DEMO_FINDINGS) -> dict[str, dict[str, int]]:
         """Studies and positives per finding in each split (for logs and reports)."""
         out = {}
         for name, part in (("train", self.train), ("held_out", self.held_out)):
             row = {"studies": len(part)}
-            row.update({f: sum(bool(s.labels.get(f)) for s in part) for f in DEMO_FINDINGS})
+            row.update({f: sum(bool(s.labels.get(f)) for s in part) for f in findings})
             out[name] = row
         return out
 

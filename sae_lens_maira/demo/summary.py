@@ -7,6 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+#: The summary's machine-readable facts beside ``summary.md`` (:func:`.pipeline.demo_verdict` reads
+#: its report card).
+FACTS_NAME = "summary.json"
+
 
 def _plot_sae_curve(curve: list[dict[str, float]], path: Path) -> Path | None:
     if not curve:
@@ -68,7 +72,10 @@ def steering_lines(st: dict) -> list[str]:
         f"Feature {st['feature']} ({st['kind']}) clamped at `{st['hook']}`: its activation set to a multiple "
         f"of its mean activation on training studies with {finding} ({st['scale']:.3g}) at `{where}` "
         f"positions; and, the other way, clamped to zero at `{supp}` positions on studies whose report "
-        "states it. Reports labelled by the rule-based labeller. "
+        "states it. "
+        + ("(`boundaryN`: the one generated token that ends the N-th sentence, where the model picks "
+           "what the next sentence states.) " if "boundary" in where else "")
+        + "Reports labelled by the rule-based labeller. "
         f"A report is fluent when no four words repeat and {finding} is not named three times or more. "
         "Candidates: features that read the finding (detectors on image/prompt and on report positions) and "
         "features whose direction raises its words' logits (writers), screened on training studies by their "
@@ -250,7 +257,7 @@ def write_summary(run: Any) -> Path:
     path = out / "summary.md"
     path.write_text("\n".join(lines))
     card = f.get("report_card")
-    (out / "summary.json").write_text(
+    (out / FACTS_NAME).write_text(
         json.dumps({"report_card": card, "timings": run.timings,
                     "cpu_timings": cpu, "reused_steps": sorted(reused),
                     **{k: v for k, v in f.items() if k != "report_card"}}, indent=1, default=str)

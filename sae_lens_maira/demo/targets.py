@@ -45,20 +45,22 @@ class Target:
         v = self.value
         if v is None or (isinstance(v, float) and math.isnan(v)):
             return False
-        if self.op == ">=":
-            return v >= self.threshold
-        if self.op == "<=":
-            return v <= self.threshold
-        if self.op == "between":
-            low, high = self.threshold
+        t = self.threshold
+        if self.op == ">=" and not isinstance(t, list):
+            return v >= t
+        if self.op == "<=" and not isinstance(t, list):
+            return v <= t
+        if self.op == "between" and isinstance(t, list):
+            low, high = t
             return low <= v <= high
-        raise ValueError(f"unknown comparison {self.op!r}")
+        raise ValueError(f"unknown comparison {self.op!r} with threshold {t!r}")
 
     def line(self) -> str:
         """``description: value op threshold`` in words, for logs and the exit message."""
         value = "not measured" if self.value is None else _fmt(self.value)
-        if self.op == "between":
-            bound = f"within [{_fmt(self.threshold[0])}, {_fmt(self.threshold[1])}]"
+        t = self.threshold
+        if self.op == "between" and isinstance(t, list):
+            bound = f"within [{_fmt(t[0])}, {_fmt(t[1])}]"
         else:
             bound = f"{self.op} {_fmt(self.threshold)}"
         return f"{self.description}: {value} (target {bound})"

@@ -25,22 +25,20 @@ import torch
 from tqdm.auto import tqdm
 
 from sae_lens_maira.data.study import ImageRef, Study
-from sae_lens_maira.data.synthetic_xray import RenderSpec, SyntheticXrayRenderer, stable_seed
+from sae_lens_maira.data.synthetic_xray import (
+    DEVICE_KINDS,
+    RenderSpec,
+    SyntheticXrayRenderer,
+    stable_seed,
+)
 from sae_lens_maira.demo.grounding_text import GroundingSentences
 from sae_lens_maira.processing.images import ImagePreprocessor
 from sae_lens_maira.processing.processor import Maira2Processor
 from sae_lens_maira.processing.roles import Role
 
-#: Per-image targets of the tower's warm-up, read from the render spec (what the picture shows).
-VISION_TARGETS = (
-    "cardiomegaly",
-    "effusion_right",
-    "effusion_left",
-    "central_line",
-    "pacemaker",
-    "endotracheal_tube",
-    "nasogastric_tube",
-)
+#: Per-image targets of the tower's warm-up, read from the render spec (what the picture shows):
+#: the heart, each side's effusion and each device kind the renderer draws.
+VISION_TARGETS = ("cardiomegaly", "effusion_right", "effusion_left", *DEVICE_KINDS)
 
 
 def render_spec_of(study: Study) -> RenderSpec:

@@ -33,7 +33,9 @@ def plugin_releases() -> dict[str, PretrainedSAELookup]:
             expected_l0={},
             neuronpedia_id={},
             norm_scaling_factor={},
-            config_overrides={  # type: ignore[arg-type]  (SAELens types it str-valued; d_in is int)
+            # SAELens annotates the overrides str-valued, but merges them into the SAE config as they
+            # are (get_config_overrides returns dict[str, Any]): d_in must stay an int
+            config_overrides={  # pyright: ignore[reportArgumentType]
                 "model_name": MAIRA2_MODEL,
                 "hook_name": MAIRA2_HOOK,
                 "d_in": MAIRA2_D_IN,

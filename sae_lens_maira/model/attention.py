@@ -12,10 +12,11 @@ from __future__ import annotations
 import einops
 import torch
 import torch.nn.functional as F
-from transformer_lens.components import Attention
+from transformer_lens.components import Attention  # pyright: ignore[reportPrivateImportUsage]  (TL re-exports it, no __all__)
 
 from sae_lens_maira.compat.torch import has_hooks
 from sae_lens_maira.compat.transformer_lens import swap_class
+from sae_lens_maira.model.kv_cache import PreallocatedKVEntry
 
 
 class FusedAttention(Attention):
@@ -51,9 +52,25 @@ class FusedAttention(Attention):
         offset = 0
         if past_kv_cache_entry is not None:
             offset = past_kv_cache_entry.past_keys.size(1)
+            new_keys = k
             k, v = past_kv_cache_entry.append(k, v)
+            if isinstance(past_kv_cache_entry, PreallocatedKVEntry) and not has_hooks(
+                self.hook_rot_k
+            ):
+                # it keeps the rotated keys: rotate only the new ones (same values, bit for bit);
+                # a hook on the rotated keys gets a fresh tensor it may edit in place
+                every_key = k
+                k_rot = past_kv_cache_entry.rotated_keys(
+                    offset,
+                    lambda: self.apply_rotary(new_keys, offset, attention_mask),
+                    lambda: self.apply_rotary(every_key, 0, attention_mask),
+                )
+            else:
+                k_rot = self.apply_rotary(k, 0, attention_mask)
+        else:
+            k_rot = self.apply_rotary(k, 0, attention_mask)
         q = self.hook_rot_q(self.apply_rotary(q, offset, attention_mask))
-        k = self.hook_rot_k(self.apply_rotary(k, 0, attention_mask))
+        k = self.hook_rot_k(k_rot)
         n_q, n_k = q.shape[1], k.shape[1]
         mask = torch.ones(n_q, n_k, dtype=torch.bool, device=q.device).tril(offset)[None, None]
         if attention_mask is not None:

@@ -19,10 +19,9 @@ from typing import Any, Literal, cast
 import torch
 from sae_lens import HookedSAETransformer
 from tqdm.auto import tqdm
-from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-from transformer_lens.components import AbstractAttention
+from transformer_lens.components import AbstractAttention  # pyright: ignore[reportPrivateImportUsage]  (TL re-exports it, no __all__)
 from transformer_lens.hook_points import HookPoint
-from transformer_lens.utilities import sample_logits
+from transformer_lens.utilities import sample_logits  # pyright: ignore[reportPrivateImportUsage]  (TL re-exports it, no __all__)
 from transformers import PreTrainedTokenizerBase
 
 from sae_lens_maira.checkpoint_config import (
@@ -31,11 +30,13 @@ from sae_lens_maira.checkpoint_config import (
     read_config,
     resolve_checkpoint,
 )
+from sae_lens_maira.compat.torch import has_hooks, version
 from sae_lens_maira.compat.transformer_lens import keep_tokenizer_on_set, rotary_base
 from sae_lens_maira.model.attention import use_fused_attention
 from sae_lens_maira.model.checkpoint import iter_tensors, save_state_dict, weight_files
 from sae_lens_maira.model.embed import MultimodalEmbed
 from sae_lens_maira.model.image_bank import ImageBank, split_virtual_ids
+from sae_lens_maira.model.kv_cache import PreallocatedKVCache
 from sae_lens_maira.model.position_marks import strip_marks
 from sae_lens_maira.model.vision import Maira2Projector, build_vision_tower
 from sae_lens_maira.model.weight_conversion import (
@@ -46,6 +47,7 @@ from sae_lens_maira.model.weight_conversion import (
     hub_text_config_flags,
     tl_to_hub_state_dict,
 )
+from sae_lens_maira.model.weight_layout import generation_weight_layout
 from sae_lens_maira.processing.images import PREPROCESSOR_CONFIG, ImagePreprocessor
 from sae_lens_maira.processing.validation import (
     ModelInputError,
@@ -80,7 +82,10 @@ class HookedMaira2(HookedSAETransformer):
         super().__init__(tl_cfg, tokenizer=None, move_to_device=False)
         use_fused_attention(self.blocks)
         self.maira_config = config
-        self.vision_tower = build_vision_tower(config).to(dtype)  # type: ignore[call-arg]
+        self.vision_tower = build_vision_tower(config)
+        # in place (returns the module); transformers declares PreTrainedModel.to as
+        # @wraps(nn.Module.to), whose stub keeps the unbound `self`: dtype reads as passed for self
+        self.vision_tower.to(dtype)  # pyright: ignore[reportArgumentType]
         self.hook_vision_out = HookPoint()
         self.multi_modal_projector = Maira2Projector(
             config.d_vision, config.d_model, config.projector_n_layers
@@ -91,8 +96,12 @@ class HookedMaira2(HookedSAETransformer):
         self.embed.resolve_virtual = self._embed_virtual_tokens
         self.image_bank: ImageBank | None = None
         self.image_preprocessor: ImagePreprocessor | None = None  # saved with the checkpoint
+        # Virtual-image embeddings of the attached bank, per model (never shared), no-grad passes
+        # only; bypassed while a hook sits on hook_vision_out / hook_projector_out, cleared when
+        # an image-path weight changes (in place, replaced, moved, cast) or another bank comes.
         self.image_cache_size = 8
         self._image_cache: OrderedDict[int, torch.Tensor] = OrderedDict()
+        self._image_cache_state: tuple[Any, ...] | None = None  # what the cached entries came from
         if tokenizer is not None:
             self.set_tokenizer(tokenizer)
         if move_to_device:
@@ -412,7 +421,7 @@ class HookedMaira2(HookedSAETransformer):
     def encode_images(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Pixels [n, 3, H, W] -> projected image embeddings [n, n_patches, d_model]."""
         check_pixel_values(pixel_values, image_size=self.maira_config.image_size)
-        param: torch.Tensor = self.multi_modal_projector.layers[0].weight  # type: ignore[assignment]
+        param = self.multi_modal_projector.first_layer.weight
         pixels = pixel_values.to(device=param.device, dtype=param.dtype)
         features = self.vision_tower(pixels).feature_maps[-1]
         if self.maira_config.vision_feature_select_strategy == "default":
@@ -425,6 +434,25 @@ class HookedMaira2(HookedSAETransformer):
         self.image_bank = bank
         self._image_cache.clear()
 
+    def _image_modules(self) -> list[torch.nn.Module]:
+        return [self.vision_tower, self.hook_vision_out, self.multi_modal_projector,
+                self.hook_projector_out]  # fmt: skip
+
+    def _image_path_hooked(self) -> bool:
+        """Whether a hook sits on the image path's hook points (a cached embedding would skip
+        it). Hooks registered on the tower's own modules are not seen: transformers keeps
+        output-capturing hooks there on every model."""
+        return has_hooks(self.hook_vision_out) or has_hooks(self.hook_projector_out)
+
+    def _image_path_state(self) -> tuple[Any, ...]:
+        """The identity, in-place version, device and dtype of every image-path weight: the
+        virtual-image cache holds only embeddings made from the weights as they are now."""
+        return tuple(
+            (id(p), version(p), p.device, p.dtype)
+            for top in self._image_modules()
+            for p in (*top.parameters(), *top.buffers())
+        )
+
     def _embed_virtual_tokens(self, ids: torch.Tensor) -> torch.Tensor:
         if self.image_bank is None:
             raise ValueError(
@@ -433,7 +461,12 @@ class HookedMaira2(HookedSAETransformer):
             )
         image_idx, patch_idx = split_virtual_ids(ids, self.cfg.d_vocab, self.n_patches)
         unique = image_idx.unique().tolist()
-        use_cache = not torch.is_grad_enabled()
+        use_cache = not torch.is_grad_enabled() and not self._image_path_hooked()
+        if use_cache:
+            state = self._image_path_state()
+            if state != self._image_cache_state:  # weights edited, replaced, moved or cast
+                self._image_cache.clear()
+                self._image_cache_state = state
         cached = {i: self._image_cache[i] for i in unique if use_cache and i in self._image_cache}
         todo = [i for i in unique if i not in cached]
         fresh: dict[int, torch.Tensor] = {}
@@ -615,35 +648,41 @@ class HookedMaira2(HookedSAETransformer):
         finished = torch.zeros(B, dtype=torch.bool, device=tokens.device)
         new_tokens: list[torch.Tensor] = []
         cache = (
-            TransformerLensKeyValueCache.init_cache(self.cfg, self.cfg.device, B)
+            PreallocatedKVCache.init_preallocated(
+                self.cfg, self.cfg.device, B, tokens.shape[1] + max_new_tokens
+            )
             if use_past_kv_cache
             else None
         )
-        logits = self(tokens, attention_mask=mask, past_kv_cache=cache, image_embeds=image_embeds)
-        prompt_embeds = None
-        for step in tqdm(range(max_new_tokens), disable=not verbose, desc="generate"):
-            final = logits[:, -1, :].float()
-            if do_sample:
-                nxt = sample_logits(final, top_k=top_k, top_p=top_p, temperature=temperature)
-            else:
-                nxt = final.argmax(-1)
-            nxt = nxt.to(tokens.device).masked_fill(finished, pad)
-            new_tokens.append(nxt)
-            if stop:
-                finished |= torch.isin(nxt, torch.tensor(stop, device=nxt.device))
-                if bool(finished.all()):
+        # weights stored in the order the forward reads them (no per-token copies; same values)
+        fused = all(
+            not getattr(b.attn, "_needs_pattern", lambda: True)() for b in self.blocks
+        )
+        with generation_weight_layout(self, attention=fused):
+            logits = self(tokens, attention_mask=mask, past_kv_cache=cache, image_embeds=image_embeds)
+            prompt_embeds = None
+            for step in tqdm(range(max_new_tokens), disable=not verbose, desc="generate"):
+                final = logits[:, -1, :].float()
+                if do_sample:
+                    nxt = sample_logits(final, top_k=top_k, top_p=top_p, temperature=temperature)
+                else:
+                    nxt = final.argmax(-1)
+                nxt = nxt.to(tokens.device).masked_fill(finished, pad)
+                new_tokens.append(nxt)
+                if stop:
+                    finished |= torch.isin(nxt, torch.tensor(stop, device=nxt.device))
+                    if bool(finished.all()):
+                        break
+                if step == max_new_tokens - 1:
                     break
-            if step == max_new_tokens - 1:
-                break
-            mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=mask.device)], dim=1)
-            if cache is not None:
-                logits = self(nxt[:, None], attention_mask=mask[:, -1:], past_kv_cache=cache)
-            else:
-                if prompt_embeds is None:
-                    with self.embed.images(image_embeds):
-                        prompt_embeds = self.embed(tokens)
-                embeds = torch.cat([prompt_embeds, self.embed(torch.stack(new_tokens, 1))], dim=1)
-                logits = self(self.hook_embed(embeds), start_at_layer=0, attention_mask=mask)
+                mask = torch.cat([mask, torch.ones(B, 1, dtype=mask.dtype, device=mask.device)], dim=1)
+                if cache is not None:
+                    logits = self(nxt[:, None], attention_mask=mask[:, -1:], past_kv_cache=cache)
+                else:
+                    if prompt_embeds is None:
+                        prompt_embeds = self.embed(tokens, image_embeds)
+                    embeds = torch.cat([prompt_embeds, self.embed(torch.stack(new_tokens, 1))], dim=1)
+                    logits = self(self.hook_embed(embeds), start_at_layer=0, attention_mask=mask)
         generated = torch.stack(new_tokens, dim=1) if new_tokens else tokens[:, :0]
         if return_type == "str":
             assert self.tokenizer is not None, "return_type='str' needs a tokenizer"

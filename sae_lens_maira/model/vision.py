@@ -30,5 +30,12 @@ class Maira2Projector(nn.Module):
             modules += [nn.GELU(), nn.Linear(d_model, d_model)]
         self.layers = nn.Sequential(*modules)
 
+    @property
+    def first_layer(self) -> nn.Linear:
+        """The first Linear (its weight has the projector's device and dtype)."""
+        layer = self.layers[0]
+        assert isinstance(layer, nn.Linear)
+        return layer
+
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.layers(features)

@@ -15,8 +15,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import cast
 
-from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerBase
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+# transformers' AddedToken is tokenizers' class; its name is the one add_tokens is annotated with
+from transformers import AddedToken, AutoTokenizer, LlamaTokenizer, PreTrainedTokenizerBase
 
 IMAGE_TOKEN = "<image>"
 OBJ_START, OBJ_END = "<obj>", "</obj>"
@@ -139,7 +141,7 @@ def add_maira2_tokens(tokenizer: PreTrainedTokenizerBase) -> None:
     missing = [t for t in MAIRA2_ADDED_TOKENS if t not in tokenizer.get_vocab()]
     if missing:
         added = [AddedToken(t, normalized=False, special=False) for t in missing]
-        tokenizer.add_tokens(added)  # type: ignore[arg-type]  (the stub names transformers' alias)
+        tokenizer.add_tokens(added)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:

@@ -37,6 +37,16 @@ logger = logging.getLogger(__name__)
 #: dictionary_learning's guard in the projection's ``w / (||w|| + 1e-6)``
 PROJECTION_EPS = 1e-6
 
+# What the constraint keeps on the objects it constrains (plain attributes, set with setattr):
+#: on the module: True once :func:`constrain_decoder` ran
+_UNIT_NORM = "_unit_norm_decoder"
+#: on the module: optimiser -> handle of its hook for this module (weak: a dropped optimiser goes)
+_HOOKS = "_decoder_constraint_hooks"
+#: on the ``W_dec`` parameter: True once the projection hook is attached
+_PROJECTION = "_unit_norm_projection"
+
+OptimizerHooks = weakref.WeakKeyDictionary[torch.optim.Optimizer, RemovableHandle]
+
 
 def _fused(impl: str, *tensors: Tensor) -> ModuleType | None:
     """The fused row kernels when they apply: 2-D tensors with unit column stride."""
@@ -114,16 +124,16 @@ class _RenormAfterStep:
 def constrain_decoder(module: nn.Module) -> None:
     """Mark ``module`` as keeping unit-norm ``W_dec`` rows and attach the gradient projection;
     the renormalisation comes with :func:`constrain_optimizer` on the optimiser that trains it."""
-    module._unit_norm_decoder = True  # type: ignore[attr-defined]
-    if not hasattr(module, "_decoder_constraint_hooks"):
-        # optimiser -> handle of its hook for this module (weak: a dropped optimiser goes)
-        module._decoder_constraint_hooks = weakref.WeakKeyDictionary()  # type: ignore[attr-defined]
+    setattr(module, _UNIT_NORM, True)
+    if not hasattr(module, _HOOKS):
+        hooks: OptimizerHooks = weakref.WeakKeyDictionary()
+        setattr(module, _HOOKS, hooks)
     attach_projection_hook(module)
 
 
 def wants_unit_norm_decoder(module: Any) -> bool:
     """Whether ``module`` was built with :func:`constrain_decoder` (e.g. the Matryoshka SAE)."""
-    return bool(getattr(module, "_unit_norm_decoder", False))
+    return bool(getattr(module, _UNIT_NORM, False))
 
 
 def constrain_optimizer(optimizer: torch.optim.Optimizer, module: nn.Module) -> RemovableHandle:
@@ -135,7 +145,7 @@ def constrain_optimizer(optimizer: torch.optim.Optimizer, module: nn.Module) -> 
             f"{type(module).__name__} has no unit-norm decoder constraint; "
             "call constrain_decoder(module) first (the Matryoshka SAE does it itself)"
         )
-    hooks = module._decoder_constraint_hooks  # type: ignore[attr-defined]
+    hooks: OptimizerHooks = getattr(module, _HOOKS)
     handle = hooks.get(optimizer)
     if handle is None:
         handle = hooks[optimizer] = optimizer.register_step_post_hook(_RenormAfterStep(module))
@@ -144,7 +154,7 @@ def constrain_optimizer(optimizer: torch.optim.Optimizer, module: nn.Module) -> 
 
 def is_constrained_by_an_optimizer(module: nn.Module) -> bool:
     """Whether some live optimiser renormalises ``module``'s decoder after its steps."""
-    return len(getattr(module, "_decoder_constraint_hooks", ())) > 0
+    return len(getattr(module, _HOOKS, ())) > 0
 
 
 def attach_projection_hook(module: nn.Module) -> None:
@@ -152,7 +162,7 @@ def attach_projection_hook(module: nn.Module) -> None:
     W_dec = module.W_dec
     if not isinstance(W_dec, nn.Parameter) or W_dec.device.type == "meta":
         return
-    if getattr(W_dec, "_unit_norm_projection", False):
+    if getattr(W_dec, _PROJECTION, False):
         return
     W_dec.register_post_accumulate_grad_hook(_project_hook)
-    W_dec._unit_norm_projection = True  # type: ignore[attr-defined]
+    setattr(W_dec, _PROJECTION, True)

@@ -53,17 +53,6 @@ logger = logging.getLogger(__name__)
 TRAINING_ONLY_BUFFERS = ("num_tokens_since_fired", "norm_factor", "training_steps")
 
 
-class _GlobalThresholdFolds:
-    """Folds shared by the training and inference classes: the decoder is unit norm already, and
-    an input scale folds into the biases and the global threshold."""
-
-    def fold_W_dec_norm(self) -> None:
-        _check_unit_norm_fold(self)  # type: ignore[arg-type]  (mixed into SAE classes only)
-
-    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
-        _fold_input_scale(self, scaling_factor)  # type: ignore[arg-type]
-
-
 class _Fp32Buffers(KeepFloat32Buffers):
     """Keep scalar EMA state in float32 when the SAE moves to bf16/fp16 (as dictionary_learning)."""
 
@@ -145,7 +134,7 @@ def _fold_training_state(state_dict: dict[str, Any]) -> None:
             state_dict["threshold"] = state_dict["threshold"] * nf
 
 
-class MatryoshkaSAE(_GlobalThresholdFolds, _Fp32Buffers, SAE[MatryoshkaSAEConfig]):
+class MatryoshkaSAE(_Fp32Buffers, SAE[MatryoshkaSAEConfig]):
     """Inference Matryoshka BatchTopK SAE with a global activation threshold and nested groups."""
 
     b_enc: nn.Parameter
@@ -153,6 +142,16 @@ class MatryoshkaSAE(_GlobalThresholdFolds, _Fp32Buffers, SAE[MatryoshkaSAEConfig
 
     def __init__(self, cfg: MatryoshkaSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)
+
+    # the folds: the decoder is unit norm already, and an input scale folds into the biases and
+    # the global threshold (shared with the training class)
+    @override
+    def fold_W_dec_norm(self) -> None:
+        _check_unit_norm_fold(self)
+
+    @override
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        _fold_input_scale(self, scaling_factor)
 
     @override
     def initialize_weights(self) -> None:
@@ -226,9 +225,7 @@ class MatryoshkaSAE(_GlobalThresholdFolds, _Fp32Buffers, SAE[MatryoshkaSAEConfig
             state_dict["threshold"] = state_dict["threshold"].float().reshape(())
 
 
-class MatryoshkaTrainingSAE(
-    _GlobalThresholdFolds, _Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfig]
-):
+class MatryoshkaTrainingSAE(_Fp32Buffers, TrainingSAE[MatryoshkaTrainingSAEConfig]):
     """Training twin: dictionary_learning's MatryoshkaBatchTopK loss with sparse kernels.
 
     Training state kept in the state dict (so checkpoints resume): ``threshold`` (EMA),
@@ -255,6 +252,16 @@ class MatryoshkaTrainingSAE(
         self._idle_bound = HostCache()
         self._unconstrained_warned = False
         constrain_decoder(self)
+
+    # the folds: the decoder is unit norm already, and an input scale folds into the biases and
+    # the global threshold (shared with the inference class)
+    @override
+    def fold_W_dec_norm(self) -> None:
+        _check_unit_norm_fold(self)
+
+    @override
+    def fold_activation_norm_scaling_factor(self, scaling_factor: float) -> None:
+        _fold_input_scale(self, scaling_factor)
 
     def constrain_optimizer(self, optimizer: torch.optim.Optimizer) -> Any:
         """Renormalise the decoder rows after each step of ``optimizer`` (the one training this

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -19,6 +20,7 @@ from tqdm.auto import tqdm
 
 from sae_lens_maira.data.labeller import Status, label_report
 from sae_lens_maira.data.study import Study
+from sae_lens_maira.model.generation import generate_findings
 from sae_lens_maira.model.hooked_maira2 import HookedMaira2
 from sae_lens_maira.processing.processor import Maira2Processor
 from sae_lens_maira.steering.hooks import Positions, SteeringHook, steering
@@ -51,7 +53,6 @@ class SweepResult:
         return folder
 
 
-@torch.no_grad()
 def generate_reports(
     model: HookedMaira2,
     processor: Maira2Processor,
@@ -62,27 +63,19 @@ def generate_reports(
     batch_size: int = 4,
     max_new_tokens: int = 96,
 ) -> list[str]:
-    """Greedy findings for each study, optionally with a steering hook attached (a
-    :class:`SteeringHook`, a :class:`~sae_lens_maira.steering.clamp.FeatureClamp` or any hook
-    with ``prepare(batch)``)."""
-    out: list[str] = []
-    for i in range(0, len(studies), batch_size):
-        batch = processor(list(studies[i : i + batch_size]), padding_side="left")
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=max_new_tokens,
-            pixel_values=batch.pixel_values,
-            attention_mask=batch.attention_mask.to(model.cfg.device),
-            return_type="tokens",
-        )
-        if hook is not None:
-            hook.prepare(batch)
-            with steering(model, hook_name or "", hook):
-                tokens = model.generate(batch.input_ids, **kwargs)
-        else:
-            tokens = model.generate(batch.input_ids, **kwargs)
-        new = tokens[:, batch.input_ids.shape[1] :]
-        out += [processor.decode(row) for row in new]
-    return out
+    """Greedy findings for each study (:func:`~sae_lens_maira.model.generation.generate_findings`),
+    optionally with a steering hook attached (a :class:`SteeringHook`, a
+    :class:`~sae_lens_maira.steering.clamp.FeatureClamp` or any hook with ``prepare(batch)``)."""
+
+    def attached(batch: Any) -> AbstractContextManager[Any]:
+        assert hook is not None
+        hook.prepare(batch)
+        return steering(model, hook_name or "", hook)
+
+    return generate_findings(
+        model, processor, studies, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        during=None if hook is None else attached,
+    )  # fmt: skip
 
 
 def steering_sweep(

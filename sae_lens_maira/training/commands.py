@@ -112,9 +112,13 @@ def train_sae(
     model: HookedMaira2 | None = None,
     processor: Maira2Processor | None = None,
     resume: bool = False,
+    overwrite: bool = False,
 ) -> TrainResult:
+    """Train, or with ``resume`` continue from the newest complete checkpoint. A finished SAE in
+    ``train.output_dir`` is never replaced silently: that takes ``overwrite``."""
     exp.section("train")  # required
     train = exp.typed("train")
+    refuse_to_replace(exp.path(train.output_dir), resume=resume, overwrite=overwrite)
     cache_spec = exp.section("cache", required=False)
     hook = str(train.hook_name or cache_spec.get("hook_name") or "")
     if not hook:
@@ -238,6 +242,7 @@ def train_sae(
         )
     if not use_cache:  # train on the selection's positions, as the cache would hold them
         store = SelectionActivationsStore.from_config(model, cfg, override_dataset=dataset)
+        assert isinstance(store, SelectionActivationsStore)  # cls(...), typed as the base class
         store.selection = selection
         replace_activations_store(runner, store)
     mark_checkpoints_complete(runner)
@@ -269,6 +274,8 @@ def train_sae(
         cfg.training_tokens,
         context_size,
     )
+    if overwrite:  # the old SAE stops counting as finished before the new one is trained
+        (out / FINISHED_FILE).unlink(missing_ok=True)
     try:
         with wandb_environment(wandb), runner_interruptions_as_keyboard_interrupt():
             sae = runner.run()
@@ -286,11 +293,26 @@ def train_sae(
     logger.info("final evals on %s", positions)
     if guard.skip_bad_batches:
         metrics["training/skipped_nonfinite_batches"] = float(guard.skipped_batches)
-    (out / "eval_metrics.json").write_text(json.dumps({**metrics, "positions": positions}, indent=1))
+    (out / FINISHED_FILE).write_text(json.dumps({**metrics, "positions": positions}, indent=1))
     report = skips.write(out / SKIPS_FILE, n_listed)
     if len(skips):
         announce(skips.summary(n_listed, report))
     return TrainResult(sae, out, checkpoints, metrics, wandb, positions, skips.items)
+
+
+#: written last by :func:`train_sae`: its presence means the SAE in that folder is finished
+FINISHED_FILE = "eval_metrics.json"
+
+
+def refuse_to_replace(out: Path | None, *, resume: bool, overwrite: bool) -> None:
+    """Rerunning ``train`` with the same config would train over a finished SAE (hours on
+    MAIRA-2): stop before loading anything and say how to go on."""
+    if out is None or resume or overwrite or not (out / FINISHED_FILE).is_file():
+        return
+    raise FileExistsError(
+        f"an SAE is already trained in {out} ({FINISHED_FILE} is there); pass --overwrite to "
+        "train it again and replace it, or set train.output_dir to a new folder"
+    )
 
 
 def constrain_trainer_optimizer(runner: LanguageModelSAETrainingRunner) -> None:

@@ -15,6 +15,7 @@ from torch import nn
 from sae_lens_maira.compat import sae_lens as compat_sae_lens
 from sae_lens_maira.compat import torch as compat_torch
 from sae_lens_maira.compat import transformer_lens as compat_tl
+from sae_lens_maira.compat import transformers as compat_transformers
 
 
 def test_sae_lens_registries_and_named_loaders_are_dicts() -> None:
@@ -60,6 +61,56 @@ def test_the_runner_calls_the_methods_we_wrap_and_owns_its_evaluator() -> None:
     assert "self._dataloader = self.get_data_loader()" in inspect.getsource(ActivationsStore)
     run = inspect.getsource(LanguageModelSAETrainingRunner.run)
     assert "self.activations_store" in run, "run() no longer reads runner.activations_store"
+
+
+def test_the_store_restarts_its_token_sequences_from_the_private_generator() -> None:
+    from sae_lens.training.activations_store import ActivationsStore
+
+    assert inspect.isgeneratorfunction(
+        getattr(ActivationsStore, "_iterate_tokenized_sequences", None)
+    ), "ActivationsStore._iterate_tokenized_sequences is gone or no longer a generator"
+    batch_tokens = inspect.getsource(ActivationsStore.get_batch_tokens)
+    assert "next(self.iterable_sequences)" in batch_tokens, (
+        "get_batch_tokens no longer reads self.iterable_sequences"
+    )
+    reset = inspect.getsource(ActivationsStore.reset_input_dataset)
+    assert "iterable_sequences" not in reset, (
+        "reset_input_dataset now restarts the sequences itself: drop restart_tokenized_sequences"
+    )
+
+
+def test_transformers_exports_what_the_package_imports_at_its_top_level() -> None:
+    import transformers
+
+    for name in ("AutoTokenizer", "LlamaTokenizer", "PreTrainedTokenizerBase",
+                 "BitImageProcessorPil", "Dinov2Backbone", "Dinov2Config"):  # fmt: skip
+        assert hasattr(transformers, name), f"transformers no longer exports {name} at its top level"
+
+
+def test_tokenizer_init_kwargs_is_the_live_dict_of_its_constructor_arguments() -> None:
+    from transformers import LlamaTokenizer
+
+    from sae_lens_maira.processing.tokenizer import small_preset_tokenizer
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁a": 3}
+    built = LlamaTokenizer(vocab=vocab, merges=[], add_bos_token=True, add_eos_token=False)
+    kwargs = compat_transformers.tokenizer_init_kwargs(built)
+    assert kwargs is compat_transformers.tokenizer_init_kwargs(built), "not the live dict"
+    assert kwargs.get("add_bos_token") is True, "init_kwargs no longer keeps constructor kwargs"
+    loaded = compat_transformers.tokenizer_init_kwargs(small_preset_tokenizer())
+    assert isinstance(loaded.get("name_or_path"), str), "from_pretrained no longer records its path"
+    with pytest.raises(TypeError, match="not a dict"):
+        compat_transformers.tokenizer_init_kwargs(type("T", (), {"init_kwargs": None})())
+
+
+def test_set_tokenizer_keeps_a_tokenizer_built_in_memory() -> None:
+    from transformer_lens.utilities.tokenize_utils import get_tokenizer_with_bos
+
+    from sae_lens_maira.processing.tokenizer import build_maira2_tokenizer
+
+    tokenizer = build_maira2_tokenizer(["the lungs are clear", "no effusion"] * 50, 400)
+    compat_tl.keep_tokenizer_on_set(tokenizer)
+    assert get_tokenizer_with_bos(tokenizer) is tokenizer
 
 
 def test_transformer_lens_rotary_base_and_tokenizer_init_kwargs() -> None:

@@ -51,6 +51,13 @@ def test_statistics_and_their_heatmaps(setup, tmp_path):
     assert stats.meta.hook_name == HOOK and stats.meta.layer == 1 and stats.meta.d_sae == 32
     assert stats.n_sequences == 8 and stats.grid == (4, 4)
     path = stats.save(tmp_path / "stats")
+    # the model's own shape, saved with the statistics, is what exports' model row defaults to
+    from sae_lens_maira.dashboards.feature_stats import FeatureStats
+
+    shape = (model.cfg.n_layers, model.cfg.d_model)
+    assert (stats.meta.n_layers, stats.meta.d_model) == shape != (32, 4096)
+    loaded = FeatureStats.load(path)
+    assert (loaded.meta.n_layers, loaded.meta.d_model) == shape
     from sae_lens_maira.dashboards.commands import viewer
 
     page = viewer(path, tmp_path / "view")

@@ -156,6 +156,27 @@ def test_tampered_stats_are_refused_before_anything_is_written(stats, tmp_path, 
         assert _files_under(tmp_path) == before  # nothing inside --out, nothing outside it
 
 
+def test_model_row_takes_the_shape_collect_recorded(stats, tmp_path):
+    """No --n-layers/--d-model: the model row is the statistics' own model, never MAIRA-2's
+    32 x 4096 for another model; older statistics without a shape must name the flags."""
+    import json
+
+    assert (stats.meta.n_layers, stats.meta.d_model) == (8, 12)
+    root = write_neuronpedia_export(stats, tmp_path / "a", explanations=EXPS, batch_size=5)
+    model_rows = [json.loads(line) for line in (root / "model.jsonl").read_text().splitlines()]
+    assert model_rows and all((r["layers"], r["neuronsPerLayer"], r["dimension"]) == (8, 12, 12)
+                              for r in model_rows)  # fmt: skip
+    old = replace(stats, meta=replace(stats.meta, n_layers=None, d_model=None))
+    with pytest.raises(ValueError, match="do not record its layer count.*--n-layers and --d-model"):
+        write_neuronpedia_export(old, tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+    write_neuronpedia_export(old, tmp_path / "c", n_layers=6, d_model=12)  # flags still win
+    maira = replace(old, meta=replace(old.meta, model_id="maira-2"))
+    from sae_lens_maira.dashboards.export_records import MAIRA2_SHAPE, model_shape
+
+    assert model_shape(maira.meta) == MAIRA2_SHAPE
+
+
 def test_sae_of_another_model_is_refused(stats, tmp_path):
     wide = replace(stats, meta=replace(stats.meta, saelens_config={"d_in": 2048}))
     for write in (write_neuronpedia_export, write_saedashboard):

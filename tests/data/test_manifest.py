@@ -124,3 +124,23 @@ def test_missing_images_error_or_skip(folder):
     assert result.skipped == {"missing_image": 1} and "gone.png" in result.problems[0]
     assert "1 studies, 1 skipped (missing_image)" == result.summary()
     assert len(load_manifest(path, check_files=False)) == 2
+
+
+def test_written_manifests_read_back(folder):
+    from sae_lens_maira.data.manifest import write_manifest
+    from sae_lens_maira.data.study import Study
+
+    studies = [
+        Study("a", folder / "img" / "f1.png", lateral=folder / "img" / "l1.png", indication="Cough.",
+              findings="Small left effusion.", labels={"pleural_effusion": True}),
+        Study("b", folder / "img" / "f2.png", comparison="None.", findings="Normal.",
+              technique="PA", labels={}),
+    ]  # fmt: skip
+    path = write_manifest(studies, folder / "out" / "m.jsonl")
+    a, b = load_manifest(path).studies
+    for got, want in ((a, studies[0]), (b, studies[1])):
+        assert (got.study_id, got.frontal, got.lateral) == (want.study_id, want.frontal, want.lateral)
+        assert (got.indication, got.comparison, got.findings) == (want.indication, want.comparison, want.findings)
+        assert got.labels == want.labels
+    assert b.technique is None  # not written
+    assert len(path.read_text().splitlines()) == 2

@@ -7,11 +7,9 @@ import random
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import minimize
 
 from sae_lens_maira.data.study import Study
 from sae_lens_maira.demo.evaluation import evaluation_subset, mention_score, mention_summary
-from sae_lens_maira.demo.probes import fit_logistic
 from sae_lens_maira.demo.small_model import DemoModelConfig, build_demo_model
 from sae_lens_maira.demo.studies import DEMO_FINDINGS, studies_fingerprint
 from sae_lens_maira.demo.tokenizer_corpus import build_demo_tokenizer, prompt_corpus
@@ -123,30 +121,6 @@ def test_projector_init_matches_text_embedding_scale(demo_split):
     assert stats["scale"] < 1.0  # the default init came out larger than the text embeddings
 
 
-def test_fit_logistic_matches_scipy():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(120, 5, generator=gen)
-    y = ((x[:, 0] - 0.5 * x[:, 1] + 0.3 * torch.randn(120, generator=gen)) > 0.8).float()
-    l2 = 0.05
-    w, b = fit_logistic(x, y, l2=l2)
-    xn, yn = x.double().numpy(), y.double().numpy()
-    npos = yn.sum()
-    weights = np.where(yn > 0.5, 0.5 / npos, 0.5 / (len(yn) - npos))
-
-    def objective(theta):
-        z = xn @ theta[:-1] + theta[-1]
-        return float(
-            (weights * np.logaddexp(0, -(2 * yn - 1) * z)).sum()
-            + 0.5 * l2 * theta[:-1] @ theta[:-1]
-        )
-
-    ref = minimize(objective, np.zeros(6), method="BFGS", options={"gtol": 1e-10}).x
-    np.testing.assert_allclose(w.numpy(), ref[:-1], atol=1e-4)
-    assert float(b) == pytest.approx(ref[-1], abs=1e-4)
-    with pytest.raises(ValueError, match="both positive and negative"):
-        fit_logistic(x, torch.ones(120))
-
-
 def test_mention_summary_counts_positive_mentions_only():
     studies = [
         Study("a", np.zeros((4, 4)), labels={"cardiomegaly": True, "pleural_effusion": False}),
@@ -238,6 +212,23 @@ def test_lazy_package_exports():
 
     for name in demo.__all__:
         assert getattr(demo, name) is not None, name
-    assert demo.DEMO_HOOK == "blocks.1.hook_resid_post"
+    from sae_lens_maira.demo.pipeline import default_config
+
+    # read from the shipped config, not repeated
+    assert demo.DEMO_HOOK == default_config()["cache"]["hook_name"] == "blocks.1.hook_resid_post"
     with pytest.raises(AttributeError):
         demo.no_such_thing  # noqa: B018
+
+
+def test_grounding_classes_follow_the_render_details():
+    from sae_lens_maira.demo.grounding_text import _classes
+
+    render = {"effusion": "left", "devices": ["pacemaker", "central_line"], "cardiomegaly": True}
+    s = Study("x", np.zeros((8, 8)), labels={"pleural_effusion": True, "devices": True,
+                                            "cardiomegaly": True}, meta={"render": render})  # fmt: skip
+    assert _classes(s, "pleural_effusion") == ["pleural_effusion:left"]
+    assert _classes(s, "devices") == ["devices:pacemaker", "devices:central_line"]
+    assert _classes(s, "cardiomegaly") == ["cardiomegaly:present"]
+    bare = Study("y", np.zeros((8, 8)), labels={"pleural_effusion": True})
+    assert _classes(bare, "pleural_effusion") == ["pleural_effusion:present"]
+    assert _classes(bare, "devices") == ["devices:absent"]

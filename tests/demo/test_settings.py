@@ -39,3 +39,34 @@ def test_unknown_keys_are_errors_with_the_nearest_name(cls, typo, hint):
 def test_steer_mode_is_checked():
     with pytest.raises(ValueError, match="'clamp' or 'add'"):
         SteerSettings.from_section({"mode": "push"})
+
+
+def test_the_model_s_findings_and_image_size_come_from_the_demo_settings():
+    from sae_lens_maira.demo.pipeline import model_config_for
+    from sae_lens_maira.demo.small_model import DemoModelConfig
+
+    assert model_config_for(DemoSettings()) == DemoModelConfig()  # the shipped model is unchanged
+    other = model_config_for(DemoSettings(findings=("devices",), image_size=224), DemoModelConfig.tiny())
+    assert other == dataclasses.replace(DemoModelConfig.tiny(), findings=("devices",), image_size=224)
+
+
+def test_a_run_trains_its_model_on_the_configured_findings(tmp_path, demo_wheel, monkeypatch):
+    from sae_lens_maira.demo import model_cache, pipeline
+    from sae_lens_maira.demo.small_model import DemoModelConfig
+
+    class Stop(Exception):
+        pass
+
+    seen = {}
+
+    def capture(*args, config, **kwargs):
+        seen["config"] = config
+        raise Stop
+
+    monkeypatch.setattr(model_cache, "ensure_demo_model", capture)
+    cfg = default_config()
+    cfg["demo"]["findings"] = ["devices", "cardiomegaly"]
+    with pytest.raises(Stop):
+        pipeline.run_demo(tmp_path / "out", config=cfg, cache_dir=tmp_path / "cache", wheel=demo_wheel,
+                          max_studies=16, model_config=DemoModelConfig.tiny())  # fmt: skip
+    assert seen["config"].findings == ("devices", "cardiomegaly")

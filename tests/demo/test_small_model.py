@@ -104,6 +104,8 @@ def test_key_covers_data_config_and_code(demo_split):
     assert key == model_cache.demo_model_key(list(demo_split.train), cfg)
     assert key["key"] != model_cache.demo_model_key(demo_split.train[1:], cfg)["key"]
     assert key["config"] != model_cache.demo_model_key(demo_split.train, cfg, seed=3)["config"]
+    other_findings = DemoModelConfig.tiny(findings=("devices",))
+    assert key["config"] != model_cache.demo_model_key(demo_split.train, other_findings)["config"]
     assert len(key["code"]) == 64 and len(key["images"]) == 64
 
 
@@ -142,7 +144,9 @@ def test_editing_what_shapes_the_model_changes_its_key(demo_split, tmp_path, mod
 
 
 @pytest.mark.parametrize(
-    "module", ["demo/steering_study.py", "demo/sae_health.py", "demo/pipeline.py", "steering/sweep.py"]
+    "module",
+    ["demo/steering_study.py", "training/cached_evals.py", "demo/pipeline.py", "steering/sweep.py",
+     "steering/screening.py"],
 )
 def test_editing_what_only_uses_the_model_keeps_its_key(demo_split, tmp_path, module):
     """Code that only reads a trained model (the steering study, the SAE's health check, the
@@ -162,7 +166,7 @@ def test_the_training_code_s_imports_are_in_the_key_wherever_they_live():
     root = package_root()
     files = {p.relative_to(root).as_posix() for p in import_closure(root, "sae_lens_maira.demo.model_cache")}
     # training's validation reads the fluency checks; nothing reaches the steering study
-    assert {"steering/fluency.py", "demo/lm_training.py", "data/labeller.py"} <= files
+    assert {"steering/fluency.py", "demo/lm_training.py", "data/labeller.py", "training/loop.py"} <= files
     assert "demo/steering_study.py" not in files and "demo/pipeline.py" not in files
     with pytest.raises(ValueError, match="not a module"):
         import_closure(root, "sae_lens_maira.no_such_module")
@@ -187,15 +191,6 @@ def test_errors(demo_split, tmp_path):
         )
     with pytest.raises(ValueError, match="too few"):
         model_cache.split_validation(demo_split.train[:2])
-
-
-def test_settings_restored_after_a_reproducible_block():
-    from sae_lens_maira.demo.small_model import reproducible_torch
-
-    before = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
-    with reproducible_torch(1):
-        assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()
-    assert (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()) == before
 
 
 @pytest.mark.slow

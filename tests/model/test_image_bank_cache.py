@@ -29,3 +29,38 @@ def test_one_pass_with_more_images_than_the_cache_holds(hub_checkpoint):
         want = model.encode_images(bank.pixel_values([8, 1, 11])).reshape(1, 3 * n, -1)
         assert torch.allclose(again, want, atol=1e-6)
     model.attach_image_bank(None)
+
+
+def test_the_cache_never_answers_for_other_weights_or_skips_a_hook(hub_checkpoint, monkeypatch):
+    """The cache is the model's own and holds only what a fresh encoding would give now: an
+    in-place weight edit, a replaced parameter or a hook on the image path bypasses it."""
+    model = HookedMaira2.from_pretrained(hub_checkpoint, device="cpu")
+    g = torch.Generator().manual_seed(0)
+    bank = ImageBank()
+    bank.extend(list(torch.randn(2, 3, 56, 56, generator=g)))
+    model.attach_image_bank(bank)
+    ids = torch.cat([virtual_image_ids(model.cfg.d_vocab, i, model.n_patches) for i in (0, 1)])[None]
+    encoded: list[int] = []
+    encode = model.encode_images
+    monkeypatch.setattr(model, "encode_images", lambda px: encoded.append(len(px)) or encode(px))
+
+    def fresh():
+        return encode(bank.pixel_values([0, 1])).reshape(1, 2 * model.n_patches, -1)
+
+    with torch.no_grad():
+        first = model.embed(ids)
+        assert torch.equal(model.embed(ids), first) and encoded == [2]  # second pass: cached
+        seen = []
+        model.hook_projector_out.add_hook(lambda act, hook: seen.append(1) or act * 2)
+        hooked = model.embed(ids)
+        model.reset_hooks()
+        assert seen == [1] and torch.allclose(hooked, 2 * first)  # the hook ran, not the cache
+        assert torch.equal(model.embed(ids), first)  # unhooked again: the cache, unchanged
+        model.multi_modal_projector.layers[-1].bias.add_(1.0)  # an in-place edit
+        edited = model.embed(ids)
+        assert not torch.allclose(edited, first) and torch.allclose(edited, fresh(), atol=1e-6)
+        layer = model.multi_modal_projector.layers[-1]
+        layer.bias = torch.nn.Parameter(layer.bias - 1.0)  # a replaced parameter
+        assert torch.allclose(model.embed(ids), first, atol=1e-6)
+    assert encoded == [2, 2, 2, 2]
+    model.attach_image_bank(None)

@@ -176,3 +176,44 @@ def test_weight_histograms_for_wandb_skip_constant_norms() -> None:
     hists = sae.log_histograms()
     assert set(hists) == {"weights/W_enc_norms"}
     wandb.Histogram(hists["weights/W_enc_norms"])
+
+
+def _step(sae: MatryoshkaTrainingSAE, opt: torch.optim.Optimizer, batch: torch.Tensor) -> None:
+    sae.training_forward_pass(TrainStepInput(batch, {}, None, 0, False)).loss.backward()
+    opt.step()
+    opt.zero_grad()
+
+
+def test_two_saes_in_one_process_each_keep_only_their_own_constraint() -> None:
+    """Two constrained SAEs trained side by side, each by its own optimizer, end bit for bit where
+    each ends trained alone; a step of one's optimizer never renormalises the other's decoder."""
+    g = torch.Generator().manual_seed(1)
+    batches = [torch.randn(16, 8, generator=g) for _ in range(4)]
+
+    def built(seed: int) -> tuple[MatryoshkaTrainingSAE, torch.optim.Optimizer]:
+        torch.manual_seed(seed)
+        sae = _sae()
+        opt = torch.optim.Adam(sae.parameters(), lr=1e-2)
+        sae.constrain_optimizer(opt)
+        return sae, opt
+
+    expected = []
+    for seed in (0, 1):
+        sae, opt = built(seed)
+        for batch in batches:
+            _step(sae, opt, batch)
+        expected.append(sae.W_dec.detach().clone())
+    (a, opt_a), (b, opt_b) = built(0), built(1)
+    assert len(opt_a._optimizer_step_post_hooks) == len(opt_b._optimizer_step_post_hooks) == 1
+    for batch in batches:  # interleaved: a's step, then b's
+        _step(a, opt_a, batch)
+        _step(b, opt_b, batch)
+    assert torch.equal(a.W_dec, expected[0]) and torch.equal(b.W_dec, expected[1])
+
+    with torch.no_grad():
+        b.W_dec.mul_(3.0)  # off unit norm: only b's own optimizer may bring it back
+    _step(a, opt_a, batches[0])
+    torch.testing.assert_close(b.W_dec.norm(dim=1), torch.full((32,), 3.0))
+    torch.testing.assert_close(a.W_dec.norm(dim=1), torch.ones(32))
+    _step(b, opt_b, batches[0])
+    torch.testing.assert_close(b.W_dec.norm(dim=1), torch.ones(32))

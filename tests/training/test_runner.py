@@ -127,6 +127,33 @@ def test_resume_from_checkpoint(trained, tmp_path):
     assert (again.output_path / "sae_weights.safetensors").is_file()
 
 
+@pytest.mark.slow
+def test_rerunning_train_refuses_to_replace_a_finished_sae(trained):
+    """Same config twice: the second run stops before loading anything, the SAE is untouched,
+    and the CLI says how to go on (--overwrite or another output_dir) in one line."""
+    import os
+    import subprocess
+    import sys
+
+    from sae_lens_maira.training.commands import FINISHED_FILE, refuse_to_replace
+
+    exp, _, result = trained
+    weights = result.output_path / "sae_weights.safetensors"
+    before = weights.read_bytes()
+    assert (result.output_path / FINISHED_FILE).is_file()
+    with pytest.raises(FileExistsError, match=r"already trained in .*pass --overwrite"):
+        refuse_to_replace(result.output_path, resume=False, overwrite=False)
+    refuse_to_replace(result.output_path, resume=False, overwrite=True)  # asked for: no error
+    refuse_to_replace(result.output_path, resume=True, overwrite=False)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    r = subprocess.run([sys.executable, "-m", "sae_lens_maira.cli", "train", "--config",
+                        str(exp.base_dir / "exp.yaml")], capture_output=True, text=True, env=env,
+                       timeout=600)  # fmt: skip
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("error: an SAE is already trained in ")
+    assert "--overwrite" in r.stderr and weights.read_bytes() == before
+
+
 def test_mismatched_cache_and_missing_cache_are_clear(hub_checkpoint, manifest, tmp_path):
     exp = _exp(tmp_path, hub_checkpoint, manifest)
     with pytest.raises(FileNotFoundError, match="no finished activation cache"):

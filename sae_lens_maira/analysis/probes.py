@@ -5,7 +5,8 @@ the activation cache sees studies, at the positions the study's token policy kee
 and last token of each image run, the variable prompt text (indication, comparison, ...) and the
 report. A class-balanced, L2-regularised logistic regression per finding and position group is
 fitted on training studies and scored by balanced accuracy on held-out studies. An SAE can only
-find a feature that detects a finding where such a direction exists.
+find a feature that detects a finding where such a direction exists (the demo's model card
+reports them, :mod:`sae_lens_maira.demo.held_out`).
 """
 
 from __future__ import annotations
