@@ -16,9 +16,13 @@ key's position fixed once it is cached.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
 import torch
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+if TYPE_CHECKING:
+    from transformer_lens.cache.key_value_cache_entry import TransformerLensKeyValueCacheEntry
 
 
 class PreallocatedKVEntry:
@@ -107,4 +111,6 @@ class PreallocatedKVCache(TransformerLensKeyValueCache):
             for _ in range(cfg.n_layers)
         ]
         mask = torch.empty((batch_size, 0), device=device, dtype=torch.int)
-        return cls(entries=entries, previous_attention_mask=mask)  # type: ignore[arg-type]
+        # duck-typed entries (TransformerLens's cache only calls their ``append``), hence the cast
+        return cls(entries=cast("list[TransformerLensKeyValueCacheEntry]", entries),
+                   previous_attention_mask=mask)  # fmt: skip
