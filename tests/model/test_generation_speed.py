@@ -89,3 +89,17 @@ def test_preallocated_cache_grows_past_its_capacity(model):
     entry.frozen = True
     more, _ = entry.append(a, a)
     assert more.shape[1] == 8 and entry.past_keys.shape[1] == 6  # frozen: not kept
+
+
+def test_weight_layout_takes_no_extra_memory_beyond_its_budget(model):
+    """The re-laid-out copies live beside the originals for the whole generation, so a model
+    whose copies exceed the budget (MAIRA-2's 7B) keeps its usual layout."""
+    from sae_lens_maira.model.weight_layout import generation_weight_layout
+
+    W = model.blocks[0].mlp.W_in
+    usual = W.stride()
+    with generation_weight_layout(model):
+        assert W.stride() != usual and W.data.permute(1, 0).is_contiguous()
+    with generation_weight_layout(model, max_extra_bytes=W.numel() * W.element_size() - 1):
+        assert W.stride() == usual
+    assert W.stride() == usual
