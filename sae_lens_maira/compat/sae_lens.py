@@ -10,6 +10,9 @@ or activation stream.
 
 from __future__ import annotations
 
+import logging
+import re
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -160,3 +163,36 @@ def runner_interruptions_as_keyboard_interrupt() -> Iterator[None]:
         for sig, handler in handlers.items():
             if handler is not None:
                 signal.signal(sig, handler)
+
+
+#: What SAELens says about choices ``train_sae`` makes on purpose, in words that read as problems:
+#: its own dataset and model (the only way to train on virtual image tokens), evaluation prompts
+#: longer than the cache's packing rows, fewer *studies* than training *tokens* (it compares the
+#: two), and torch's advice on the rows it slices from an in-memory torch dataset (once per row).
+EXPECTED_MESSAGES = (
+    r"You just passed in a (dataset|model) which will override",
+    r"The training dataset contains fewer samples",
+    r"pretokenized dataset has context_size",
+    r"To copy construct from a tensor",
+)
+
+
+class _DropExpected(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(re.match(m, record.getMessage()) for m in EXPECTED_MESSAGES)
+
+
+@contextmanager
+def expected_messages_silenced() -> Iterator[None]:
+    """Within the block, SAELens's warnings (and its logger's) about those choices are dropped;
+    every other warning still shows."""
+    sae_lens_logger = logging.getLogger("sae_lens")
+    drop = _DropExpected()
+    sae_lens_logger.addFilter(drop)
+    try:
+        with warnings.catch_warnings():
+            for message in EXPECTED_MESSAGES:
+                warnings.filterwarnings("ignore", message=message)
+            yield
+    finally:
+        sae_lens_logger.removeFilter(drop)

@@ -38,6 +38,7 @@ from sae_lens_maira.activations.selection_store import (
 )
 from sae_lens_maira.compat.sae_lens import (
     evaluator_store,
+    expected_messages_silenced,
     replace_activations_store,
     replace_evaluator,
     runner_interruptions_as_keyboard_interrupt,
@@ -106,6 +107,7 @@ def training_sae_config(sae_spec: dict[str, Any], d_in: int, hook_name: str):
     return cfg_cls(**spec, metadata=SAEMetadata(hook_name=hook_name))
 
 
+@expected_messages_silenced()  # SAELens's words on our deliberate choices, not per batch
 def train_sae(
     exp: Experiment,
     *,
